@@ -1,0 +1,68 @@
+# scheduler-host — every target sets up what it needs, so `make run` and `make test` work on a
+# fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+INSTALLED := $(VENV)/.installed
+NODE_INSTALLED := node_modules/.installed
+PROTOS := $(wildcard protos/schedulerhost/v1/*.proto)
+
+.PHONY: run dev test lint generate check-generated bench clean migrate
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NODE_INSTALLED): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## run: start the service on the embedded SQLite default (migrates it first)
+run: $(INSTALLED)
+	$(BIN)/scheduler-host serve --migrate
+
+## dev: embedded SQLite, a demo install and a local stand-in Runner
+dev: $(INSTALLED)
+	$(BIN)/scheduler-host dev
+
+migrate: $(INSTALLED)
+	$(BIN)/scheduler-host migrate
+
+## test: the whole suite against a real PostgreSQL (and SQLite for storage tests)
+test: $(INSTALLED) $(NODE_INSTALLED)
+	$(PY) -m pytest
+
+## generate: protoc output under generated/ (committed)
+generate: $(INSTALLED)
+	rm -rf generated/schedulerhost
+	mkdir -p generated
+	$(PY) -m grpc_tools.protoc -I protos \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+		--python_out=generated --grpc_python_out=generated \
+		--mypy_out=generated --mypy_grpc_out=generated \
+		$(PROTOS)
+	touch generated/schedulerhost/__init__.py generated/schedulerhost/v1/__init__.py generated/schedulerhost/py.typed
+
+## check-generated: fail when generated/ differs from what `make generate` produces
+check-generated: generate
+	git diff --exit-code --stat -- generated
+	test -z "$$(git status --porcelain -- generated)"
+
+## lint: ruff, mypy --strict, buf lint
+lint: $(INSTALLED) $(NODE_INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy src
+	node_modules/.bin/buf lint
+
+bench: $(INSTALLED) $(NODE_INSTALLED)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,407 @@
+"""SQL implementations of the repository ports, on one AsyncConnection inside a transaction."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from scheduler_host.adapters.db.tables import (
+    endpoints,
+    idempotency_keys,
+    installs,
+    rate_limit_hits,
+    schedule_runs,
+    schedules,
+)
+from scheduler_host.domain.endpoints import Endpoint
+from scheduler_host.domain.errors import NameInUse
+from scheduler_host.domain.install import Install, InstallContext
+from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
+from scheduler_host.domain.schedule import Schedule
+
+_NAME_IN_USE = "a schedule with this name already exists in the install"
+
+
+def _schedule(row: sa.Row[Any]) -> Schedule:
+    m = row._mapping
+    return Schedule(
+        id=m["id"],
+        install_id=m["install_id"],
+        tenant_id=m["tenant_id"],
+        endpoint_id=m["endpoint_id"],
+        endpoint_method=m["endpoint_method"],
+        endpoint_path=m["endpoint_path"],
+        name=m["name"],
+        cron=m["cron"],
+        timezone=m["timezone"],
+        enabled=m["enabled"],
+        payload=m["payload"],
+        next_run_time=m["next_run_time"],
+        last_run_time=m["last_run_time"],
+        last_run_status=m["last_run_status"],
+        last_error=m["last_error"],
+        create_time=m["create_time"],
+        update_time=m["update_time"],
+        revision=m["revision"],
+    )
+
+
+def _schedule_values(s: Schedule) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "tenant_id": s.tenant_id,
+        "install_id": s.install_id,
+        "endpoint_id": s.endpoint_id,
+        "endpoint_method": s.endpoint_method,
+        "endpoint_path": s.endpoint_path,
+        "name": s.name,
+        "cron": s.cron,
+        "timezone": s.timezone,
+        "enabled": s.enabled,
+        # SQL NULL, not JSON null, for an unset payload.
+        "payload": s.payload if s.payload is not None else sa.null(),
+        "next_run_time": s.next_run_time,
+        "last_run_time": s.last_run_time,
+        "last_run_status": s.last_run_status,
+        "last_error": s.last_error,
+        "revision": s.revision,
+        "create_time": s.create_time,
+        "update_time": s.update_time,
+    }
+
+
+def _is_name_conflict(exc: sa.exc.IntegrityError) -> bool:
+    text = str(exc.orig)
+    return "uq_schedules_install_name" in text or "schedules.install_id, schedules.name" in text
+
+
+_SCHEDULE_COLUMNS = [c for c in schedules.c if c.name != "running_run_id"]
+
+
+class SqlScheduleRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def get(
+        self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID, *, for_update: bool
+    ) -> Schedule | None:
+        query = sa.select(*_SCHEDULE_COLUMNS).where(
+            schedules.c.tenant_id == tenant_id,
+            schedules.c.install_id == install_id,
+            schedules.c.id == schedule_id,
+        )
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._conn.execute(query)).first()
+        return _schedule(row) if row else None
+
+    async def list_page(
+        self,
+        tenant_id: str,
+        install_id: uuid.UUID,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[Schedule]:
+        query = sa.select(*_SCHEDULE_COLUMNS).where(
+            schedules.c.tenant_id == tenant_id, schedules.c.install_id == install_id
+        )
+        if after is not None:
+            query = query.where(
+                sa.tuple_(schedules.c.create_time, schedules.c.id) > sa.tuple_(*after)
+            )
+        query = query.order_by(schedules.c.create_time, schedules.c.id).limit(limit)
+        return [_schedule(r) for r in await self._conn.execute(query)]
+
+    async def count(self, tenant_id: str, install_id: uuid.UUID) -> int:
+        query = sa.select(sa.func.count()).where(
+            schedules.c.tenant_id == tenant_id, schedules.c.install_id == install_id
+        )
+        return int((await self._conn.execute(query)).scalar_one())
+
+    async def for_install(self, tenant_id: str, install_id: uuid.UUID) -> list[Schedule]:
+        return await self.list_page(tenant_id, install_id, None, 1_000_000)
+
+    async def name_taken(
+        self, tenant_id: str, install_id: uuid.UUID, name: str, exclude: uuid.UUID | None
+    ) -> bool:
+        query = sa.select(schedules.c.id).where(
+            schedules.c.tenant_id == tenant_id,
+            schedules.c.install_id == install_id,
+            schedules.c.name == name,
+        )
+        if exclude is not None:
+            query = query.where(schedules.c.id != exclude)
+        return (await self._conn.execute(query.limit(1))).first() is not None
+
+    async def add(self, schedule: Schedule) -> None:
+        try:
+            async with self._conn.begin_nested():
+                await self._conn.execute(schedules.insert().values(**_schedule_values(schedule)))
+        except sa.exc.IntegrityError as exc:
+            if _is_name_conflict(exc):
+                raise NameInUse(_NAME_IN_USE) from None
+            raise
+
+    async def replace(self, schedule: Schedule) -> None:
+        values = _schedule_values(schedule)
+        for key in ("id", "tenant_id", "install_id", "create_time"):
+            values.pop(key)
+        try:
+            async with self._conn.begin_nested():
+                await self._conn.execute(
+                    schedules.update()
+                    .where(
+                        schedules.c.tenant_id == schedule.tenant_id,
+                        schedules.c.install_id == schedule.install_id,
+                        schedules.c.id == schedule.id,
+                    )
+                    .values(**values)
+                )
+        except sa.exc.IntegrityError as exc:
+            if _is_name_conflict(exc):
+                raise NameInUse(_NAME_IN_USE) from None
+            raise
+
+    async def delete(self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID) -> bool:
+        result = await self._conn.execute(
+            schedules.delete().where(
+                schedules.c.tenant_id == tenant_id,
+                schedules.c.install_id == install_id,
+                schedules.c.id == schedule_id,
+            )
+        )
+        return bool(result.rowcount)
+
+    async def find_request(
+        self, tenant_id: str, install_id: uuid.UUID, request_id: uuid.UUID, since: datetime
+    ) -> uuid.UUID | None:
+        query = sa.select(idempotency_keys.c.schedule_id).where(
+            idempotency_keys.c.tenant_id == tenant_id,
+            idempotency_keys.c.install_id == install_id,
+            idempotency_keys.c.request_id == request_id,
+            idempotency_keys.c.create_time > since,
+        )
+        found = (await self._conn.execute(query)).scalar_one_or_none()
+        return found if isinstance(found, uuid.UUID) else None
+
+    async def remember_request(
+        self,
+        tenant_id: str,
+        install_id: uuid.UUID,
+        request_id: uuid.UUID,
+        schedule_id: uuid.UUID,
+        now: datetime,
+    ) -> None:
+        # An expired key for the same request id is replaced, so ids can be reused after 24 h.
+        await self._conn.execute(
+            idempotency_keys.delete().where(
+                idempotency_keys.c.install_id == install_id,
+                idempotency_keys.c.request_id == request_id,
+            )
+        )
+        await self._conn.execute(
+            idempotency_keys.insert().values(
+                install_id=install_id,
+                request_id=request_id,
+                tenant_id=tenant_id,
+                schedule_id=schedule_id,
+                create_time=now,
+            )
+        )
+
+
+class SqlInstallRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def context(self, install_id: uuid.UUID) -> InstallContext | None:
+        row = (
+            await self._conn.execute(sa.select(installs).where(installs.c.id == install_id))
+        ).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return InstallContext(
+            install_id=m["id"],
+            tenant_id=m["tenant_id"],
+            registry_id=m["registry_id"],
+            version_id=m["version_id"],
+            content_hash=m["content_hash"],
+            enabled=m["enabled"],
+            capabilities=frozenset(m["granted_capabilities"]),
+        )
+
+    async def get(self, install_id: uuid.UUID) -> Install | None:
+        row = (
+            await self._conn.execute(sa.select(installs).where(installs.c.id == install_id))
+        ).first()
+        if row is None:
+            return None
+        m = row._mapping
+        eps = await self.endpoints(m["tenant_id"], install_id, m["version_id"])
+        return Install(
+            install_id=m["id"],
+            tenant_id=m["tenant_id"],
+            registry_id=m["registry_id"],
+            version_id=m["version_id"],
+            content_hash=m["content_hash"],
+            enabled=m["enabled"],
+            granted_capabilities=tuple(m["granted_capabilities"]),
+            endpoints=tuple(eps),
+            create_time=m["create_time"],
+            update_time=m["update_time"],
+        )
+
+    async def lock(self, tenant_id: str, install_id: uuid.UUID) -> bool:
+        query = (
+            sa.select(installs.c.id)
+            .where(installs.c.tenant_id == tenant_id, installs.c.id == install_id)
+            .with_for_update()
+        )
+        return (await self._conn.execute(query)).first() is not None
+
+    async def endpoints(
+        self, tenant_id: str, install_id: uuid.UUID, version_id: str
+    ) -> list[Endpoint]:
+        query = (
+            sa.select(endpoints.c.id, endpoints.c.method, endpoints.c.path, endpoints.c.handler)
+            .where(
+                endpoints.c.tenant_id == tenant_id,
+                endpoints.c.install_id == install_id,
+                endpoints.c.version_id == version_id,
+            )
+            .order_by(endpoints.c.path, endpoints.c.method)
+        )
+        return [
+            Endpoint(id=r.id, method=r.method, path=r.path, handler=r.handler)
+            for r in await self._conn.execute(query)
+        ]
+
+    async def save(self, install: Install) -> None:
+        values = {
+            "tenant_id": install.tenant_id,
+            "registry_id": install.registry_id,
+            "version_id": install.version_id,
+            "content_hash": install.content_hash,
+            "enabled": install.enabled,
+            "granted_capabilities": list(install.granted_capabilities),
+            "update_time": install.update_time,
+        }
+        updated = await self._conn.execute(
+            installs.update().where(installs.c.id == install.install_id).values(**values)
+        )
+        if not updated.rowcount:
+            await self._conn.execute(
+                installs.insert().values(
+                    id=install.install_id, create_time=install.create_time, **values
+                )
+            )
+        # Only the current version's endpoints are kept; schedules store method and path.
+        await self._conn.execute(
+            endpoints.delete().where(
+                endpoints.c.tenant_id == install.tenant_id,
+                endpoints.c.install_id == install.install_id,
+            )
+        )
+        if install.endpoints:
+            await self._conn.execute(
+                endpoints.insert(),
+                [
+                    {
+                        "id": e.id,
+                        "tenant_id": install.tenant_id,
+                        "install_id": install.install_id,
+                        "version_id": install.version_id,
+                        "method": e.method,
+                        "path": e.path,
+                        "handler": e.handler,
+                    }
+                    for e in install.endpoints
+                ],
+            )
+
+    async def delete(self, install_id: uuid.UUID) -> bool:
+        result = await self._conn.execute(installs.delete().where(installs.c.id == install_id))
+        return bool(result.rowcount)
+
+
+class SqlRunRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def page(
+        self,
+        tenant_id: str,
+        schedule_id: uuid.UUID,
+        before: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[ScheduleRun]:
+        r = schedule_runs.c
+        query = sa.select(schedule_runs).where(
+            r.tenant_id == tenant_id, r.schedule_id == schedule_id
+        )
+        if before is not None:
+            query = query.where(sa.tuple_(r.scheduled_time, r.id) < sa.tuple_(*before))
+        query = query.order_by(r.scheduled_time.desc(), r.id.desc()).limit(limit)
+        return [
+            ScheduleRun(
+                id=row.id,
+                tenant_id=row.tenant_id,
+                install_id=row.install_id,
+                schedule_id=row.schedule_id,
+                trigger=RunTrigger(row.trigger),
+                scheduled_time=row.scheduled_time,
+                start_time=row.start_time,
+                finish_time=row.finish_time,
+                status=RunState(row.status),
+                attempt=row.attempt,
+                error=row.error,
+            )
+            for row in await self._conn.execute(query)
+        ]
+
+
+class SqlRateLimiter:
+    """Rolling-window counter in the database, so every server process shares it."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def hit(
+        self, scope: str, tenant_id: str, limit: int, window: timedelta, now: datetime
+    ) -> timedelta | None:
+        if self._conn.dialect.name == "postgresql":
+            # Serialise the check-and-count of one scope across processes for this transaction.
+            await self._conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:scope, 0))"),
+                {"scope": scope},
+            )
+        h = rate_limit_hits.c
+        start = now - window
+        await self._conn.execute(
+            rate_limit_hits.delete().where(h.scope == scope, h.hit_time <= start)
+        )
+        times = (
+            (
+                await self._conn.execute(
+                    sa.select(h.hit_time)
+                    .where(h.scope == scope, h.hit_time > start)
+                    .order_by(h.hit_time.desc())
+                    .limit(limit)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if len(times) >= limit:
+            # The limit-th newest hit is the one whose departure frees a slot.
+            frees_at: datetime = times[limit - 1] + window
+            return max(frees_at - now, timedelta(milliseconds=1))
+        await self._conn.execute(
+            rate_limit_hits.insert().values(scope=scope, tenant_id=tenant_id, hit_time=now)
+        )
+        return None

@@ -1,0 +1,153 @@
+"""Schema migrations (Alembic) for PostgreSQL and SQLite, configured in code (no alembic.ini).
+
+Every function opens its own short-lived async engine and disposes it before returning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+__all__ = [
+    "HEAD_REVISION",
+    "MigrationError",
+    "current_revision",
+    "database_is_current",
+    "downgrade_database",
+    "upgrade_database",
+]
+
+# The newest revision in versions/; a test checks it against the scripts.
+HEAD_REVISION = "0001"
+
+_SCRIPT_LOCATION = Path(__file__).resolve().parent
+
+_T = TypeVar("_T")
+
+# alembic.context and alembic.op are process-wide proxies, and run_sync yields to the event loop
+# on every query, so two migrations interleaving in one loop would clobber each other.
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class MigrationError(RuntimeError):
+    """A migration or revision lookup failed; the message is one line and hides passwords."""
+
+
+def _migration_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _locks.get(loop)
+    if lock is None:
+        lock = _locks[loop] = asyncio.Lock()
+    return lock
+
+
+def _config(connection: Connection) -> Config:
+    config = Config()
+    # Config values go through ConfigParser interpolation, so a literal "%" must be doubled.
+    config.set_main_option("script_location", str(_SCRIPT_LOCATION).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a plain SQLite URL; None for other backends, memory and URIs."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("uri"):
+        return None
+    return Path(database)
+
+
+def _one_line(exc: BaseException) -> str:
+    # SQLAlchemy errors append the SQL and a documentation link on further lines.
+    lines = str(exc).strip().splitlines()
+    detail = lines[0] if lines else "(no message)"
+    return f"{type(exc).__name__}: {detail}"
+
+
+def _parse(url: str, action: str) -> URL:
+    try:
+        return make_url(url)
+    except Exception as exc:
+        # The URL itself may carry a password, so it is not repeated here.
+        raise MigrationError(f"cannot {action}: invalid database URL ({_one_line(exc)})") from exc
+
+
+async def _run(url: URL, action: str, work: Callable[[Connection], _T]) -> _T:
+    """Run ``work`` on a sync connection inside one transaction, committed on success."""
+    shown = url.render_as_string(hide_password=True)
+    try:
+        # NullPool: one connection for one job; nothing should stay open after dispose().
+        engine = create_async_engine(url, poolclass=NullPool)
+    except Exception as exc:
+        raise MigrationError(f"cannot {action} on {shown}: {_one_line(exc)}") from exc
+    try:
+        async with engine.begin() as connection:
+            return await connection.run_sync(work)
+    except Exception as exc:
+        raise MigrationError(f"cannot {action} on {shown}: {_one_line(exc)}") from exc
+    finally:
+        await engine.dispose()
+
+
+async def upgrade_database(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` up to ``revision`` (a no-op when already there)."""
+    parsed = _parse(url, f"upgrade to {revision}")
+    path = _sqlite_file(parsed)
+    if path is not None:
+        # SQLite creates the file but not its directory (default: ./var/scheduler-host.db).
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MigrationError(
+                f"cannot upgrade to {revision}: cannot create {path.parent}: {_one_line(exc)}"
+            ) from exc
+
+    def work(connection: Connection) -> None:
+        command.upgrade(_config(connection), revision)
+
+    async with _migration_lock():
+        await _run(parsed, f"upgrade to {revision}", work)
+
+
+async def downgrade_database(url: str, revision: str = "base") -> None:
+    """Migrate the database at ``url`` down to ``revision``; "base" drops every table."""
+    parsed = _parse(url, f"downgrade to {revision}")
+
+    def work(connection: Connection) -> None:
+        command.downgrade(_config(connection), revision)
+
+    async with _migration_lock():
+        await _run(parsed, f"downgrade to {revision}", work)
+
+
+async def current_revision(url: str) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+    parsed = _parse(url, "read the schema revision")
+    path = _sqlite_file(parsed)
+    if path is not None and not path.exists():
+        # Connecting would create an empty file as a side effect of merely asking.
+        return None
+
+    def work(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    return await _run(parsed, "read the schema revision", work)
+
+
+async def database_is_current(url: str) -> bool:
+    """Whether the database is at HEAD_REVISION (False when older, newer or never migrated)."""
+    return await current_revision(url) == HEAD_REVISION

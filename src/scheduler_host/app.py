@@ -1,0 +1,99 @@
+"""Composition root: builds the engine, use-case dependencies and the server from Settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from scheduler_host.adapters import migrations
+from scheduler_host.adapters.db.engine import build_engine
+from scheduler_host.adapters.db.service_keys import PAGE_TOKEN_KEY, load_key
+from scheduler_host.adapters.db.unit_of_work import SqlUnitOfWorkFactory
+from scheduler_host.config import Settings
+from scheduler_host.service.access import InstallContextCache
+from scheduler_host.service.deps import UseCaseDeps
+from scheduler_host.service.page_tokens import SignedPageTokens
+from scheduler_host.service.ports import Clock
+from scheduler_host.transport.server import RunningServer, start_server
+
+log = logging.getLogger("scheduler_host")
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; `str()` is the one line shown to the operator."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Application:
+    settings: Settings
+    engine: AsyncEngine
+    deps: UseCaseDeps
+    server: RunningServer
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def stop(self) -> None:
+        await self.server.stop(self.settings.shutdown_grace_seconds)
+        await self.engine.dispose()
+
+
+async def prepare_database(settings: Settings, *, migrate: bool) -> None:
+    try:
+        if migrate:
+            await migrations.upgrade_database(settings.database_url)
+        elif not await migrations.database_is_current(settings.database_url):
+            raise StartupError(
+                "the database is not migrated to this version; run `scheduler-host migrate` "
+                "or start with `scheduler-host serve --migrate`"
+            )
+    except migrations.MigrationError as exc:
+        raise StartupError(str(exc)) from None
+
+
+async def start_application(
+    settings: Settings, *, migrate: bool = False, clock: Clock = utc_now, listen: str | None = None
+) -> Application:
+    await prepare_database(settings, migrate=migrate)
+    engine = build_engine(settings.database_url)
+    try:
+        key = await load_key(engine, PAGE_TOKEN_KEY)
+        deps = UseCaseDeps(
+            uow_factory=SqlUnitOfWorkFactory(engine),
+            settings=settings,
+            clock=clock,
+            page_tokens=SignedPageTokens(key),
+            install_cache=InstallContextCache(settings.install_cache_seconds),
+        )
+        try:
+            server = await start_server(settings, deps, listen)
+        except RuntimeError as exc:  # grpc reports a port it cannot bind this way
+            raise StartupError(f"cannot listen on {listen or settings.listen}: {exc}") from None
+    except Exception:
+        await engine.dispose()
+        raise
+    return Application(settings, engine, deps, server)
+
+
+async def serve(settings: Settings, *, migrate: bool) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    app = await start_application(settings, migrate=migrate)
+    log.info("scheduler-host listening on %s (port %d)", settings.listen, app.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: grace period %.1f s", settings.shutdown_grace_seconds)
+    await app.stop()
+    log.info("stopped")

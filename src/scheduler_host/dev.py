@@ -1,0 +1,71 @@
+"""`scheduler-host dev`: the embedded default with a demo install, ready to call."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from dataclasses import replace
+
+from scheduler_host.app import start_application
+from scheduler_host.config import DEFAULT_DATABASE_URL, Settings
+from scheduler_host.domain.install import SCHEDULER_CAPABILITY
+from scheduler_host.service.installs import EndpointSpecInput, InstallInput, upsert_install
+
+DEMO_INSTALL_ID = uuid.UUID("00000000-0000-4000-8000-00000000d3e0")
+DEMO_ENDPOINTS = (
+    EndpointSpecInput("POST", "/sync", "sync"),
+    EndpointSpecInput("GET", "/status", "status"),
+    EndpointSpecInput("GET", "/report", "report_get"),
+    EndpointSpecInput("POST", "/report", "report_post"),
+    EndpointSpecInput("PUT", "/items/{id}", "update_item"),
+)
+
+
+async def run_dev(settings: Settings) -> None:
+    if settings.database_url != DEFAULT_DATABASE_URL:
+        print(f"dev: using {settings.database_url.split('@')[-1]}")
+    settings = replace(settings, environment="development")
+    app = await start_application(settings, migrate=True)
+    await upsert_install(
+        InstallInput(
+            install_id=str(DEMO_INSTALL_ID),
+            tenant_id="demo-tenant",
+            registry_id="demo-extension",
+            version_id="v1",
+            content_hash="sha256:demo",
+            enabled=True,
+            granted_capabilities=(SCHEDULER_CAPABILITY,),
+            endpoints=DEMO_ENDPOINTS,
+        ),
+        True,
+        uow_factory=app.deps.uow_factory,
+        settings=settings,
+        clock=app.deps.clock,
+    )
+    host = settings.listen
+    token = settings.runner_tokens[0]
+    print(
+        f"""
+scheduler-host dev is listening on {host}
+  install id     {DEMO_INSTALL_ID}
+  runner token   {token}        (metadata x-runner-auth)
+  admin token    {settings.admin_token}        (metadata authorization: Bearer ...)
+
+Try it:
+  npx buf curl --protocol grpc --http2-prior-knowledge \\
+    -H 'x-runner-auth: {token}' -H 'x-install-id: {DEMO_INSTALL_ID}' \\
+    -d '{{"schedule": {{"endpoint": "POST /sync", "cron": "*/5 * * * *", \\
+          "timezone": "Europe/Berlin", "payload": {{"full": true}}}}}}' \\
+    http://{host}/schedulerhost.v1.SchedulerHost/CreateSchedule
+  grpcurl -plaintext -H 'x-runner-auth: {token}' -H 'x-install-id: {DEMO_INSTALL_ID}' \\
+    {host} schedulerhost.v1.SchedulerHost/ListSchedules
+""",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await app.stop()

@@ -1,0 +1,142 @@
+"""Who may call, and how often: runner and admin tokens, install scope, rate limit, early quota.
+
+These are the use cases behind the server's interceptor chain (auth → rate limit → quota).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import timedelta
+
+from scheduler_host.domain.errors import (
+    CapabilityNotGranted,
+    FieldViolation,
+    InstallDisabled,
+    InstallNotFound,
+    QuotaExceeded,
+    RateLimited,
+    Unauthenticated,
+    ValidationFailed,
+)
+from scheduler_host.domain.install import SCHEDULER_CAPABILITY, InstallContext
+from scheduler_host.domain.schedule import validate_uuid
+from scheduler_host.service.ports import Clock, UnitOfWorkFactory
+from scheduler_host.service.schedules import IDEMPOTENCY_WINDOW
+
+RATE_WINDOW = timedelta(seconds=60)
+
+
+def check_token(presented: str | None, accepted: Iterable[str]) -> None:
+    """Constant-time comparison against every accepted token (several, for rotation)."""
+    if not presented:
+        raise Unauthenticated("MISSING_CREDENTIALS", "credentials are missing")
+    matched = False
+    for token in accepted:
+        # No early exit: the time taken does not tell which token, if any, matched.
+        matched |= hmac.compare_digest(presented.encode(), token.encode())
+    if not matched:
+        raise Unauthenticated("INVALID_TOKEN", "the token is not valid")
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+
+
+class InstallContextCache:
+    """Install contexts kept for a short, bounded time so every call need not read them.
+
+    An admin change is visible to this process after at most `ttl_seconds`; changes made through
+    this process are visible at once (invalidate)."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: OrderedDict[uuid.UUID, tuple[float, InstallContext | None]] = OrderedDict()
+
+    def get(self, install_id: uuid.UUID) -> tuple[bool, InstallContext | None]:
+        entry = self._entries.get(install_id)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    def put(self, install_id: uuid.UUID, ctx: InstallContext | None) -> None:
+        if self._ttl <= 0:
+            return
+        self._entries[install_id] = (time.monotonic() + self._ttl, ctx)
+        self._entries.move_to_end(install_id)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def invalidate(self, install_id: uuid.UUID) -> None:
+        self._entries.pop(install_id, None)
+
+
+async def authorize_install(
+    raw_install_id: str | None, *, uow_factory: UnitOfWorkFactory, cache: InstallContextCache
+) -> InstallContext:
+    """The order of checks is part of the contract: id → exists → enabled → capability."""
+    install_id = validate_uuid(raw_install_id or "", "x-install-id")
+    if isinstance(install_id, FieldViolation):
+        raise ValidationFailed(
+            [FieldViolation("x-install-id", "ID_INVALID", "metadata x-install-id must be a UUID")]
+        )
+    hit, ctx = cache.get(install_id)
+    if not hit:
+        async with uow_factory() as uow:
+            ctx = await uow.installs.context(install_id)
+        cache.put(install_id, ctx)
+    if ctx is None:
+        raise InstallNotFound(str(install_id))
+    if not ctx.enabled:
+        raise InstallDisabled("the install is disabled")
+    if SCHEDULER_CAPABILITY not in ctx.capabilities:
+        raise CapabilityNotGranted(f"the install was not granted {SCHEDULER_CAPABILITY}")
+    return ctx
+
+
+async def count_call(
+    scope: str,
+    tenant_id: str,
+    limit: int,
+    what: str,
+    *,
+    uow_factory: UnitOfWorkFactory,
+    clock: Clock,
+) -> None:
+    """Count one call against a rolling 60 s limit shared by every process, or refuse it."""
+    async with uow_factory() as uow:
+        wait = await uow.rate_limits.hit(scope, tenant_id, limit, RATE_WINDOW, clock())
+        await uow.commit()
+    if wait is not None:
+        raise RateLimited(
+            f"at most {limit} {what} per minute; retry in {wait.total_seconds():.1f} s", wait
+        )
+
+
+async def check_quota_early(
+    ctx: InstallContext,
+    request_id: str,
+    limit: int,
+    *,
+    uow_factory: UnitOfWorkFactory,
+    clock: Clock,
+) -> None:
+    """Refuse a create early when the install is full; the create's transaction re-checks it.
+
+    A retry of a create that already succeeded passes, so it can return its first result."""
+    async with uow_factory() as uow:
+        if await uow.schedules.count(ctx.tenant_id, ctx.install_id) < limit:
+            return
+        rid = validate_uuid(request_id, "request_id") if request_id.strip() else None
+        if isinstance(rid, uuid.UUID) and await uow.schedules.find_request(
+            ctx.tenant_id, ctx.install_id, rid, clock() - IDEMPOTENCY_WINDOW
+        ):
+            return
+    raise QuotaExceeded(f"install:{ctx.install_id}", limit)

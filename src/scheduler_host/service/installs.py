@@ -1,0 +1,202 @@
+"""SchedulerAdmin install use cases: upsert (with the remap of schedules), get and delete."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, replace
+
+from scheduler_host.config import Settings
+from scheduler_host.domain.endpoints import (
+    Endpoint,
+    endpoint_id,
+    normalise_method,
+    normalise_path,
+    unschedulable_reason,
+)
+from scheduler_host.domain.errors import (
+    FieldViolation,
+    InstallNotFound,
+    RemapFailed,
+    ValidationFailed,
+)
+from scheduler_host.domain.install import Install
+from scheduler_host.domain.schedule import truncate_error, validate_uuid
+from scheduler_host.service.ports import Clock, UnitOfWorkFactory
+from scheduler_host.service.schedules import _next_run
+
+MISSING_ENDPOINT_ON_UPDATE = "Disabled due to missing endpoint on extension update"
+_MAX_ID_LENGTH = 128
+_METHOD = re.compile(r"^[A-Z]{1,16}$")
+
+
+@dataclass(frozen=True)
+class EndpointSpecInput:
+    method: str
+    path: str
+    handler: str
+
+
+@dataclass(frozen=True)
+class InstallInput:
+    install_id: str
+    tenant_id: str
+    registry_id: str
+    version_id: str
+    content_hash: str
+    enabled: bool | None
+    granted_capabilities: tuple[str, ...]
+    endpoints: tuple[EndpointSpecInput, ...]
+
+
+def _text(value: str, name: str, violations: list[FieldViolation], *, required: bool) -> str:
+    text = value.strip()
+    if (required and not text) or len(text) > _MAX_ID_LENGTH:
+        violations.append(
+            FieldViolation(name, "INSTALL_INVALID", f"{name} must be 1-{_MAX_ID_LENGTH} characters")
+        )
+    return text
+
+
+def _endpoints(
+    install_id: uuid.UUID,
+    version_id: str,
+    specs: tuple[EndpointSpecInput, ...],
+    violations: list[FieldViolation],
+) -> tuple[Endpoint, ...]:
+    seen: set[tuple[str, str]] = set()
+    out: list[Endpoint] = []
+    for i, spec in enumerate(specs):
+        name = f"install.endpoints[{i}]"
+        method, path = normalise_method(spec.method), normalise_path(spec.path)
+        if not _METHOD.match(method) or not spec.path.strip() or len(path) > 1024:
+            violations.append(
+                FieldViolation(name, "INSTALL_INVALID", "an endpoint needs a method and a path")
+            )
+            continue
+        if (method, path) in seen:
+            violations.append(
+                FieldViolation(name, "INSTALL_INVALID", f"{method} {path} is declared twice")
+            )
+            continue
+        seen.add((method, path))
+        out.append(
+            Endpoint(
+                endpoint_id(install_id, version_id, method, path),
+                method,
+                path,
+                spec.handler.strip()[:256],
+            )
+        )
+    return tuple(out)
+
+
+async def upsert_install(
+    data: InstallInput,
+    disable_missing_schedules: bool,
+    *,
+    uow_factory: UnitOfWorkFactory,
+    settings: Settings,
+    clock: Clock,
+) -> tuple[Install, list[uuid.UUID]]:
+    violations: list[FieldViolation] = []
+    install_id = validate_uuid(data.install_id, "install.install_id")
+    if isinstance(install_id, FieldViolation):
+        violations.append(install_id)
+        install_id = uuid.UUID(int=0)
+    tenant_id = _text(data.tenant_id, "install.tenant_id", violations, required=True)
+    registry_id = _text(data.registry_id, "install.registry_id", violations, required=True)
+    version_id = _text(data.version_id, "install.version_id", violations, required=True)
+    content_hash = data.content_hash.strip()[:256]
+    endpoints = _endpoints(install_id, version_id, data.endpoints, violations)
+    capabilities = tuple(sorted({c.strip() for c in data.granted_capabilities if c.strip()}))
+    if violations:
+        raise ValidationFailed(violations)
+    now = clock()
+    disabled: list[uuid.UUID] = []
+    async with uow_factory() as uow:
+        current = await uow.installs.get(install_id)
+        if current is not None and current.tenant_id != tenant_id:
+            raise ValidationFailed(
+                [
+                    FieldViolation(
+                        "install.tenant_id", "INSTALL_INVALID", "an install cannot change tenant"
+                    )
+                ]
+            )
+        install = Install(
+            install_id=install_id,
+            tenant_id=tenant_id,
+            registry_id=registry_id,
+            version_id=version_id,
+            content_hash=content_hash,
+            enabled=(
+                data.enabled
+                if data.enabled is not None
+                else (current.enabled if current is not None else True)
+            ),
+            granted_capabilities=capabilities,
+            endpoints=endpoints,
+            create_time=current.create_time if current is not None else now,
+            update_time=now,
+        )
+        if current is not None:
+            await uow.installs.lock(tenant_id, install_id)
+            by_route = {(e.method, e.path): e for e in endpoints}
+            reenabled = install.enabled and not current.enabled
+            missing: list[str] = []
+            changes = []
+            for s in await uow.schedules.for_install(tenant_id, install_id):
+                target = by_route.get((s.endpoint_method, s.endpoint_path))
+                if target is None or unschedulable_reason(target.method, target.path):
+                    if s.enabled:
+                        missing.append(s.endpoint)
+                        disabled.append(s.id)
+                        changes.append(
+                            replace(
+                                s,
+                                enabled=False,
+                                next_run_time=None,
+                                last_error=truncate_error(MISSING_ENDPOINT_ON_UPDATE),
+                                revision=s.revision + 1,
+                                update_time=now,
+                            )
+                        )
+                    continue
+                moved = replace(s, endpoint_id=target.id)
+                if reenabled and s.enabled:
+                    # A re-enabled install continues from now, without catching up.
+                    moved = replace(
+                        moved, next_run_time=_next_run(s.cron, s.timezone, True, now, settings)
+                    )
+                if moved != s:
+                    changes.append(moved)
+            if missing and not disable_missing_schedules:
+                raise RemapFailed(missing)
+            for s in changes:
+                await uow.schedules.replace(s)
+        await uow.installs.save(install)
+        await uow.commit()
+    return install, disabled
+
+
+async def get_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> Install:
+    iid = validate_uuid(install_id, "install_id")
+    if isinstance(iid, FieldViolation):
+        raise ValidationFailed([iid])
+    async with uow_factory() as uow:
+        found = await uow.installs.get(iid)
+    if found is None:
+        raise InstallNotFound(str(iid))
+    return found
+
+
+async def delete_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> None:
+    iid = validate_uuid(install_id, "install_id")
+    if isinstance(iid, FieldViolation):
+        raise ValidationFailed([iid])
+    async with uow_factory() as uow:
+        # Schedules, runs and endpoints go with it (ON DELETE CASCADE).
+        if not await uow.installs.delete(iid):
+            raise InstallNotFound(str(iid))
+        await uow.commit()

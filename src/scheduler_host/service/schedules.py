@@ -1,0 +1,421 @@
+"""SchedulerHost use cases: create, get, list, update, delete, endpoints and preview.
+
+Each takes the install context of the caller and a unit-of-work factory, validates with the domain
+(every violation at once) and runs in one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from scheduler_host.config import Settings
+from scheduler_host.domain.cron import CronError, CronExpression, shortest_interval, validate_cron
+from scheduler_host.domain.endpoints import (
+    Endpoint,
+    Selector,
+    parse_selector,
+    resolve_endpoint,
+    unschedulable_reason,
+)
+from scheduler_host.domain.errors import (
+    EtagMismatch,
+    FieldViolation,
+    NameInUse,
+    QuotaExceeded,
+    ScheduleNotFound,
+    ValidationFailed,
+)
+from scheduler_host.domain.install import InstallContext
+from scheduler_host.domain.occurrences import next_occurrence, next_occurrences
+from scheduler_host.domain.schedule import (
+    Json,
+    Schedule,
+    validate_name,
+    validate_payload,
+    validate_timezone,
+    validate_uuid,
+)
+from scheduler_host.service.ports import Clock, PageTokens, UnitOfWork, UnitOfWorkFactory
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+DEFAULT_PREVIEW_COUNT = 10
+MAX_PREVIEW_COUNT = 100
+UPDATABLE_FIELDS = frozenset({"endpoint", "cron", "timezone", "enabled", "name", "payload"})
+_NAME_IN_USE = "a schedule with this name already exists in the install"
+
+
+@dataclass(frozen=True)
+class ScheduleFields:
+    """The caller's input for a schedule; `present` names the fields the caller set."""
+
+    endpoint: str = ""
+    name: str = ""
+    cron: str = ""
+    timezone: str = ""
+    enabled: bool | None = None
+    payload: Json | None = None
+    payload_violation: FieldViolation | None = None  # the transport could not read it as JSON
+    present: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class SchedulePage:
+    schedules: list[Schedule]
+    next_page_token: str
+    total_size: int
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    endpoint: Endpoint
+    unschedulable_reason: str
+
+
+@dataclass(frozen=True)
+class Preview:
+    run_times: list[datetime]
+    min_interval: timedelta
+
+
+@dataclass
+class _Checked:
+    """Validated values of the fields that were checked; violations collected on the way."""
+
+    violations: list[FieldViolation] = field(default_factory=list)
+    cron: CronExpression | None = None
+    timezone: str = "UTC"
+    name: str | None = None
+    selector: Selector | None = None
+
+
+def _check(
+    fields: ScheduleFields, names: frozenset[str], settings: Settings, prefix: str
+) -> _Checked:
+    out = _Checked()
+
+    def bad(violation: FieldViolation | None) -> bool:
+        if violation is not None:
+            out.violations.append(violation)
+            return True
+        return False
+
+    if "cron" in names:
+        try:
+            out.cron = validate_cron(fields.cron, settings.min_interval_seconds)
+        except CronError as exc:
+            bad(FieldViolation(f"{prefix}cron", exc.reason, str(exc)))
+    if "timezone" in names:
+        tz = validate_timezone(fields.timezone, f"{prefix}timezone")
+        if not (isinstance(tz, FieldViolation) and bad(tz)):
+            out.timezone = str(tz)
+    if "name" in names:
+        name = validate_name(fields.name, f"{prefix}name")
+        if not (isinstance(name, FieldViolation) and bad(name)):
+            out.name = name if isinstance(name, str) else None
+    if "payload" in names and not bad(fields.payload_violation):
+        bad(validate_payload(fields.payload, f"{prefix}payload"))
+    if "endpoint" in names:
+        selector = parse_selector(fields.endpoint, f"{prefix}endpoint")
+        if not (isinstance(selector, FieldViolation) and bad(selector)):
+            out.selector = selector if isinstance(selector, Selector) else None
+    return out
+
+
+def _next_run(
+    cron: str, timezone: str, enabled: bool, now: datetime, settings: Settings
+) -> datetime | None:
+    if not enabled:
+        return None
+    # Stored expressions were validated when written; the interval rule is not re-applied here.
+    expr = validate_cron(cron, 0)
+    return next_occurrence(expr, zoneinfo.ZoneInfo(timezone), now)
+
+
+def _parse_id(raw: str, name: str) -> uuid.UUID:
+    parsed = validate_uuid(raw, name)
+    if isinstance(parsed, FieldViolation):
+        raise ValidationFailed([parsed])
+    return parsed
+
+
+async def _resolve(
+    uow: UnitOfWork, ctx: InstallContext, selector: Selector, field_name: str
+) -> Endpoint | FieldViolation:
+    eps = await uow.installs.endpoints(ctx.tenant_id, ctx.install_id, ctx.version_id)
+    return resolve_endpoint(selector, eps, field_name)
+
+
+async def create_schedule(
+    ctx: InstallContext,
+    fields: ScheduleFields,
+    request_id: str,
+    *,
+    uow_factory: UnitOfWorkFactory,
+    settings: Settings,
+    clock: Clock,
+) -> Schedule:
+    checked = _check(fields, UPDATABLE_FIELDS - {"enabled"}, settings, "schedule.")
+    request_uuid: uuid.UUID | None = None
+    if request_id.strip():
+        parsed = validate_uuid(request_id, "request_id")
+        if isinstance(parsed, FieldViolation):
+            checked.violations.append(parsed)
+        else:
+            request_uuid = parsed
+    if checked.violations:
+        raise ValidationFailed(checked.violations)
+    assert checked.cron is not None and checked.selector is not None
+    now = clock()
+    async with uow_factory() as uow:
+        # The install row lock serialises creates of one install: the quota and the idempotency
+        # check below then hold exactly, whatever the number of server processes.
+        await uow.installs.lock(ctx.tenant_id, ctx.install_id)
+        if request_uuid is not None:
+            existing_id = await uow.schedules.find_request(
+                ctx.tenant_id, ctx.install_id, request_uuid, now - IDEMPOTENCY_WINDOW
+            )
+            if existing_id is not None:
+                existing = await uow.schedules.get(
+                    ctx.tenant_id, ctx.install_id, existing_id, for_update=False
+                )
+                if existing is None:
+                    raise ScheduleNotFound(str(existing_id))
+                return existing
+        endpoint = await _resolve(uow, ctx, checked.selector, "schedule.endpoint")
+        if isinstance(endpoint, FieldViolation):
+            raise ValidationFailed([endpoint])
+        if (
+            await uow.schedules.count(ctx.tenant_id, ctx.install_id)
+            >= settings.max_schedules_per_install
+        ):
+            raise QuotaExceeded(f"install:{ctx.install_id}", settings.max_schedules_per_install)
+        if checked.name is not None and await uow.schedules.name_taken(
+            ctx.tenant_id, ctx.install_id, checked.name, None
+        ):
+            raise NameInUse(_NAME_IN_USE)
+        enabled = True if fields.enabled is None else fields.enabled
+        schedule = Schedule(
+            id=uuid.uuid4(),
+            install_id=ctx.install_id,
+            tenant_id=ctx.tenant_id,
+            endpoint_id=endpoint.id,
+            endpoint_method=endpoint.method,
+            endpoint_path=endpoint.path,
+            name=checked.name,
+            cron=checked.cron.source,
+            timezone=checked.timezone,
+            enabled=enabled,
+            payload=fields.payload,
+            next_run_time=_next_run(checked.cron.source, checked.timezone, enabled, now, settings),
+            last_run_time=None,
+            last_run_status=None,
+            last_error=None,
+            create_time=now,
+            update_time=now,
+            revision=1,
+        )
+        await uow.schedules.add(schedule)
+        if request_uuid is not None:
+            await uow.schedules.remember_request(
+                ctx.tenant_id, ctx.install_id, request_uuid, schedule.id, now
+            )
+        await uow.commit()
+    return schedule
+
+
+async def get_schedule(
+    ctx: InstallContext, schedule_id: str, *, uow_factory: UnitOfWorkFactory
+) -> Schedule:
+    sid = _parse_id(schedule_id, "id")
+    async with uow_factory() as uow:
+        found = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=False)
+    if found is None:
+        raise ScheduleNotFound(str(sid))
+    return found
+
+
+def page_size_of(raw: int, field_name: str = "page_size") -> int:
+    if raw < 0:
+        raise ValidationFailed(
+            [FieldViolation(field_name, "PAGE_INVALID", "page_size must not be negative")]
+        )
+    return DEFAULT_PAGE_SIZE if raw == 0 else min(raw, MAX_PAGE_SIZE)
+
+
+def _invalid_token() -> ValidationFailed:
+    return ValidationFailed(
+        [FieldViolation("page_token", "PAGE_INVALID", "page_token is not one this listing issued")]
+    )
+
+
+def decode_position(
+    tokens: PageTokens, scope: str, token: str
+) -> tuple[datetime, uuid.UUID] | None:
+    if not token:
+        return None
+    position = tokens.decode(scope, token)
+    if position is None or len(position) != 2:
+        raise _invalid_token()
+    try:
+        return datetime.fromisoformat(position[0]), uuid.UUID(position[1])
+    except ValueError:
+        raise _invalid_token() from None
+
+
+async def list_schedules(
+    ctx: InstallContext,
+    page_size: int,
+    page_token: str,
+    *,
+    uow_factory: UnitOfWorkFactory,
+    tokens: PageTokens,
+) -> SchedulePage:
+    size = page_size_of(page_size)
+    scope = f"schedules:{ctx.install_id}"
+    after = decode_position(tokens, scope, page_token)
+    async with uow_factory() as uow:
+        rows = await uow.schedules.list_page(ctx.tenant_id, ctx.install_id, after, size + 1)
+        total = await uow.schedules.count(ctx.tenant_id, ctx.install_id)
+    next_token = ""
+    if len(rows) > size:
+        rows = rows[:size]
+        last = rows[-1]
+        next_token = tokens.encode(scope, [last.create_time.isoformat(), str(last.id)])
+    return SchedulePage(rows, next_token, total)
+
+
+async def update_schedule(
+    ctx: InstallContext,
+    schedule_id: str,
+    etag: str,
+    fields: ScheduleFields,
+    mask: list[str] | None,
+    *,
+    uow_factory: UnitOfWorkFactory,
+    settings: Settings,
+    clock: Clock,
+) -> Schedule:
+    violations: list[FieldViolation] = []
+    sid = validate_uuid(schedule_id, "schedule.id")
+    if isinstance(sid, FieldViolation):
+        violations.append(sid)
+    if mask is None:
+        names = fields.present & UPDATABLE_FIELDS
+    else:
+        unknown = sorted(set(mask) - UPDATABLE_FIELDS)
+        if unknown:
+            violations.append(
+                FieldViolation(
+                    "update_mask",
+                    "UPDATE_MASK_INVALID",
+                    f"cannot update {', '.join(unknown)}; allowed: "
+                    + ", ".join(sorted(UPDATABLE_FIELDS)),
+                )
+            )
+        names = frozenset(mask) & UPDATABLE_FIELDS
+    checked = _check(fields, names, settings, "schedule.")
+    violations.extend(checked.violations)
+    if violations:
+        raise ValidationFailed(violations)
+    assert isinstance(sid, uuid.UUID)
+    now = clock()
+    async with uow_factory() as uow:
+        current = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=True)
+        if current is None:
+            raise ScheduleNotFound(str(sid))
+        if etag.strip() and etag.strip() != current.etag:
+            raise EtagMismatch("the schedule changed since it was read; read it again and retry")
+        updated = current
+        if "endpoint" in names:
+            assert checked.selector is not None
+            endpoint = await _resolve(uow, ctx, checked.selector, "schedule.endpoint")
+            if isinstance(endpoint, FieldViolation):
+                raise ValidationFailed([endpoint])
+            updated = replace(
+                updated,
+                endpoint_id=endpoint.id,
+                endpoint_method=endpoint.method,
+                endpoint_path=endpoint.path,
+            )
+        if "cron" in names:
+            assert checked.cron is not None
+            updated = replace(updated, cron=checked.cron.source)
+        if "timezone" in names:
+            updated = replace(updated, timezone=checked.timezone)
+        if "name" in names:
+            updated = replace(updated, name=checked.name)
+        if "payload" in names:
+            updated = replace(updated, payload=fields.payload)
+        if "enabled" in names:
+            updated = replace(updated, enabled=bool(fields.enabled))
+        if updated == current:
+            return current
+        if (
+            updated.name is not None
+            and updated.name != current.name
+            and await uow.schedules.name_taken(ctx.tenant_id, ctx.install_id, updated.name, sid)
+        ):
+            raise NameInUse(_NAME_IN_USE)
+        timing = (updated.cron, updated.timezone, updated.enabled)
+        if timing != (current.cron, current.timezone, current.enabled):
+            updated = replace(
+                updated,
+                next_run_time=_next_run(
+                    updated.cron, updated.timezone, updated.enabled, now, settings
+                ),
+            )
+        updated = replace(updated, revision=current.revision + 1, update_time=now)
+        await uow.schedules.replace(updated)
+        await uow.commit()
+    return updated
+
+
+async def delete_schedule(
+    ctx: InstallContext, schedule_id: str, etag: str, *, uow_factory: UnitOfWorkFactory
+) -> None:
+    sid = _parse_id(schedule_id, "id")
+    async with uow_factory() as uow:
+        current = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=True)
+        if current is None:
+            raise ScheduleNotFound(str(sid))
+        if etag.strip() and etag.strip() != current.etag:
+            raise EtagMismatch("the schedule changed since it was read; read it again and retry")
+        await uow.schedules.delete(ctx.tenant_id, ctx.install_id, sid)
+        await uow.commit()
+
+
+async def get_endpoints(
+    ctx: InstallContext, *, uow_factory: UnitOfWorkFactory
+) -> list[EndpointView]:
+    async with uow_factory() as uow:
+        eps = await uow.installs.endpoints(ctx.tenant_id, ctx.install_id, ctx.version_id)
+    return [EndpointView(e, unschedulable_reason(e.method, e.path)) for e in eps]
+
+
+def preview_schedule(
+    cron: str,
+    timezone: str,
+    count: int,
+    start_time: datetime | None,
+    *,
+    settings: Settings,
+    clock: Clock,
+) -> Preview:
+    fields = ScheduleFields(cron=cron, timezone=timezone)
+    checked = _check(fields, frozenset({"cron", "timezone"}), settings, "")
+    if count < 0:
+        checked.violations.append(
+            FieldViolation("count", "COUNT_INVALID", "count must not be negative")
+        )
+    if checked.violations:
+        raise ValidationFailed(checked.violations)
+    assert checked.cron is not None
+    n = DEFAULT_PREVIEW_COUNT if count == 0 else min(count, MAX_PREVIEW_COUNT)
+    start = start_time or clock()
+    times = next_occurrences(checked.cron, zoneinfo.ZoneInfo(checked.timezone), start, n)
+    return Preview(times, shortest_interval(checked.cron))

@@ -1,0 +1,74 @@
+"""SchedulerAdmin: messages in, use-case calls, messages out."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+import grpc
+from schedulerhost.v1 import scheduler_admin_pb2 as pb
+from schedulerhost.v1 import scheduler_admin_pb2_grpc
+
+from scheduler_host.domain.errors import NotSupported
+from scheduler_host.service import installs, runs
+from scheduler_host.service.deps import UseCaseDeps
+from scheduler_host.transport import messages
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class SchedulerAdminServicer(scheduler_admin_pb2_grpc.SchedulerAdminServicer):
+    def __init__(self, deps: UseCaseDeps) -> None:
+        self._deps = deps
+
+    async def UpsertInstall(
+        self, request: pb.UpsertInstallRequest, context: Context
+    ) -> pb.UpsertInstallResponse:
+        d = self._deps
+        install, disabled = await installs.upsert_install(
+            messages.install_input(request.install),
+            request.disable_missing_schedules,
+            uow_factory=d.uow_factory,
+            settings=d.settings,
+            clock=d.clock,
+        )
+        d.install_cache.invalidate(install.install_id)
+        return pb.UpsertInstallResponse(
+            install=messages.install_message(install),
+            disabled_schedule_ids=[str(i) for i in disabled],
+        )
+
+    async def GetInstall(
+        self, request: pb.GetInstallRequest, context: Context
+    ) -> pb.GetInstallResponse:
+        install = await installs.get_install(request.install_id, uow_factory=self._deps.uow_factory)
+        return pb.GetInstallResponse(install=messages.install_message(install))
+
+    async def DeleteInstall(
+        self, request: pb.DeleteInstallRequest, context: Context
+    ) -> pb.DeleteInstallResponse:
+        await installs.delete_install(request.install_id, uow_factory=self._deps.uow_factory)
+        with contextlib.suppress(ValueError):
+            self._deps.install_cache.invalidate(uuid.UUID(request.install_id))
+        return pb.DeleteInstallResponse()
+
+    async def RunScheduleNow(
+        self, request: pb.RunScheduleNowRequest, context: Context
+    ) -> pb.RunScheduleNowResponse:
+        raise NotSupported("RunScheduleNow needs the dispatcher, which this build does not have")
+
+    async def ListScheduleRuns(
+        self, request: pb.ListScheduleRunsRequest, context: Context
+    ) -> pb.ListScheduleRunsResponse:
+        page = await runs.list_runs(
+            request.install_id,
+            request.schedule_id,
+            request.page_size,
+            request.page_token,
+            uow_factory=self._deps.uow_factory,
+            tokens=self._deps.page_tokens,
+        )
+        return pb.ListScheduleRunsResponse(
+            runs=[messages.run_message(r) for r in page.runs], next_page_token=page.next_page_token
+        )

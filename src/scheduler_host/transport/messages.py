@@ -1,0 +1,213 @@
+"""Protobuf messages ↔ plain values of the domain and the use cases."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from schedulerhost.v1 import schedule_pb2, scheduler_admin_pb2
+
+from scheduler_host.domain.errors import FieldViolation
+from scheduler_host.domain.install import Install
+from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
+from scheduler_host.domain.schedule import Json, Schedule
+from scheduler_host.service.installs import EndpointSpecInput, InstallInput
+from scheduler_host.service.schedules import EndpointView, ScheduleFields
+
+_LAST_RUN_STATUS = {
+    "success": schedule_pb2.RUN_STATUS_SUCCESS,
+    "error": schedule_pb2.RUN_STATUS_ERROR,
+    "skipped": schedule_pb2.RUN_STATUS_SKIPPED,
+}
+_RUN_STATE = {
+    RunState.PENDING: schedule_pb2.RUN_STATE_PENDING,
+    RunState.RUNNING: schedule_pb2.RUN_STATE_RUNNING,
+    RunState.SUCCESS: schedule_pb2.RUN_STATE_SUCCESS,
+    RunState.ERROR: schedule_pb2.RUN_STATE_ERROR,
+    RunState.SKIPPED: schedule_pb2.RUN_STATE_SKIPPED,
+}
+_RUN_TRIGGER = {
+    RunTrigger.SCHEDULE: schedule_pb2.RUN_TRIGGER_SCHEDULE,
+    RunTrigger.MANUAL: schedule_pb2.RUN_TRIGGER_MANUAL,
+}
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _integral(value: Any) -> Any:
+    """google.protobuf.Value carries every number as a double; give integers back their form."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def payload_from_value(
+    value: struct_pb2.Value, field: str
+) -> tuple[Json | None, FieldViolation | None]:
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None, None
+    try:
+        data = json_format.MessageToDict(value)
+    except (ValueError, json_format.Error):
+        return None, FieldViolation(field, "PAYLOAD_INVALID", "payload is not valid JSON")
+    if _has_non_finite(data):
+        return None, FieldViolation(field, "PAYLOAD_INVALID", "payload holds NaN or infinity")
+    return _integral(data), None
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+def payload_to_value(payload: Json | None) -> struct_pb2.Value | None:
+    if payload is None:
+        return None
+    value = struct_pb2.Value()
+    json_format.Parse(json.dumps(payload), value)
+    return value
+
+
+def schedule_fields(msg: schedule_pb2.Schedule, field_prefix: str = "schedule.") -> ScheduleFields:
+    """Input fields of a Schedule message; output-only fields are ignored, never refused."""
+    endpoint = msg.endpoint.strip()
+    if not endpoint and (msg.endpoint_method.strip() or msg.endpoint_path.strip()):
+        endpoint = f"{msg.endpoint_method.strip()} {msg.endpoint_path.strip()}".strip()
+    payload, payload_violation = payload_from_value(msg.payload, f"{field_prefix}payload")
+    present = {
+        name
+        for name, is_set in (
+            ("endpoint", bool(endpoint)),
+            ("cron", bool(msg.cron.strip())),
+            ("timezone", bool(msg.timezone.strip())),
+            ("name", bool(msg.name.strip())),
+            ("enabled", msg.HasField("enabled")),
+            ("payload", msg.HasField("payload")),
+        )
+        if is_set
+    }
+    return ScheduleFields(
+        endpoint=endpoint,
+        name=msg.name,
+        cron=msg.cron,
+        timezone=msg.timezone,
+        enabled=msg.enabled if msg.HasField("enabled") else None,
+        payload=payload,
+        payload_violation=payload_violation,
+        present=frozenset(present),
+    )
+
+
+def schedule_message(s: Schedule) -> schedule_pb2.Schedule:
+    msg = schedule_pb2.Schedule(
+        id=str(s.id),
+        endpoint=s.endpoint,
+        endpoint_method=s.endpoint_method,
+        endpoint_path=s.endpoint_path,
+        endpoint_id=str(s.endpoint_id),
+        name=s.name or "",
+        cron=s.cron,
+        timezone=s.timezone,
+        enabled=s.enabled,
+        last_run_status=_LAST_RUN_STATUS.get(s.last_run_status or "", 0),  # type: ignore[arg-type]
+        last_error=s.last_error or "",
+        create_time=timestamp(s.create_time),
+        update_time=timestamp(s.update_time),
+        etag=s.etag,
+    )
+    payload = payload_to_value(s.payload)
+    if payload is not None:
+        msg.payload.CopyFrom(payload)
+    if s.next_run_time is not None:
+        msg.next_run_time.CopyFrom(timestamp(s.next_run_time))
+    if s.last_run_time is not None:
+        msg.last_run_time.CopyFrom(timestamp(s.last_run_time))
+    return msg
+
+
+def endpoint_message(view: EndpointView) -> schedule_pb2.Endpoint:
+    e = view.endpoint
+    return schedule_pb2.Endpoint(
+        id=str(e.id),
+        method=e.method,
+        path=e.path,
+        handler=e.handler,
+        schedulable=not view.unschedulable_reason,
+        unschedulable_reason=view.unschedulable_reason,
+    )
+
+
+def run_message(run: ScheduleRun) -> schedule_pb2.ScheduleRun:
+    msg = schedule_pb2.ScheduleRun(
+        id=str(run.id),
+        schedule_id=str(run.schedule_id),
+        trigger=_RUN_TRIGGER[run.trigger],
+        scheduled_time=timestamp(run.scheduled_time),
+        status=_RUN_STATE[run.status],
+        attempt=run.attempt,
+        error=run.error or "",
+    )
+    if run.start_time is not None:
+        msg.start_time.CopyFrom(timestamp(run.start_time))
+        msg.lateness.CopyFrom(duration((run.start_time - run.scheduled_time).total_seconds()))
+    if run.finish_time is not None:
+        msg.finish_time.CopyFrom(timestamp(run.finish_time))
+    return msg
+
+
+def install_input(msg: scheduler_admin_pb2.Install) -> InstallInput:
+    return InstallInput(
+        install_id=msg.install_id,
+        tenant_id=msg.tenant_id,
+        registry_id=msg.registry_id,
+        version_id=msg.version_id,
+        content_hash=msg.content_hash,
+        enabled=msg.enabled if msg.HasField("enabled") else None,
+        granted_capabilities=tuple(msg.granted_capabilities),
+        endpoints=tuple(EndpointSpecInput(e.method, e.path, e.handler) for e in msg.endpoints),
+    )
+
+
+def install_message(install: Install) -> scheduler_admin_pb2.Install:
+    return scheduler_admin_pb2.Install(
+        install_id=str(install.install_id),
+        tenant_id=install.tenant_id,
+        registry_id=install.registry_id,
+        version_id=install.version_id,
+        content_hash=install.content_hash,
+        enabled=install.enabled,
+        granted_capabilities=list(install.granted_capabilities),
+        endpoints=[
+            scheduler_admin_pb2.EndpointSpec(method=e.method, path=e.path, handler=e.handler)
+            for e in install.endpoints
+        ],
+        create_time=timestamp(install.create_time),
+        update_time=timestamp(install.update_time),
+    )

@@ -1,0 +1,65 @@
+"""End-to-end fixtures: the real server on a loopback port over a migrated PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from scheduler_host.app import Application, start_application
+from scheduler_host.config import Settings
+from tests.support.postgres import PostgresServer, scratch_database
+from tests.support.server import (
+    ADMIN_TOKEN,
+    RUNNER_TOKEN,
+    SECOND_RUNNER_TOKEN,
+    InstallHandle,
+    Stubs,
+    register_install,
+)
+
+
+@pytest.fixture(scope="session")
+def e2e_database_url(postgres: PostgresServer) -> Iterator[str]:
+    with scratch_database(postgres, prefix="scheduler_host_e2e") as name:
+        yield postgres.url(name)
+
+
+def e2e_settings(database_url: str, **overrides: object) -> Settings:
+    base = Settings(
+        database_url=database_url,
+        listen="127.0.0.1:0",
+        runner_tokens=(RUNNER_TOKEN, SECOND_RUNNER_TOKEN),
+        admin_token=ADMIN_TOKEN,
+        environment="test",
+        # Most tests make many changes quickly; the rate-limit tests start their own server.
+        rate_limit_per_minute=100_000,
+        install_cache_seconds=0,
+        dispatcher_enabled=False,
+    )
+    return Settings(**{**base.__dict__, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+async def app(e2e_database_url: str) -> AsyncIterator[Application]:
+    application = await start_application(e2e_settings(e2e_database_url), migrate=True)
+    yield application
+    await application.stop()
+
+
+@pytest.fixture(scope="session")
+async def stubs(app: Application) -> AsyncIterator[Stubs]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        yield Stubs(channel)
+
+
+@pytest.fixture
+async def install(stubs: Stubs) -> InstallHandle:
+    """A fresh enabled install with the scheduler capability and the default endpoints."""
+    return await register_install(stubs.admin)
+
+
+@pytest.fixture
+async def other_install(stubs: Stubs) -> InstallHandle:
+    return await register_install(stubs.admin)
