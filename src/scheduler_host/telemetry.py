@@ -1,16 +1,29 @@
-"""Logging set-up: text for people, JSON lines for machines (SCHEDULER_HOST_LOG_FORMAT=json)."""
+"""Operability: structured logs, Prometheus metrics and OpenTelemetry tracing set-up.
+
+Metric names and labels are part of the product contract (SPEC §10).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 _STANDARD_FIELDS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_API_LABELS = ("operation", "tenant_id", "grpc_code")
+_LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 600)
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra=` fields of a record become top-level keys."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -35,3 +48,101 @@ def configure_logging(log_format: str, level: str) -> None:
     root.setLevel(level)
     # Migration chatter is noise next to the service's own lines.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+
+
+@dataclass
+class Metrics:
+    """The service's metrics, in a registry of their own (one per application)."""
+
+    registry: CollectorRegistry
+    api_calls: Counter
+    api_duration: Histogram
+    api_errors: Counter
+    runs: Counter
+    run_lateness: Histogram
+
+    def record_call(self, operation: str, tenant_id: str, grpc_code: str, seconds: float) -> None:
+        labels = (operation, tenant_id, grpc_code)
+        self.api_calls.labels(*labels).inc()
+        self.api_duration.labels(*labels).observe(seconds)
+        if grpc_code != "OK":
+            self.api_errors.labels(*labels).inc()
+
+    def record_run(self, status: str, lateness_seconds: float | None) -> None:
+        self.runs.labels(status).inc()
+        if lateness_seconds is not None:
+            self.run_lateness.observe(max(lateness_seconds, 0.0))
+
+
+def build_metrics() -> Metrics:
+    registry = CollectorRegistry(auto_describe=True)
+    return Metrics(
+        registry=registry,
+        api_calls=Counter(
+            "extension_scheduler_api_calls", "API calls answered", _API_LABELS, registry=registry
+        ),
+        api_duration=Histogram(
+            "extension_scheduler_api_duration_seconds",
+            "Time to answer an API call",
+            _API_LABELS,
+            registry=registry,
+        ),
+        api_errors=Counter(
+            "extension_scheduler_api_errors",
+            "API calls answered with an error",
+            _API_LABELS,
+            registry=registry,
+        ),
+        runs=Counter(
+            "extension_scheduler_runs",
+            "Schedule runs recorded, by status",
+            ("status",),
+            registry=registry,
+        ),
+        run_lateness=Histogram(
+            "extension_scheduler_run_lateness_seconds",
+            "Actual minus scheduled start of a run",
+            buckets=_LATENESS_BUCKETS,
+            registry=registry,
+        ),
+    )
+
+
+def serve_metrics(metrics: Metrics, listen: str) -> Callable[[], None]:
+    """Expose the Prometheus text format on `host:port`; returns the function that stops it."""
+    host, _, port = listen.rpartition(":")
+    server, thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
+
+
+def tracer_provider_from_environment() -> Any | None:
+    """An SDK tracer provider exporting over OTLP when the standard OTEL_* variables ask for one.
+
+    None (no tracing cost at all) unless OTEL_TRACES_EXPORTER=otlp or an OTLP endpoint is set.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    if exporter_name in {"", "none"} and not (endpoint and exporter_name != "none"):
+        return None
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(
+        resource=Resource.create(
+            {"service.name": os.environ.get("OTEL_SERVICE_NAME", "scheduler-host")}
+        )
+    )
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider

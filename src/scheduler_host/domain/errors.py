@@ -53,8 +53,8 @@ class ValidationFailed(SchedulerError):
 
     def __init__(self, violations: list[FieldViolation] | tuple[FieldViolation, ...]) -> None:
         self.violations = tuple(violations)
-        fields = ", ".join(v.field for v in self.violations)
-        super().__init__(f"invalid request: {fields}" if fields else "invalid request")
+        problems = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(f"invalid request: {problems}" if problems else "invalid request")
 
 
 class MalformedRequest(SchedulerError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import unicodedata
 import uuid
@@ -81,8 +82,13 @@ def _known_zone(name: str) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _available_zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+def _iana_zones() -> frozenset[str]:
+    """Zone names of the tz database as shipped by the tzdata package.
+
+    The system's zoneinfo directory also holds `localtime`, `posixrules` and the like, which name
+    host-dependent files, not zones; the package's list has only real names."""
+    listing = importlib.resources.files("tzdata").joinpath("zones").read_text()
+    return frozenset(line.strip() for line in listing.splitlines() if line.strip())
 
 
 def validate_timezone(raw: str, field: str = "schedule.timezone") -> str | FieldViolation:
@@ -92,7 +98,7 @@ def validate_timezone(raw: str, field: str = "schedule.timezone") -> str | Field
         return FieldViolation(field, "TIMEZONE_INVALID", "time zone is longer than 64 characters")
     # Only names listed by the tz database count: ZoneInfo alone would accept odd spellings
     # of paths relative to the zone directory.
-    if name not in _available_zones() or not _known_zone(name):
+    if name not in _iana_zones() or not _known_zone(name):
         return FieldViolation(
             field,
             "TIMEZONE_INVALID",
@@ -116,6 +122,9 @@ def validate_payload(
         return None
     if not isinstance(payload, dict | list):
         return FieldViolation(field, "PAYLOAD_INVALID", "payload must be a JSON object or array")
+    if _has_nul(payload):
+        # PostgreSQL cannot store U+0000 in JSON; refusing it beats storing something else.
+        return FieldViolation(field, "PAYLOAD_INVALID", "payload strings may not contain U+0000")
     try:
         text = payload_json(payload)
     except ValueError:
@@ -143,3 +152,13 @@ def validate_uuid(raw: str, field: str) -> uuid.UUID | FieldViolation:
 
 def truncate_error(text: str) -> str:
     return text[:MAX_LAST_ERROR_LENGTH]
+
+
+def _has_nul(value: Json) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False

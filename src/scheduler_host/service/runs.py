@@ -9,12 +9,11 @@ from scheduler_host.domain.errors import (
     FieldViolation,
     InstallNotFound,
     ScheduleNotFound,
-    ValidationFailed,
 )
 from scheduler_host.domain.runs import ScheduleRun
 from scheduler_host.domain.schedule import validate_uuid
 from scheduler_host.service.ports import PageTokens, UnitOfWorkFactory
-from scheduler_host.service.schedules import decode_position, page_size_of
+from scheduler_host.service.schedules import read_page_request
 
 
 @dataclass(frozen=True)
@@ -23,14 +22,18 @@ class RunPage:
     next_page_token: str
 
 
-def _ids(install_id: str, schedule_id: str) -> tuple[uuid.UUID, uuid.UUID]:
+def parse_schedule_ids(
+    install_id: str, schedule_id: str
+) -> tuple[uuid.UUID | None, uuid.UUID | None, list[FieldViolation]]:
+    """The admin calls' install and schedule ids, with a violation for each that is no UUID."""
     iid = validate_uuid(install_id, "install_id")
     sid = validate_uuid(schedule_id, "schedule_id")
     bad = [v for v in (iid, sid) if isinstance(v, FieldViolation)]
-    if bad:
-        raise ValidationFailed(bad)
-    assert isinstance(iid, uuid.UUID) and isinstance(sid, uuid.UUID)
-    return iid, sid
+    return (
+        iid if isinstance(iid, uuid.UUID) else None,
+        sid if isinstance(sid, uuid.UUID) else None,
+        bad,
+    )
 
 
 async def list_runs(
@@ -42,10 +45,10 @@ async def list_runs(
     uow_factory: UnitOfWorkFactory,
     tokens: PageTokens,
 ) -> RunPage:
-    iid, sid = _ids(install_id, schedule_id)
-    size = page_size_of(page_size)
+    iid, sid, bad = parse_schedule_ids(install_id, schedule_id)
     scope = f"runs:{sid}"
-    before = decode_position(tokens, scope, page_token)
+    size, before = read_page_request(page_size, page_token, tokens, scope, bad)
+    assert iid is not None and sid is not None
     async with uow_factory() as uow:
         ctx = await uow.installs.context(iid)
         if ctx is None:

@@ -143,11 +143,16 @@ def _parse_id(raw: str, name: str) -> uuid.UUID:
     return parsed
 
 
-async def _resolve(
-    uow: UnitOfWork, ctx: InstallContext, selector: Selector, field_name: str
-) -> Endpoint | FieldViolation:
+async def _resolve_into(uow: UnitOfWork, ctx: InstallContext, checked: _Checked) -> Endpoint | None:
+    """The endpoint the checked selector names, or None with its violation added."""
+    if checked.selector is None:
+        return None
     eps = await uow.installs.endpoints(ctx.tenant_id, ctx.install_id, ctx.version_id)
-    return resolve_endpoint(selector, eps, field_name)
+    resolved = resolve_endpoint(checked.selector, eps, "schedule.endpoint")
+    if isinstance(resolved, FieldViolation):
+        checked.violations.append(resolved)
+        return None
+    return resolved
 
 
 async def create_schedule(
@@ -167,11 +172,14 @@ async def create_schedule(
             checked.violations.append(parsed)
         else:
             request_uuid = parsed
-    if checked.violations:
-        raise ValidationFailed(checked.violations)
-    assert checked.cron is not None and checked.selector is not None
     now = clock()
     async with uow_factory() as uow:
+        # Resolving the endpoint reads the install's endpoints; its violation is reported together
+        # with the others.
+        endpoint = await _resolve_into(uow, ctx, checked)
+        if checked.violations:
+            raise ValidationFailed(checked.violations)
+        assert checked.cron is not None and endpoint is not None
         # The install row lock serialises creates of one install: the quota and the idempotency
         # check below then hold exactly, whatever the number of server processes.
         await uow.installs.lock(ctx.tenant_id, ctx.install_id)
@@ -186,9 +194,6 @@ async def create_schedule(
                 if existing is None:
                     raise ScheduleNotFound(str(existing_id))
                 return existing
-        endpoint = await _resolve(uow, ctx, checked.selector, "schedule.endpoint")
-        if isinstance(endpoint, FieldViolation):
-            raise ValidationFailed([endpoint])
         if (
             await uow.schedules.count(ctx.tenant_id, ctx.install_id)
             >= settings.max_schedules_per_install
@@ -239,32 +244,38 @@ async def get_schedule(
     return found
 
 
-def page_size_of(raw: int, field_name: str = "page_size") -> int:
-    if raw < 0:
-        raise ValidationFailed(
-            [FieldViolation(field_name, "PAGE_INVALID", "page_size must not be negative")]
-        )
-    return DEFAULT_PAGE_SIZE if raw == 0 else min(raw, MAX_PAGE_SIZE)
+Position = tuple[datetime, uuid.UUID]
 
 
-def _invalid_token() -> ValidationFailed:
-    return ValidationFailed(
-        [FieldViolation("page_token", "PAGE_INVALID", "page_token is not one this listing issued")]
-    )
-
-
-def decode_position(
-    tokens: PageTokens, scope: str, token: str
-) -> tuple[datetime, uuid.UUID] | None:
-    if not token:
-        return None
-    position = tokens.decode(scope, token)
-    if position is None or len(position) != 2:
-        raise _invalid_token()
-    try:
-        return datetime.fromisoformat(position[0]), uuid.UUID(position[1])
-    except ValueError:
-        raise _invalid_token() from None
+def read_page_request(
+    page_size: int,
+    page_token: str,
+    tokens: PageTokens,
+    scope: str,
+    violations: list[FieldViolation] | None = None,
+) -> tuple[int, Position | None]:
+    """Page size and keyset position of a listing; raises every violation (with `violations`
+    already found by the caller) at once."""
+    found = list(violations or [])
+    size = DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
+    if page_size < 0:
+        found.append(FieldViolation("page_size", "PAGE_INVALID", "page_size must not be negative"))
+    position: Position | None = None
+    if page_token:
+        raw = tokens.decode(scope, page_token)
+        try:
+            if raw is None or len(raw) != 2:
+                raise ValueError(page_token)
+            position = datetime.fromisoformat(raw[0]), uuid.UUID(raw[1])
+        except ValueError:
+            found.append(
+                FieldViolation(
+                    "page_token", "PAGE_INVALID", "page_token is not one this listing issued"
+                )
+            )
+    if found:
+        raise ValidationFailed(found)
+    return size, position
 
 
 async def list_schedules(
@@ -275,9 +286,8 @@ async def list_schedules(
     uow_factory: UnitOfWorkFactory,
     tokens: PageTokens,
 ) -> SchedulePage:
-    size = page_size_of(page_size)
     scope = f"schedules:{ctx.install_id}"
-    after = decode_position(tokens, scope, page_token)
+    size, after = read_page_request(page_size, page_token, tokens, scope)
     async with uow_factory() as uow:
         rows = await uow.schedules.list_page(ctx.tenant_id, ctx.install_id, after, size + 1)
         total = await uow.schedules.count(ctx.tenant_id, ctx.install_id)
@@ -319,23 +329,20 @@ async def update_schedule(
             )
         names = frozenset(mask) & UPDATABLE_FIELDS
     checked = _check(fields, names, settings, "schedule.")
-    violations.extend(checked.violations)
-    if violations:
-        raise ValidationFailed(violations)
-    assert isinstance(sid, uuid.UUID)
+    checked.violations[:0] = violations
     now = clock()
     async with uow_factory() as uow:
+        endpoint = await _resolve_into(uow, ctx, checked)
+        if checked.violations:
+            raise ValidationFailed(checked.violations)
+        assert isinstance(sid, uuid.UUID)
         current = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=True)
         if current is None:
             raise ScheduleNotFound(str(sid))
         if etag.strip() and etag.strip() != current.etag:
             raise EtagMismatch("the schedule changed since it was read; read it again and retry")
         updated = current
-        if "endpoint" in names:
-            assert checked.selector is not None
-            endpoint = await _resolve(uow, ctx, checked.selector, "schedule.endpoint")
-            if isinstance(endpoint, FieldViolation):
-                raise ValidationFailed([endpoint])
+        if endpoint is not None:
             updated = replace(
                 updated,
                 endpoint_id=endpoint.id,

@@ -6,9 +6,13 @@ Links raise domain errors; only the boundary turns them into a google.rpc.Status
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
 import grpc
@@ -18,6 +22,7 @@ from scheduler_host.domain.errors import MalformedRequest, SchedulerError, Shutt
 from scheduler_host.domain.install import InstallContext
 from scheduler_host.service import access
 from scheduler_host.service.deps import UseCaseDeps
+from scheduler_host.telemetry import Metrics
 from scheduler_host.transport import status
 
 log = logging.getLogger("scheduler_host.rpc")
@@ -50,7 +55,7 @@ class _Link(grpc.aio.ServerInterceptor):
     def applies(self, method: str) -> bool:
         return method.startswith((HOST_SERVICE, ADMIN_SERVICE))
 
-    async def around(self, request: Any, context: Context, inner: Behavior) -> Any:
+    async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         raise NotImplementedError
 
     def deserializer(self, handler: Handler) -> Callable[[bytes], Any] | None:
@@ -66,7 +71,7 @@ class _Link(grpc.aio.ServerInterceptor):
         inner = cast(Behavior, handler.unary_unary)
 
         async def behavior(request: Any, context: Context) -> Any:
-            return await self.around(request, context, inner)
+            return await self.around(method, request, context, inner)
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,
@@ -87,11 +92,26 @@ async def abort_with(context: Context, st: Any) -> None:
     await context.abort(converted.code, converted.details, converted.trailing_metadata)
 
 
-class ErrorBoundary(_Link):
-    """Outermost link: undecodable requests, domain errors and crashes become a Status."""
+@dataclass
+class CallInfo:
+    """What the log line and metrics of one call say; inner links fill in the install."""
 
-    def __init__(self) -> None:
+    operation: str
+    request_id: str
+    install_id: str = ""
+    tenant_id: str = ""
+
+
+current_call: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("current_call")
+
+
+class ErrorBoundary(_Link):
+    """Outermost link: undecodable requests, domain errors and crashes become a Status, and
+    every call is reported once (a log line and the API metrics)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self.draining = False
+        self._metrics = metrics
 
     def deserializer(self, handler: Handler) -> Callable[[bytes], Any]:
         decode = handler.request_deserializer
@@ -105,7 +125,14 @@ class ErrorBoundary(_Link):
 
         return tolerant_decode
 
-    async def around(self, request: Any, context: Context, inner: Behavior) -> Any:
+    async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
+        info = CallInfo(
+            operation=method.rsplit("/", 1)[-1],
+            request_id=metadata_value(context, "x-request-id") or uuid.uuid4().hex,
+        )
+        token = current_call.set(info)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             if self.draining:
                 raise ShuttingDown()
@@ -113,12 +140,42 @@ class ErrorBoundary(_Link):
                 raise MalformedRequest("the request bytes do not decode as the method's message")
             return await inner(request, context)
         except grpc.aio.AbortError:
+            code = grpc.StatusCode.UNKNOWN  # not reached: every abort goes through this link
             raise
         except SchedulerError as error:
+            code = status.code_of(error)
             await abort_with(context, status.to_status(error))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception:
-            log.exception("unhandled error")
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error", extra=_fields(info))
             await abort_with(context, status.internal_status())
+        finally:
+            current_call.reset(token)
+            self._report(info, code, time.perf_counter() - started)
+
+    def _report(self, info: CallInfo, code: grpc.StatusCode, seconds: float) -> None:
+        name = code.name
+        if self._metrics is not None:
+            self._metrics.record_call(info.operation, info.tenant_id, name, seconds)
+        log.info(
+            "%s %s %.1f ms",
+            info.operation,
+            name,
+            seconds * 1000,
+            extra={**_fields(info), "grpc_code": name, "duration_ms": round(seconds * 1000, 3)},
+        )
+
+
+def _fields(info: CallInfo) -> dict[str, str]:
+    return {
+        "request_id": info.request_id,
+        "install_id": info.install_id,
+        "tenant_id": info.tenant_id,
+        "operation": info.operation,
+    }
 
 
 class RunnerAuth(_Link):
@@ -130,7 +187,7 @@ class RunnerAuth(_Link):
     def applies(self, method: str) -> bool:
         return method.startswith(HOST_SERVICE)
 
-    async def around(self, request: Any, context: Context, inner: Behavior) -> Any:
+    async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         deps = self._deps
         access.check_token(metadata_value(context, "x-runner-auth"), deps.settings.runner_tokens)
         ctx = await access.authorize_install(
@@ -138,6 +195,9 @@ class RunnerAuth(_Link):
             uow_factory=deps.uow_factory,
             cache=deps.install_cache,
         )
+        info = current_call.get(None)
+        if info is not None:
+            info.install_id, info.tenant_id = str(ctx.install_id), ctx.tenant_id
         token = current_install.set(ctx)
         try:
             return await inner(request, context)
@@ -154,7 +214,7 @@ class AdminAuth(_Link):
     def applies(self, method: str) -> bool:
         return method.startswith(ADMIN_SERVICE)
 
-    async def around(self, request: Any, context: Context, inner: Behavior) -> Any:
+    async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         token = access.bearer_token(metadata_value(context, "authorization"))
         access.check_token(token, (self._deps.settings.admin_token,))
         return await inner(request, context)
@@ -169,7 +229,7 @@ class RateLimit(_Link):
     def applies(self, method: str) -> bool:
         return method in MUTATING_METHODS
 
-    async def around(self, request: Any, context: Context, inner: Behavior) -> Any:
+    async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         ctx = current_install.get()
         await access.count_call(
             f"mutations:{ctx.install_id}",
@@ -191,7 +251,7 @@ class Quota(_Link):
     def applies(self, method: str) -> bool:
         return method == CREATE_METHOD
 
-    async def around(self, request: Any, context: Context, inner: Behavior) -> Any:
+    async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         await access.check_quota_early(
             current_install.get(),
             request.request_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,7 @@ from schedulerhost.v1 import (
 
 from scheduler_host.config import Settings
 from scheduler_host.service.deps import UseCaseDeps
+from scheduler_host.telemetry import Metrics
 from scheduler_host.transport.admin_servicer import SchedulerAdminServicer
 from scheduler_host.transport.host_servicer import SchedulerHostServicer
 from scheduler_host.transport.interceptors import (
@@ -67,11 +69,28 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 async def start_server(
-    settings: Settings, deps: UseCaseDeps, listen: str | None = None
+    settings: Settings,
+    deps: UseCaseDeps,
+    listen: str | None = None,
+    *,
+    metrics: Metrics | None = None,
+    tracer_provider: Any | None = None,
 ) -> RunningServer:
-    boundary = ErrorBoundary()
+    boundary = ErrorBoundary(metrics)
+    chain: list[grpc.aio.ServerInterceptor] = [
+        boundary,
+        RunnerAuth(deps),
+        AdminAuth(deps),
+        RateLimit(deps),
+        Quota(deps),
+    ]
+    if tracer_provider is not None:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        # First in the chain, so the span covers auth, limits and the database work.
+        chain.insert(0, aio_server_interceptor(tracer_provider=tracer_provider))  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=[boundary, RunnerAuth(deps), AdminAuth(deps), RateLimit(deps), Quota(deps)],
+        interceptors=chain,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
