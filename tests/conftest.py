@@ -6,8 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.postgres import PostgresServer, postgres_server, scratch_database
+
+# The machine is shared and noisy: a slow example is not a failure; the examples' results are.
+settings.register_profile("scheduler-host", deadline=None)
+settings.load_profile("scheduler-host")
 
 
 @pytest.fixture(scope="session")

@@ -49,11 +49,26 @@ class InstallInput:
     endpoints: tuple[EndpointSpecInput, ...]
 
 
-def _text(value: str, name: str, violations: list[FieldViolation], *, required: bool) -> str:
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def _text(
+    value: str,
+    name: str,
+    violations: list[FieldViolation],
+    *,
+    required: bool,
+    limit: int = _MAX_ID_LENGTH,
+) -> str:
     text = value.strip()
-    if (required and not text) or len(text) > _MAX_ID_LENGTH:
+    if (required and not text) or len(text) > limit or _has_control(text):
         violations.append(
-            FieldViolation(name, "INSTALL_INVALID", f"{name} must be 1-{_MAX_ID_LENGTH} characters")
+            FieldViolation(
+                name,
+                "INSTALL_INVALID",
+                f"{name} must be {int(required)}-{limit} characters without control characters",
+            )
         )
     return text
 
@@ -69,9 +84,18 @@ def _endpoints(
     for i, spec in enumerate(specs):
         name = f"install.endpoints[{i}]"
         method, path = normalise_method(spec.method), normalise_path(spec.path)
-        if not _METHOD.match(method) or not spec.path.strip() or len(path) > 1024:
+        if (
+            not _METHOD.match(method)
+            or not spec.path.strip()
+            or len(path) > 1024
+            or _has_control(path + spec.handler)
+        ):
             violations.append(
-                FieldViolation(name, "INSTALL_INVALID", "an endpoint needs a method and a path")
+                FieldViolation(
+                    name,
+                    "INSTALL_INVALID",
+                    "an endpoint needs a method and a path, without control characters",
+                )
             )
             continue
         if (method, path) in seen:
@@ -107,8 +131,12 @@ async def upsert_install(
     tenant_id = _text(data.tenant_id, "install.tenant_id", violations, required=True)
     registry_id = _text(data.registry_id, "install.registry_id", violations, required=True)
     version_id = _text(data.version_id, "install.version_id", violations, required=True)
-    content_hash = data.content_hash.strip()[:256]
+    content_hash = _text(
+        data.content_hash, "install.content_hash", violations, required=False, limit=256
+    )
     endpoints = _endpoints(install_id, version_id, data.endpoints, violations)
+    for i, capability in enumerate(data.granted_capabilities):
+        _text(capability, f"install.granted_capabilities[{i}]", violations, required=True)
     capabilities = tuple(sorted({c.strip() for c in data.granted_capabilities if c.strip()}))
     if violations:
         raise ValidationFailed(violations)
@@ -164,6 +192,8 @@ async def upsert_install(
                         )
                     continue
                 moved = replace(s, endpoint_id=target.id)
+                if moved != s:
+                    moved = replace(moved, revision=s.revision + 1, update_time=now)
                 if reenabled and s.enabled:
                     # A re-enabled install continues from now, without catching up.
                     moved = replace(

@@ -31,6 +31,10 @@ class SignedPageTokens:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
             return None
+        # Only the exact spelling this class issues: the decoder tolerates aliases ("+" for "-",
+        # stray characters, unused low bits) that would let an altered token through.
+        if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+            return None
         mac, body = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
         if len(mac) != _MAC_BYTES or not hmac.compare_digest(mac, self._mac(scope, body)):
             return None

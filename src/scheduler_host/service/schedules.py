@@ -155,6 +155,25 @@ async def _resolve_into(uow: UnitOfWork, ctx: InstallContext, checked: _Checked)
     return resolved
 
 
+async def _current_endpoint(uow: UnitOfWork, ctx: InstallContext, s: Schedule) -> Schedule:
+    """An enabled schedule must call an endpoint of the install's current version: one that an
+    upgrade left behind while the schedule was disabled is refused until a new one is set."""
+    eps = await uow.installs.endpoints(ctx.tenant_id, ctx.install_id, ctx.version_id)
+    for e in eps:
+        if (e.method, e.path) == (s.endpoint_method, s.endpoint_path):
+            return replace(s, endpoint_id=e.id)
+    raise ValidationFailed(
+        [
+            FieldViolation(
+                "schedule.endpoint",
+                "ENDPOINT_NOT_FOUND",
+                f"endpoint {s.endpoint} is not part of the installed version; "
+                "set another endpoint to enable the schedule",
+            )
+        ]
+    )
+
+
 async def create_schedule(
     ctx: InstallContext,
     fields: ScheduleFields,
@@ -172,7 +191,6 @@ async def create_schedule(
             checked.violations.append(parsed)
         else:
             request_uuid = parsed
-    now = clock()
     async with uow_factory() as uow:
         # Resolving the endpoint reads the install's endpoints; its violation is reported together
         # with the others.
@@ -183,6 +201,8 @@ async def create_schedule(
         # The install row lock serialises creates of one install: the quota and the idempotency
         # check below then hold exactly, whatever the number of server processes.
         await uow.installs.lock(ctx.tenant_id, ctx.install_id)
+        # Read under the lock, so create times follow commit order and keyset pages miss nothing.
+        now = clock()
         if request_uuid is not None:
             existing_id = await uow.schedules.find_request(
                 ctx.tenant_id, ctx.install_id, request_uuid, now - IDEMPOTENCY_WINDOW
@@ -360,6 +380,8 @@ async def update_schedule(
             updated = replace(updated, payload=fields.payload)
         if "enabled" in names:
             updated = replace(updated, enabled=bool(fields.enabled))
+        if updated.enabled and endpoint is None:
+            updated = await _current_endpoint(uow, ctx, updated)
         if updated == current:
             return current
         if (

@@ -79,6 +79,15 @@ def _is_name_conflict(exc: sa.exc.IntegrityError) -> bool:
     return "uq_schedules_install_name" in text or "schedules.install_id, schedules.name" in text
 
 
+def _bound(
+    position: tuple[datetime, uuid.UUID], columns: Any, time_column: str = "create_time"
+) -> Any:
+    """A keyset position bound with the columns' types, so times are converted like stored ones."""
+    return sa.tuple_(
+        sa.literal(position[0], columns[time_column].type), sa.literal(position[1], columns.id.type)
+    )
+
+
 _SCHEDULE_COLUMNS = [c for c in schedules.c if c.name != "running_run_id"]
 
 
@@ -111,7 +120,7 @@ class SqlScheduleRepository:
         )
         if after is not None:
             query = query.where(
-                sa.tuple_(schedules.c.create_time, schedules.c.id) > sa.tuple_(*after)
+                sa.tuple_(schedules.c.create_time, schedules.c.id) > _bound(after, schedules.c)
             )
         query = query.order_by(schedules.c.create_time, schedules.c.id).limit(limit)
         return [_schedule(r) for r in await self._conn.execute(query)]
@@ -345,7 +354,10 @@ class SqlRunRepository:
             r.tenant_id == tenant_id, r.schedule_id == schedule_id
         )
         if before is not None:
-            query = query.where(sa.tuple_(r.scheduled_time, r.id) < sa.tuple_(*before))
+            query = query.where(
+                sa.tuple_(r.scheduled_time, r.id)
+                < _bound(before, schedule_runs.c, "scheduled_time")
+            )
         query = query.order_by(r.scheduled_time.desc(), r.id.desc()).limit(limit)
         return [
             ScheduleRun(
