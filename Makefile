@@ -66,3 +66,13 @@ bench: $(INSTALLED) $(NODE_INSTALLED)
 clean:
 	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: breaking contract-baseline
+
+## breaking: fail when protos/ breaks the released contract recorded in protos/baseline.binpb
+breaking: $(NODE_INSTALLED)
+	node_modules/.bin/buf breaking --against protos/baseline.binpb
+
+## contract-baseline: record protos/ as the released contract (deliberately, when releasing)
+contract-baseline: $(NODE_INSTALLED)
+	node_modules/.bin/buf build --exclude-source-info -o protos/baseline.binpb

@@ -1,0 +1,78 @@
+"""Async Python client of scheduler-host.
+
+    from scheduler_host.client import SchedulerHostClient, new_schedule, errors
+
+    async with SchedulerHostClient("127.0.0.1:50051", runner_token, install_id) as client:
+        try:
+            created = await client.create_schedule(
+                new_schedule("POST /sync", "0 * * * *", timezone="Europe/Berlin", payload={"a": 1})
+            )
+        except errors.InvalidArgument as exc:
+            print(exc.field_violations)        # {"schedule.cron": FieldViolation(...), ...}
+        except errors.RateLimited as exc:
+            print(exc.retry_delay)             # datetime.timedelta
+
+Methods return the generated messages of `schedulerhost.v1` (`Schedule`, `Endpoint`, ...); every
+failure raises one `errors.SchedulerHostError` subclass (see `scheduler_host.client.errors`).
+Only grpcio, grpcio-status, protobuf, googleapis-common-protos and the generated code are used.
+"""
+
+from __future__ import annotations
+
+from scheduler_host.client import errors
+from scheduler_host.client.admin import EndpointSpec, Install, SchedulerAdminClient
+from scheduler_host.client.errors import (
+    Aborted,
+    AlreadyExists,
+    DeadlineExceeded,
+    EtagMismatch,
+    FailedPrecondition,
+    FieldViolation,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    RateLimited,
+    ResourceExhausted,
+    SchedulerHostError,
+    Unauthenticated,
+    Unavailable,
+    ValidationFailed,
+)
+from scheduler_host.client.host import (
+    Endpoint,
+    Schedule,
+    SchedulerHostClient,
+    new_schedule,
+    schedule_payload,
+)
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "DeadlineExceeded",
+    "Endpoint",
+    "EndpointSpec",
+    "EtagMismatch",
+    "FailedPrecondition",
+    "FieldViolation",
+    "Install",
+    "InternalError",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "QuotaExceeded",
+    "RateLimited",
+    "ResourceExhausted",
+    "Schedule",
+    "SchedulerAdminClient",
+    "SchedulerHostClient",
+    "SchedulerHostError",
+    "Unauthenticated",
+    "Unavailable",
+    "ValidationFailed",
+    "errors",
+    "new_schedule",
+    "schedule_payload",
+]
