@@ -11,12 +11,19 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scheduler_host.adapters import migrations
+from scheduler_host.adapters.db.dispatch_store import SqlDispatchStore
 from scheduler_host.adapters.db.engine import build_engine
 from scheduler_host.adapters.db.service_keys import PAGE_TOKEN_KEY, load_key
 from scheduler_host.adapters.db.unit_of_work import SqlUnitOfWorkFactory
+from scheduler_host.adapters.runner_http import HttpRunnerClient
 from scheduler_host.config import Settings
 from scheduler_host.service.access import InstallContextCache
-from scheduler_host.service.deps import UseCaseDeps
+from scheduler_host.service.dispatch import (
+    MAX_RESPONSE_BYTES,
+    RUN_HISTORY_LIMIT,
+    DispatchDeps,
+    Dispatcher,
+)
 from scheduler_host.service.page_tokens import SignedPageTokens
 from scheduler_host.service.ports import Clock
 from scheduler_host.transport.server import RunningServer, start_server
@@ -36,15 +43,22 @@ def utc_now() -> datetime:
 class Application:
     settings: Settings
     engine: AsyncEngine
-    deps: UseCaseDeps
+    deps: DispatchDeps
     server: RunningServer
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.deps.dispatcher
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def stop(self) -> None:
-        await self.server.stop(self.settings.shutdown_grace_seconds)
+        grace = self.settings.shutdown_grace_seconds
+        # The dispatcher finishes or releases its claims within the same grace period.
+        await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
+        await self.dispatcher.close()
         await self.engine.dispose()
 
 
@@ -68,20 +82,30 @@ async def start_application(
     engine = build_engine(settings.database_url)
     try:
         key = await load_key(engine, PAGE_TOKEN_KEY)
-        deps = UseCaseDeps(
+        dispatcher = Dispatcher(
+            SqlDispatchStore(engine, RUN_HISTORY_LIMIT),
+            HttpRunnerClient(settings.runner_base_url, MAX_RESPONSE_BYTES),
+            settings,
+            clock,
+        )
+        deps = DispatchDeps(
             uow_factory=SqlUnitOfWorkFactory(engine),
             settings=settings,
             clock=clock,
             page_tokens=SignedPageTokens(key),
             install_cache=InstallContextCache(settings.install_cache_seconds),
+            dispatcher=dispatcher,
         )
         try:
             server = await start_server(settings, deps, listen)
         except RuntimeError as exc:  # grpc reports a port it cannot bind this way
+            await dispatcher.close()
             raise StartupError(f"cannot listen on {listen or settings.listen}: {exc}") from None
     except Exception:
         await engine.dispose()
         raise
+    if settings.dispatcher_enabled:
+        dispatcher.start()
     return Application(settings, engine, deps, server)
 
 

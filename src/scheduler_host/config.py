@@ -41,11 +41,15 @@ class Settings:
     catchup_seconds: int = 600
     max_message_bytes: int = 1024 * 1024
     runner_timeout_seconds: float = 30.0
+    # First retry delay of a failed Runner call; each further retry waits twice as long.
+    runner_retry_base_seconds: float = 1.0
     shutdown_grace_seconds: float = 10.0
     install_cache_seconds: float = 1.0
     dispatcher_enabled: bool = True
     dispatch_poll_seconds: float = 1.0
     dispatch_batch_size: int = 100
+    # Added to the longest a run can take (attempts, timeouts, backoff) to make its claim's lease.
+    dispatch_lease_margin_seconds: float = 30.0
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -193,11 +197,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         catchup_seconds=_int(env, "SCHEDULER_HOST_CATCHUP_SECONDS", 600, 0),
         max_message_bytes=_int(env, "SCHEDULER_HOST_MAX_MESSAGE_BYTES", 1024 * 1024, 200_000),
         runner_timeout_seconds=_float(env, "SCHEDULER_HOST_RUNNER_TIMEOUT_SECONDS", 30.0, 0.1),
+        runner_retry_base_seconds=_float(env, "SCHEDULER_HOST_RUNNER_RETRY_BASE_SECONDS", 1.0, 0.0),
         shutdown_grace_seconds=_float(env, "SCHEDULER_HOST_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0),
         install_cache_seconds=_float(env, "SCHEDULER_HOST_INSTALL_CACHE_SECONDS", 1.0, 0.0),
         dispatcher_enabled=_bool(env, "SCHEDULER_HOST_DISPATCHER", True),
         dispatch_poll_seconds=_float(env, "SCHEDULER_HOST_DISPATCH_POLL_SECONDS", 1.0, 0.01),
         dispatch_batch_size=_int(env, "SCHEDULER_HOST_DISPATCH_BATCH_SIZE", 100, 1),
+        dispatch_lease_margin_seconds=_float(
+            env, "SCHEDULER_HOST_DISPATCH_LEASE_MARGIN_SECONDS", 30.0, 0.1
+        ),
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,

@@ -10,6 +10,7 @@ from dataclasses import replace
 from scheduler_host.app import start_application
 from scheduler_host.config import DEFAULT_DATABASE_URL, Settings
 from scheduler_host.domain.install import SCHEDULER_CAPABILITY
+from scheduler_host.runner_standin import StandInRunner
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput, upsert_install
 
 DEMO_INSTALL_ID = uuid.UUID("00000000-0000-4000-8000-00000000d3e0")
@@ -25,7 +26,10 @@ DEMO_ENDPOINTS = (
 async def run_dev(settings: Settings) -> None:
     if settings.database_url != DEFAULT_DATABASE_URL:
         print(f"dev: using {settings.database_url.split('@')[-1]}")
-    settings = replace(settings, environment="development")
+    # Runs go to a stand-in Runner on loopback that logs them, so they can be seen happening.
+    runner = StandInRunner()
+    await runner.start()
+    settings = replace(settings, environment="development", runner_base_url=runner.url)
     app = await start_application(settings, migrate=True)
     await upsert_install(
         InstallInput(
@@ -51,6 +55,7 @@ scheduler-host dev is listening on {host}
   install id     {DEMO_INSTALL_ID}
   runner token   {token}        (metadata x-runner-auth)
   admin token    {settings.admin_token}        (metadata authorization: Bearer ...)
+  stand-in Runner {runner.url}   (logs each execution it receives)
 
 Try it:
   npx buf curl --protocol grpc --http2-prior-knowledge \\
@@ -60,6 +65,9 @@ Try it:
     http://{host}/schedulerhost.v1.SchedulerHost/CreateSchedule
   grpcurl -plaintext -H 'x-runner-auth: {token}' -H 'x-install-id: {DEMO_INSTALL_ID}' \\
     {host} schedulerhost.v1.SchedulerHost/ListSchedules
+  grpcurl -plaintext -H 'authorization: Bearer {settings.admin_token}' \\
+    -d '{{"install_id": "{DEMO_INSTALL_ID}", "schedule_id": "<id from CreateSchedule>"}}' \\
+    {host} schedulerhost.v1.SchedulerAdmin/RunScheduleNow
 """,
         flush=True,
     )
@@ -69,3 +77,4 @@ Try it:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await app.stop()
+    await runner.stop()

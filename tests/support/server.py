@@ -104,6 +104,8 @@ def server_env(database_url: str, port: int, **overrides: str) -> dict[str, str]
             "SCHEDULER_HOST_RUNNER_TOKENS": f"{RUNNER_TOKEN},{SECOND_RUNNER_TOKEN}",
             "SCHEDULER_HOST_ADMIN_TOKEN": ADMIN_TOKEN,
             "SCHEDULER_HOST_ENV": "test",
+            # Tests that want runs turn the dispatcher on; others must not see schedules change.
+            "SCHEDULER_HOST_DISPATCHER": "false",
         }
     )
     env.update(overrides)

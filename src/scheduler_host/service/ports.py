@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from scheduler_host.domain.endpoints import Endpoint
 from scheduler_host.domain.install import Install, InstallContext
-from scheduler_host.domain.runs import ScheduleRun
+from scheduler_host.domain.runs import RunState, ScheduleRun
 from scheduler_host.domain.schedule import Schedule
 
 Clock = Callable[[], datetime]
@@ -135,3 +136,128 @@ class PageTokens(Protocol):
     def encode(self, scope: str, position: Sequence[str]) -> str: ...
 
     def decode(self, scope: str, token: str) -> list[str] | None: ...
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """What a call of the Runner for one schedule needs: the schedule and its install."""
+
+    schedule: Schedule
+    install: InstallContext
+    # Whether the schedule's method and path are still among the install's current endpoints.
+    endpoint_found: bool
+    # Whether the run named by the schedule's running_run_id is still pending or running.
+    run_in_flight: bool
+
+
+@dataclass(frozen=True)
+class SkippedOccurrence:
+    scheduled_time: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClaimPlan:
+    """What the dispatcher does with one claimed due schedule, applied in the claim transaction.
+
+    `skipped` become finished `skipped` run records; `fire_at` (if set) becomes a running run;
+    `next_run_time` replaces the schedule's. `disable_error` disables the schedule with that
+    last_error; `park` clears next_run_time of a disabled install's schedule until re-enabled.
+    """
+
+    skipped: tuple[SkippedOccurrence, ...] = ()
+    fire_at: datetime | None = None
+    next_run_time: datetime | None = None
+    disable_error: str | None = None
+    park: bool = False
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """A run this process holds until `lease_until` (the lease is also its fencing token)."""
+
+    run: ScheduleRun
+    target: RunTarget
+    lease_until: datetime
+
+
+@dataclass(frozen=True)
+class ClaimBatch:
+    """One claim transaction: how many due schedules it locked, and the runs to make."""
+
+    schedules: int
+    runs: list[ClaimedRun]
+
+
+class DispatchStore(Protocol):
+    """The dispatcher's storage: row-locked claims, run records and leases; a transaction each."""
+
+    async def claim_due(
+        self,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        plan: Callable[[RunTarget], ClaimPlan],
+    ) -> ClaimBatch:
+        """Lock up to `limit` due schedules no other process holds, apply `plan` to each (run
+        records, next run time, history cut to its limit), commit; return the runs to make (those
+        whose run record the unique guard accepted)."""
+
+    async def take_over_expired(
+        self, now: datetime, limit: int, lease_until: datetime, exclude: Collection[uuid.UUID]
+    ) -> list[ClaimedRun]:
+        """Claim open runs whose lease expired (their process died), counting one more attempt;
+        `exclude` names runs this process is still making."""
+
+    async def load_target(
+        self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID
+    ) -> RunTarget | None: ...
+
+    async def start_manual_run(
+        self, target: RunTarget, scheduled_time: datetime, now: datetime, lease_until: datetime
+    ) -> ClaimedRun | None:
+        """Insert a running manual run; None when the unique guard refused `scheduled_time`."""
+
+    async def record_attempt(self, claim: ClaimedRun, attempt: int) -> bool:
+        """Store the attempt number before a retry; False when the claim was lost."""
+
+    async def finish_run(
+        self,
+        claim: ClaimedRun,
+        status: RunState,
+        error: str | None,
+        attempt: int,
+        now: datetime,
+        disable_error: str | None = None,
+    ) -> ScheduleRun | None:
+        """Record the outcome on the run and its schedule (last run fields; disabled when
+        `disable_error` is set); None when the claim was lost (nothing is written then)."""
+
+    async def release(self, claim: ClaimedRun, now: datetime) -> None:
+        """Let another process take the run over at once (graceful stop)."""
+
+
+@dataclass(frozen=True)
+class RunnerRequest:
+    """One POST /v1/execute: the JSON body and the headers."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RunnerResponse:
+    """What came back: an HTTP status and body, or the transport error that stopped the call."""
+
+    http_status: int | None = None
+    body: bytes = b""
+    # The body was larger than the cap; `body` then holds only what was read.
+    oversize: bool = False
+    transport_error: str | None = None
+
+
+class RunnerClient(Protocol):
+    async def execute(self, request: RunnerRequest, timeout_seconds: float) -> RunnerResponse:
+        """One call; never raises for HTTP or transport failures (they are in the response)."""
+
+    async def close(self) -> None: ...

@@ -11,7 +11,7 @@ from schedulerhost.v1 import scheduler_admin_pb2 as pb
 from schedulerhost.v1 import scheduler_admin_pb2_grpc
 
 from scheduler_host.domain.errors import NotSupported
-from scheduler_host.service import installs, runs
+from scheduler_host.service import dispatch, installs, runs
 from scheduler_host.service.deps import UseCaseDeps
 from scheduler_host.transport import messages
 
@@ -56,7 +56,15 @@ class SchedulerAdminServicer(scheduler_admin_pb2_grpc.SchedulerAdminServicer):
     async def RunScheduleNow(
         self, request: pb.RunScheduleNowRequest, context: Context
     ) -> pb.RunScheduleNowResponse:
-        raise NotSupported("RunScheduleNow needs the dispatcher, which this build does not have")
+        if not isinstance(self._deps, dispatch.DispatchDeps):
+            raise NotSupported("RunScheduleNow needs the dispatcher, which this server lacks")
+        run = await dispatch.run_schedule_now(
+            request.install_id,
+            request.schedule_id,
+            deps=self._deps,
+            dispatcher=self._deps.dispatcher,
+        )
+        return pb.RunScheduleNowResponse(run=messages.run_message(run))
 
     async def ListScheduleRuns(
         self, request: pb.ListScheduleRunsRequest, context: Context

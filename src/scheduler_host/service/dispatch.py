@@ -1,0 +1,492 @@
+"""The dispatcher (SPEC §7): claims due occurrences, calls the Runner, records each run.
+
+Also the `RunScheduleNow` use case, which makes a manual run through the same path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from scheduler_host.config import Settings
+from scheduler_host.domain.cron import CronExpression, parse_cron
+from scheduler_host.domain.endpoints import unschedulable_reason
+from scheduler_host.domain.errors import (
+    FieldViolation,
+    InstallDisabled,
+    InstallNotFound,
+    ScheduleNotFound,
+    ValidationFailed,
+)
+from scheduler_host.domain.occurrences import next_occurrence
+from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
+from scheduler_host.domain.schedule import payload_json, truncate_error, validate_uuid
+from scheduler_host.service.access import count_call
+from scheduler_host.service.deps import UseCaseDeps
+from scheduler_host.service.ports import (
+    ClaimedRun,
+    ClaimPlan,
+    Clock,
+    DispatchStore,
+    RunnerClient,
+    RunnerRequest,
+    RunnerResponse,
+    RunTarget,
+    SkippedOccurrence,
+)
+
+log = logging.getLogger("scheduler_host.dispatch")
+
+MAX_ATTEMPTS = 3
+MAX_RESPONSE_BYTES = 256 * 1024
+RUN_HISTORY_LIMIT = 100
+ENDPOINT_MISSING = "Schedule endpoint not found; disabling schedule"
+SKIPPED_IN_FLIGHT = "Skipped: the previous run was still in flight"
+SKIPPED_MISSED = "Skipped: missed occurrences older than the catch-up window"
+UNEVALUABLE = "Schedule cron or time zone could not be evaluated; disabling schedule"
+SKIPPED_INSTALL_DISABLED = "Skipped: the install was disabled before the run could be retried"
+# Manual runs are recorded at the request time; this many microsecond steps resolve two manual
+# runs of one schedule requested in the same microsecond.
+_MANUAL_TIME_PROBES = 5
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("0f4a4c52-2d55-4a8e-9a57-6c1e3b8e5d21")
+
+
+def empty_body_error(http_status: int) -> str:
+    return f"Runner returned empty body (http {http_status})"
+
+
+def status_error(status: int) -> str:
+    return f"Runner returned status {status}"
+
+
+def non_json_error(http_status: int) -> str:
+    return f"Runner returned non-JSON response (http {http_status})"
+
+
+def oversize_error(http_status: int) -> str:
+    return f"Runner response larger than {MAX_RESPONSE_BYTES} bytes (http {http_status})"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    error: str | None = None
+    retryable: bool = False
+
+
+def judge_response(response: RunnerResponse) -> Verdict:
+    """Success is HTTP 2xx with a JSON body whose `status`, if any, is below 400.
+
+    In "Runner returned status N", N is the body's `status` when it is 400 or more, else the HTTP
+    status. Retries follow the HTTP exchange only (transport errors, 429, 5xx): a 2xx whose body
+    reports the extension's failure is a finished execution and is not repeated.
+    """
+    if response.transport_error is not None or response.http_status is None:
+        return Verdict(False, response.transport_error or "Runner call failed", True)
+    http = response.http_status
+    retryable = http == 429 or http >= 500
+    if response.oversize:
+        return Verdict(False, oversize_error(http), retryable)
+    if not response.body.strip():
+        return Verdict(False, empty_body_error(http), retryable)
+    try:
+        data = json.loads(response.body)
+    except ValueError:
+        return Verdict(False, non_json_error(http), retryable)
+    reported = data.get("status") if isinstance(data, dict) else None
+    if isinstance(reported, int | float) and not isinstance(reported, bool) and reported >= 400:
+        return Verdict(False, status_error(int(reported)), retryable)
+    if not 200 <= http < 300:
+        return Verdict(False, status_error(http), retryable)
+    return Verdict(True)
+
+
+def idempotency_key(schedule_id: uuid.UUID, trigger: RunTrigger, scheduled_time: datetime) -> str:
+    """The same for every attempt and every takeover of one occurrence, in every process."""
+    return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{schedule_id}/{trigger}/{scheduled_time}"))
+
+
+def runner_request(
+    target: RunTarget, trigger: RunTrigger, key: str, request_id: str, timeout_seconds: float
+) -> RunnerRequest:
+    """The exact body and headers of SPEC §7 for one call of `POST /v1/execute`."""
+    schedule, install = target.schedule, target.install
+    http: dict[str, object] = {
+        "method": schedule.endpoint_method,
+        "path": schedule.endpoint_path,
+        "query": {},
+        "headers": {},
+    }
+    payload = payload_json(schedule.payload)
+    if schedule.endpoint_method != "GET" and payload is not None:
+        http["body_b64"] = base64.b64encode(payload.encode()).decode("ascii")
+    body = {
+        "context": {
+            "request_id": request_id,
+            "tenant_id": install.tenant_id,
+            "extension_id": install.registry_id,
+            "install_id": str(install.install_id),
+            "version_id": install.version_id,
+            "content_hash": install.content_hash,
+            "config": {},
+            "trigger": trigger.value,
+            "schedule_id": str(schedule.id),
+        },
+        "http": http,
+        "limits": {"timeout_ms": round(timeout_seconds * 1000)},
+        "providers": sorted(install.capabilities),
+    }
+    headers = {
+        "x-request-id": request_id,
+        "x-idempotency-key": key,
+        "x-alga-tenant": install.tenant_id,
+        "x-alga-extension": install.registry_id,
+    }
+    return RunnerRequest(body, headers)
+
+
+@lru_cache(maxsize=4096)
+def _cron(source: str) -> CronExpression:
+    # Stored expressions were validated when written; the interval rule is not re-applied.
+    return parse_cron(source)
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def plan_claim(target: RunTarget, now: datetime, catchup: timedelta) -> ClaimPlan:
+    """Decide what a due schedule does now: run, skip, disable or wait for its install.
+
+    Occurrences from next_run_time up to now are due. Those older than the catch-up window make
+    one skipped record; of those inside it, only the latest runs (or is skipped when a run is
+    still in flight). The schedule then continues with the first occurrence after now, computed
+    by the same function PreviewSchedule uses.
+    """
+    schedule = target.schedule
+    if not target.install.enabled:
+        # Kept, but off the due index until UpsertInstall enables the install and recomputes it.
+        return ClaimPlan(park=True)
+    if not target.endpoint_found or unschedulable_reason(
+        schedule.endpoint_method, schedule.endpoint_path
+    ):
+        return ClaimPlan(disable_error=ENDPOINT_MISSING)
+    first = schedule.next_run_time
+    assert first is not None  # the due query selects only schedules with one
+    expr, tz = _cron(schedule.cron), _zone(schedule.timezone)
+    window_start = now - catchup
+    skipped: list[SkippedOccurrence] = []
+    candidate: datetime | None = first
+    if first < window_start:
+        skipped.append(SkippedOccurrence(first, SKIPPED_MISSED))
+        candidate = next_occurrence(expr, tz, window_start - timedelta(microseconds=1))
+    latest: datetime | None = None
+    while candidate is not None and candidate <= now:
+        latest = candidate
+        candidate = next_occurrence(expr, tz, candidate)
+    if latest is None:
+        return ClaimPlan(tuple(skipped), None, candidate)
+    if target.run_in_flight:
+        skipped.append(SkippedOccurrence(latest, SKIPPED_IN_FLIGHT))
+        return ClaimPlan(tuple(skipped), None, candidate)
+    return ClaimPlan(tuple(skipped), latest, candidate)
+
+
+def _safe_plan(target: RunTarget, now: datetime, catchup: timedelta) -> ClaimPlan:
+    # A schedule whose rules cannot be evaluated (say, a zone gone from the tz database) must not
+    # fail the whole batch again and again: it is disabled with a reason the operator can see.
+    try:
+        return plan_claim(target, now, catchup)
+    except Exception:
+        log.exception("cannot evaluate schedule %s; disabling it", target.schedule.id)
+        return ClaimPlan(disable_error=UNEVALUABLE)
+
+
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Exponential backoff after call number `attempt` failed."""
+    return float(settings.runner_retry_base_seconds * 2 ** (attempt - 1))
+
+
+def lease_length(settings: Settings) -> timedelta:
+    """Longer than any run can take, so only a dead process's claim expires."""
+    calls = MAX_ATTEMPTS * settings.runner_timeout_seconds
+    backoff = sum(retry_delay(settings, n) for n in range(1, MAX_ATTEMPTS))
+    return timedelta(seconds=calls + backoff + settings.dispatch_lease_margin_seconds)
+
+
+class Dispatcher:
+    """Fires due schedules of this process; `run_once` is the step the loop repeats."""
+
+    def __init__(
+        self,
+        store: DispatchStore,
+        runner: RunnerClient,
+        settings: Settings,
+        clock: Clock,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._store = store
+        self._runner = runner
+        self._settings = settings
+        self._clock = clock
+        self._sleep = sleep
+        self._in_flight: dict[asyncio.Task[ScheduleRun | None], ClaimedRun] = {}
+        self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the polling loop (one per server process)."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._loop(), name="scheduler-host-dispatcher")
+
+    async def dispatch_due(
+        self, limit: int | None = None
+    ) -> list[asyncio.Task[ScheduleRun | None]]:
+        """Claim what is due now and start those runs; returns their tasks without waiting."""
+        claims, _ = await self._claim(
+            self._settings.dispatch_batch_size if limit is None else limit
+        )
+        return [self._spawn(claim) for claim in claims]
+
+    async def run_once(self) -> list[ScheduleRun]:
+        """Dispatch everything due at the clock's now and wait for those runs to finish."""
+        finished: list[ScheduleRun] = []
+        more_due = True
+        while more_due:
+            claims, more_due = await self._claim(self._settings.dispatch_batch_size)
+            results = await asyncio.gather(*(self._spawn(claim) for claim in claims))
+            finished.extend(run for run in results if run is not None)
+        return finished
+
+    async def _claim(self, limit: int) -> tuple[list[ClaimedRun], bool]:
+        """Up to `limit` runs to make now: expired claims of dead processes first, then due
+        occurrences; and whether the batch was full, so that more may be due."""
+        now = self._clock()
+        lease_until = now + lease_length(self._settings)
+        # A clock that jumped must not make this process take over runs it is still making.
+        own = [claim.run.id for claim in self._in_flight.values()]
+        claims = await self._store.take_over_expired(now, limit, lease_until, own)
+        for claim in claims:
+            log.info(
+                "taking over run %s of schedule %s (attempt %d)",
+                claim.run.id,
+                claim.run.schedule_id,
+                claim.run.attempt,
+            )
+        wanted = limit - len(claims)
+        if wanted <= 0:
+            return claims, True
+        catchup = timedelta(seconds=self._settings.catchup_seconds)
+        batch = await self._store.claim_due(
+            now, wanted, lease_until, lambda target: _safe_plan(target, now, catchup)
+        )
+        return claims + batch.runs, batch.schedules == wanted
+
+    async def load_target(
+        self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID
+    ) -> RunTarget | None:
+        return await self._store.load_target(tenant_id, install_id, schedule_id)
+
+    async def run_now(self, target: RunTarget) -> ScheduleRun:
+        """A manual run; it goes on even if the caller stops waiting for it."""
+        now = self._clock()
+        lease_until = now + lease_length(self._settings)
+        claim = None
+        for step in range(_MANUAL_TIME_PROBES):
+            scheduled = now + timedelta(microseconds=step)
+            claim = await self._store.start_manual_run(target, scheduled, now, lease_until)
+            if claim is not None:
+                break
+        if claim is None:
+            raise RuntimeError("could not record a manual run")
+        result = await asyncio.shield(self._spawn(claim))
+        return result if result is not None else claim.run
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop claiming; let runs in flight finish within the grace period, release the rest."""
+        self._stopping.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        running = dict(self._in_flight)
+        if not running:
+            return
+        _, unfinished = await asyncio.wait(running, timeout=grace_seconds)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished)
+        for task in unfinished:
+            claim = running[task]
+            try:
+                # Fenced by the lease: a run that managed to finish is left as it is.
+                await self._store.release(claim, self._clock())
+                log.info("released run %s of schedule %s", claim.run.id, claim.run.schedule_id)
+            except Exception as exc:
+                log.warning(
+                    "could not release run %s (its lease will expire): %s", claim.run.id, exc
+                )
+
+    async def close(self) -> None:
+        await self._runner.close()
+
+    def _spawn(self, claim: ClaimedRun) -> asyncio.Task[ScheduleRun | None]:
+        task = asyncio.create_task(self._guarded_run(claim), name=f"run-{claim.run.id}")
+        self._in_flight[task] = claim
+        task.add_done_callback(self._run_done)
+        return task
+
+    def _run_done(self, task: asyncio.Task[ScheduleRun | None]) -> None:
+        self._in_flight.pop(task, None)
+        self._slot_freed.set()
+
+    async def _guarded_run(self, claim: ClaimedRun) -> ScheduleRun | None:
+        try:
+            return await self._execute(claim)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The claim stays leased; when the lease expires, a process takes the run over.
+            log.exception("run %s of schedule %s failed", claim.run.id, claim.run.schedule_id)
+            return None
+
+    async def _execute(self, claim: ClaimedRun) -> ScheduleRun | None:
+        run, target, settings = claim.run, claim.target, self._settings
+        started = time.monotonic()
+        if not target.install.enabled:
+            calls_made = run.attempt - 1  # a taken-over run: the count includes the call to come
+            return await self._finish(
+                claim, RunState.SKIPPED, SKIPPED_INSTALL_DISABLED, calls_made, started
+            )
+        schedule = target.schedule
+        if not target.endpoint_found or unschedulable_reason(
+            schedule.endpoint_method, schedule.endpoint_path
+        ):
+            return await self._finish(
+                claim, RunState.ERROR, ENDPOINT_MISSING, run.attempt, started, disable=True
+            )
+        key = idempotency_key(run.schedule_id, run.trigger, run.scheduled_time)
+        attempt = run.attempt
+        while True:
+            request = runner_request(
+                target, run.trigger, key, str(uuid.uuid4()), settings.runner_timeout_seconds
+            )
+            verdict = judge_response(
+                await self._runner.execute(request, settings.runner_timeout_seconds)
+            )
+            if verdict.ok or not verdict.retryable or attempt >= MAX_ATTEMPTS:
+                break
+            await self._sleep(retry_delay(settings, attempt))
+            attempt += 1
+            if not await self._store.record_attempt(claim, attempt):
+                log.warning("run %s was taken over by another process", run.id)
+                return None
+        status = RunState.SUCCESS if verdict.ok else RunState.ERROR
+        return await self._finish(claim, status, verdict.error, attempt, started)
+
+    async def _finish(
+        self,
+        claim: ClaimedRun,
+        status: RunState,
+        error: str | None,
+        attempt: int,
+        started: float,
+        *,
+        disable: bool = False,
+    ) -> ScheduleRun | None:
+        run = claim.run
+        error = truncate_error(error) if error else None
+        finished = await self._store.finish_run(
+            claim, status, error, attempt, self._clock(), ENDPOINT_MISSING if disable else None
+        )
+        log.info(
+            "run %s schedule=%s install=%s trigger=%s scheduled=%s status=%s attempts=%d "
+            "duration=%.3fs%s",
+            run.id,
+            run.schedule_id,
+            run.install_id,
+            run.trigger.value,
+            run.scheduled_time.isoformat(),
+            status.value if finished is not None else "lost-claim",
+            attempt,
+            time.monotonic() - started,
+            f" error={error!r}" if error else "",
+        )
+        return finished
+
+    async def _loop(self) -> None:
+        poll = self._settings.dispatch_poll_seconds
+        cap = self._settings.dispatch_batch_size
+        while not self._stopping.is_set():
+            free = cap - len(self._in_flight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                claims, more_due = await self._claim(free)
+            except Exception as exc:
+                log.warning("dispatch failed, retrying in %.1f s: %s", poll, exc)
+                claims, more_due = [], False
+            for claim in claims:
+                self._spawn(claim)
+            if more_due:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), poll)
+
+
+@dataclass(frozen=True)
+class DispatchDeps(UseCaseDeps):
+    """The use-case dependencies plus the process's dispatcher (for RunScheduleNow)."""
+
+    dispatcher: Dispatcher
+
+
+def _parse_ids(install_id: str, schedule_id: str) -> tuple[uuid.UUID, uuid.UUID]:
+    iid = validate_uuid(install_id, "install_id")
+    sid = validate_uuid(schedule_id, "schedule_id")
+    if isinstance(iid, FieldViolation) or isinstance(sid, FieldViolation):
+        raise ValidationFailed([v for v in (iid, sid) if isinstance(v, FieldViolation)])
+    return iid, sid
+
+
+async def run_schedule_now(
+    install_id: str, schedule_id: str, *, deps: UseCaseDeps, dispatcher: Dispatcher
+) -> ScheduleRun:
+    """Run a schedule at once (trigger manual), at most N per tenant per minute; returns the run
+    in its final state."""
+    iid, sid = _parse_ids(install_id, schedule_id)
+    async with deps.uow_factory() as uow:
+        ctx = await uow.installs.context(iid)
+    if ctx is None:
+        raise InstallNotFound(str(iid))
+    target = await dispatcher.load_target(ctx.tenant_id, iid, sid)
+    if target is None:
+        raise ScheduleNotFound(str(sid))
+    if not ctx.enabled:
+        raise InstallDisabled("the install is disabled; its schedules do not run")
+    limit = deps.settings.manual_runs_per_minute
+    await count_call(
+        f"manual-runs:{ctx.tenant_id}",
+        ctx.tenant_id,
+        limit,
+        "manual runs per tenant",
+        uow_factory=deps.uow_factory,
+        clock=deps.clock,
+    )
+    return await dispatcher.run_now(target)

@@ -1,0 +1,377 @@
+"""Dispatcher rules without a database: the verdict on a Runner answer, the claim plan (misfires,
+overlap, missing endpoint, disabled install), the request, leases and retries with fakes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from scheduler_host.config import Settings
+from scheduler_host.domain.install import InstallContext
+from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
+from scheduler_host.domain.schedule import Schedule
+from scheduler_host.service.dispatch import (
+    ENDPOINT_MISSING,
+    SKIPPED_IN_FLIGHT,
+    SKIPPED_MISSED,
+    UNEVALUABLE,
+    Dispatcher,
+    idempotency_key,
+    judge_response,
+    lease_length,
+    plan_claim,
+    retry_delay,
+    runner_request,
+)
+from scheduler_host.service.ports import (
+    ClaimBatch,
+    ClaimedRun,
+    ClaimPlan,
+    RunnerRequest,
+    RunnerResponse,
+    RunTarget,
+    SkippedOccurrence,
+)
+
+T0 = datetime(2026, 3, 7, 17, 5, tzinfo=UTC)
+CATCHUP = timedelta(seconds=600)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def target(
+    cron: str = "*/5 * * * *",
+    next_run_time: datetime = T0,
+    *,
+    timezone: str = "UTC",
+    method: str = "POST",
+    payload: object = None,
+    install_enabled: bool = True,
+    endpoint_found: bool = True,
+    run_in_flight: bool = False,
+) -> RunTarget:
+    install_id = uuid.UUID(int=1)
+    schedule = Schedule(
+        id=uuid.UUID(int=2),
+        install_id=install_id,
+        tenant_id="tenant-a",
+        endpoint_id=uuid.UUID(int=3),
+        endpoint_method=method,
+        endpoint_path="/sync",
+        name=None,
+        cron=cron,
+        timezone=timezone,
+        enabled=True,
+        payload=payload,
+        next_run_time=next_run_time,
+        last_run_time=None,
+        last_run_status=None,
+        last_error=None,
+        create_time=T0,
+        update_time=T0,
+        revision=1,
+    )
+    install = InstallContext(
+        install_id=install_id,
+        tenant_id="tenant-a",
+        registry_id="ext.registry",
+        version_id="v7",
+        content_hash="sha256:x",
+        enabled=install_enabled,
+        capabilities=frozenset({"cap:scheduler.manage", "cap:http.fetch"}),
+    )
+    return RunTarget(schedule, install, endpoint_found, run_in_flight)
+
+
+# --- the verdict on an answer -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "ok", "error", "retryable"),
+    [
+        (RunnerResponse(200, b'{"status":200}'), True, None, False),
+        (RunnerResponse(201, b"{}"), True, None, False),
+        (RunnerResponse(200, b"[1, 2]"), True, None, False),
+        (RunnerResponse(200, b'{"status": true}'), True, None, False),
+        (RunnerResponse(200, b'{"status": 399}'), True, None, False),
+        (RunnerResponse(200, b'{"status": 404}'), False, "Runner returned status 404", False),
+        (RunnerResponse(200, b'{"status": 500}'), False, "Runner returned status 500", False),
+        (RunnerResponse(503, b'{"error":"x"}'), False, "Runner returned status 503", True),
+        (RunnerResponse(502, b'{"status": 504}'), False, "Runner returned status 504", True),
+        (RunnerResponse(400, b'{"error":"x"}'), False, "Runner returned status 400", False),
+        (RunnerResponse(404, b'{"status": 200}'), False, "Runner returned status 404", False),
+        (RunnerResponse(429, b""), False, "Runner returned empty body (http 429)", True),
+        (RunnerResponse(204, b""), False, "Runner returned empty body (http 204)", False),
+        (RunnerResponse(200, b" \n"), False, "Runner returned empty body (http 200)", False),
+        (
+            RunnerResponse(200, b"<html/>"),
+            False,
+            "Runner returned non-JSON response (http 200)",
+            False,
+        ),
+        (RunnerResponse(500, b"oops"), False, "Runner returned non-JSON response (http 500)", True),
+        (
+            RunnerResponse(200, b"\xff\xfe"),
+            False,
+            "Runner returned non-JSON response (http 200)",
+            False,
+        ),
+        (
+            RunnerResponse(200, b"{", oversize=True),
+            False,
+            "Runner response larger than 262144 bytes (http 200)",
+            False,
+        ),
+        (
+            RunnerResponse(transport_error="ConnectError: refused"),
+            False,
+            "ConnectError: refused",
+            True,
+        ),
+    ],
+)
+def test_judge_response(
+    response: RunnerResponse, ok: bool, error: str | None, retryable: bool
+) -> None:
+    verdict = judge_response(response)
+    assert (verdict.ok, verdict.error, verdict.retryable) == (ok, error, retryable)
+
+
+# --- what a claimed due schedule does ---------------------------------------------------------
+
+
+def test_due_occurrence_fires_and_the_next_follows() -> None:
+    assert plan_claim(target(), T0, CATCHUP) == ClaimPlan(
+        fire_at=T0, next_run_time=T0 + timedelta(minutes=5)
+    )
+
+
+def test_late_inside_the_window_fires_the_latest_occurrence_once() -> None:
+    plan = plan_claim(target(), T0 + timedelta(minutes=7), CATCHUP)
+    assert plan == ClaimPlan(
+        fire_at=T0 + timedelta(minutes=5), next_run_time=T0 + timedelta(minutes=10)
+    )
+
+
+def test_outage_longer_than_the_window_records_one_skip_and_runs_once() -> None:
+    now = T0 + timedelta(hours=2, minutes=1)
+    assert plan_claim(target(), now, CATCHUP) == ClaimPlan(
+        skipped=(SkippedOccurrence(T0, SKIPPED_MISSED),),
+        fire_at=T0 + timedelta(hours=2),
+        next_run_time=T0 + timedelta(hours=2, minutes=5),
+    )
+
+
+def test_outage_with_nothing_inside_the_window_only_skips() -> None:
+    hourly = target("0 * * * *", utc("2026-03-07T18:00"))
+    plan = plan_claim(hourly, utc("2026-03-07T21:20"), CATCHUP)
+    assert plan == ClaimPlan(
+        skipped=(SkippedOccurrence(utc("2026-03-07T18:00"), SKIPPED_MISSED),),
+        next_run_time=utc("2026-03-07T22:00"),
+    )
+
+
+def test_zero_catchup_window_still_runs_an_occurrence_due_now() -> None:
+    assert plan_claim(target(), T0, timedelta(0)).fire_at == T0
+
+
+def test_occurrence_due_while_a_run_is_in_flight_is_skipped() -> None:
+    plan = plan_claim(target(run_in_flight=True), T0, CATCHUP)
+    assert plan == ClaimPlan(
+        skipped=(SkippedOccurrence(T0, SKIPPED_IN_FLIGHT),),
+        next_run_time=T0 + timedelta(minutes=5),
+    )
+
+
+def test_disabled_install_parks_the_schedule() -> None:
+    assert plan_claim(target(install_enabled=False), T0, CATCHUP) == ClaimPlan(park=True)
+
+
+@pytest.mark.parametrize(
+    "missing", [target(endpoint_found=False), target(method="PUT")], ids=["gone", "not-schedulable"]
+)
+def test_missing_endpoint_disables_the_schedule(missing: RunTarget) -> None:
+    assert plan_claim(missing, T0, CATCHUP) == ClaimPlan(disable_error=ENDPOINT_MISSING)
+
+
+def test_fixed_time_in_the_repeated_hour_is_followed_by_the_next_day() -> None:
+    # 01:30 EDT on 2026-11-01 runs; the 01:30 EST an hour later does not.
+    first = utc("2026-11-01T05:30")
+    plan = plan_claim(target("30 1 * * *", first, timezone="America/New_York"), first, CATCHUP)
+    assert plan.fire_at == first and plan.next_run_time == utc("2026-11-02T06:30")
+
+
+# --- the request --------------------------------------------------------------------------------
+
+
+def test_request_carries_the_context_and_the_compact_payload() -> None:
+    request = runner_request(
+        target(payload={"name": "Zoë", "n": [1, 2]}), RunTrigger.MANUAL, "key-1", "req-1", 2.5
+    )
+    http = request.body["http"]
+    assert base64.b64decode(http["body_b64"]).decode() == '{"name":"Zoë","n":[1,2]}'
+    assert request.body["context"] == {
+        "request_id": "req-1",
+        "tenant_id": "tenant-a",
+        "extension_id": "ext.registry",
+        "install_id": str(uuid.UUID(int=1)),
+        "version_id": "v7",
+        "content_hash": "sha256:x",
+        "config": {},
+        "trigger": "manual",
+        "schedule_id": str(uuid.UUID(int=2)),
+    }
+    assert request.body["limits"] == {"timeout_ms": 2500}
+    assert request.body["providers"] == ["cap:http.fetch", "cap:scheduler.manage"]
+    assert request.headers == {
+        "x-request-id": "req-1",
+        "x-idempotency-key": "key-1",
+        "x-alga-tenant": "tenant-a",
+        "x-alga-extension": "ext.registry",
+    }
+    json.dumps(request.body)  # what httpx sends must be JSON
+
+
+@pytest.mark.parametrize(
+    ("method", "payload"), [("GET", {"a": 1}), ("POST", None)], ids=["get", "no-payload"]
+)
+def test_request_has_no_body_for_get_or_without_payload(method: str, payload: object) -> None:
+    request = runner_request(
+        target(method=method, payload=payload), RunTrigger.SCHEDULE, "k", "r", 30
+    )
+    assert request.body["http"] == {"method": method, "path": "/sync", "query": {}, "headers": {}}
+
+
+def test_idempotency_key_names_one_occurrence() -> None:
+    sid = uuid.uuid4()
+    key = idempotency_key(sid, RunTrigger.SCHEDULE, T0)
+    assert key == idempotency_key(sid, RunTrigger.SCHEDULE, T0)
+    assert key != idempotency_key(sid, RunTrigger.MANUAL, T0)
+    assert key != idempotency_key(sid, RunTrigger.SCHEDULE, T0 + timedelta(minutes=5))
+    assert key != idempotency_key(uuid.uuid4(), RunTrigger.SCHEDULE, T0)
+
+
+def test_lease_outlasts_every_attempt_and_backoff() -> None:
+    settings = Settings()
+    assert [retry_delay(settings, n) for n in (1, 2)] == [1.0, 2.0]
+    assert lease_length(settings) == timedelta(seconds=3 * 30 + 1 + 2 + 30)
+
+
+# --- retries with fakes -----------------------------------------------------------------------
+
+
+@dataclass
+class FakeStore:
+    """Just enough of DispatchStore for one claimed run."""
+
+    claim: ClaimedRun | None
+    keep_claim_until_attempt: int = 99
+    due: list[RunTarget] = field(default_factory=list)
+    plans: list[ClaimPlan] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)
+    finished: list[tuple[RunState, str | None, int]] = field(default_factory=list)
+
+    async def take_over_expired(
+        self, now: datetime, limit: int, lease_until: datetime, exclude: Collection[uuid.UUID]
+    ) -> list[ClaimedRun]:
+        return []
+
+    async def claim_due(
+        self,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        plan: Callable[[RunTarget], ClaimPlan],
+    ) -> ClaimBatch:
+        self.plans.extend(plan(t) for t in self.due)
+        claims = [self.claim] if self.claim is not None else []
+        self.claim, self.due = None, []
+        return ClaimBatch(len(claims), claims)
+
+    async def record_attempt(self, claim: ClaimedRun, attempt: int) -> bool:
+        self.attempts.append(attempt)
+        return attempt < self.keep_claim_until_attempt
+
+    async def finish_run(
+        self,
+        claim: ClaimedRun,
+        status: RunState,
+        error: str | None,
+        attempt: int,
+        now: datetime,
+        disable_error: str | None = None,
+    ) -> ScheduleRun | None:
+        self.finished.append((status, error, attempt))
+        return replace(claim.run, status=status, error=error, attempt=attempt)
+
+
+@dataclass
+class FakeRunner:
+    answers: list[RunnerResponse]
+    requests: list[RunnerRequest] = field(default_factory=list)
+
+    async def execute(self, request: RunnerRequest, timeout_seconds: float) -> RunnerResponse:
+        self.requests.append(request)
+        return self.answers.pop(0)
+
+    async def close(self) -> None:
+        pass
+
+
+def claimed_run() -> ClaimedRun:
+    t = target()
+    run = ScheduleRun(
+        id=uuid.uuid4(),
+        tenant_id="tenant-a",
+        install_id=t.schedule.install_id,
+        schedule_id=t.schedule.id,
+        trigger=RunTrigger.SCHEDULE,
+        scheduled_time=T0,
+        start_time=T0,
+        finish_time=None,
+        status=RunState.RUNNING,
+        attempt=1,
+        error=None,
+    )
+    return ClaimedRun(run, t, T0 + timedelta(minutes=2))
+
+
+async def dispatch(store: FakeStore, runner: FakeRunner) -> tuple[list[ScheduleRun], list[float]]:
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    dispatcher = Dispatcher(store, runner, Settings(), lambda: T0, sleep=sleep)  # type: ignore[arg-type]
+    return await dispatcher.run_once(), delays
+
+
+async def test_transport_errors_are_tried_three_times_with_backoff_and_one_key() -> None:
+    store = FakeStore(claimed_run())
+    runner = FakeRunner([RunnerResponse(transport_error="ConnectError: refused")] * 3)
+    (run,), delays = await dispatch(store, runner)
+    assert (run.status, run.error, run.attempt) == (RunState.ERROR, "ConnectError: refused", 3)
+    assert delays == [1.0, 2.0] and store.attempts == [2, 3]
+    assert len({r.headers["x-idempotency-key"] for r in runner.requests}) == 1
+    assert len({r.headers["x-request-id"] for r in runner.requests}) == 3
+
+
+async def test_a_claim_lost_between_attempts_stops_the_run_without_recording() -> None:
+    store = FakeStore(claimed_run(), keep_claim_until_attempt=2)
+    runner = FakeRunner([RunnerResponse(503, b"{}")] * 3)
+    runs, _ = await dispatch(store, runner)
+    assert runs == [] and len(runner.requests) == 1 and store.finished == []
+
+
+async def test_a_schedule_that_cannot_be_evaluated_is_disabled_not_retried_forever() -> None:
+    store = FakeStore(None, due=[target(timezone="Mars/Olympus_Mons")])
+    runs, _ = await dispatch(store, FakeRunner([]))
+    assert runs == [] and store.plans == [ClaimPlan(disable_error=UNEVALUABLE)]
