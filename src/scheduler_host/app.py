@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scheduler_host.adapters import migrations
 from scheduler_host.adapters.db.dispatch_store import SqlDispatchStore
-from scheduler_host.adapters.db.engine import build_engine
+from scheduler_host.adapters.db.engine import build_engine, database_answers
 from scheduler_host.adapters.db.service_keys import PAGE_TOKEN_KEY, load_key
 from scheduler_host.adapters.db.unit_of_work import SqlUnitOfWorkFactory
 from scheduler_host.adapters.runner_http import HttpRunnerClient
@@ -26,6 +28,13 @@ from scheduler_host.service.dispatch import (
 )
 from scheduler_host.service.page_tokens import SignedPageTokens
 from scheduler_host.service.ports import Clock
+from scheduler_host.telemetry import (
+    Metrics,
+    build_metrics,
+    serve_metrics,
+    trace_database,
+    tracer_provider_from_environment,
+)
 from scheduler_host.transport.server import RunningServer, start_server
 
 log = logging.getLogger("scheduler_host")
@@ -45,6 +54,9 @@ class Application:
     engine: AsyncEngine
     deps: DispatchDeps
     server: RunningServer
+    metrics: Metrics
+    health_watch: asyncio.Task[None] | None = None
+    stop_metrics: Callable[[], None] | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -55,11 +67,16 @@ class Application:
         return self.server.port
 
     async def stop(self) -> None:
+        if self.health_watch is not None:
+            self.health_watch.cancel()
+            await asyncio.gather(self.health_watch, return_exceptions=True)
         grace = self.settings.shutdown_grace_seconds
         # The dispatcher finishes or releases its claims within the same grace period.
         await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
         await self.dispatcher.close()
         await self.engine.dispose()
+        if self.stop_metrics is not None:
+            self.stop_metrics()
 
 
 async def prepare_database(settings: Settings, *, migrate: bool) -> None:
@@ -75,11 +92,36 @@ async def prepare_database(settings: Settings, *, migrate: bool) -> None:
         raise StartupError(str(exc)) from None
 
 
+async def watch_database(engine: AsyncEngine, server: RunningServer, interval: float) -> None:
+    """Health follows the database: NOT_SERVING while it does not answer, SERVING once it does."""
+    serving = True
+    while True:
+        await asyncio.sleep(interval)
+        answers = await database_answers(engine, within=max(interval, 1.0))
+        if answers != serving and not server.boundary.draining:
+            serving = answers
+            await server.set_serving(serving)
+            log.warning(
+                "database %s; health %s",
+                *(("answers again", "SERVING") if serving else ("does not answer", "NOT_SERVING")),
+            )
+
+
 async def start_application(
-    settings: Settings, *, migrate: bool = False, clock: Clock = utc_now, listen: str | None = None
+    settings: Settings,
+    *,
+    migrate: bool = False,
+    clock: Clock = utc_now,
+    listen: str | None = None,
+    tracer_provider: Any | None = None,
 ) -> Application:
+    """Build and start everything; `tracer_provider` overrides the one the OTEL_* variables give."""
     await prepare_database(settings, migrate=migrate)
     engine = build_engine(settings.database_url)
+    metrics = build_metrics()
+    tracer_provider = tracer_provider or tracer_provider_from_environment()
+    if tracer_provider is not None:
+        trace_database(engine.sync_engine, tracer_provider)
     try:
         key = await load_key(engine, PAGE_TOKEN_KEY)
         dispatcher = Dispatcher(
@@ -87,6 +129,7 @@ async def start_application(
             HttpRunnerClient(settings.runner_base_url, MAX_RESPONSE_BYTES),
             settings,
             clock,
+            observe=metrics.record_run,
         )
         deps = DispatchDeps(
             uow_factory=SqlUnitOfWorkFactory(engine),
@@ -97,16 +140,30 @@ async def start_application(
             dispatcher=dispatcher,
         )
         try:
-            server = await start_server(settings, deps, listen)
+            server = await start_server(
+                settings, deps, listen, metrics=metrics, tracer_provider=tracer_provider
+            )
         except RuntimeError as exc:  # grpc reports a port it cannot bind this way
             await dispatcher.close()
             raise StartupError(f"cannot listen on {listen or settings.listen}: {exc}") from None
     except Exception:
         await engine.dispose()
         raise
+    app = Application(settings, engine, deps, server, metrics)
+    if settings.metrics_listen:
+        try:
+            app.stop_metrics = serve_metrics(metrics, settings.metrics_listen)
+        except OSError as exc:
+            await app.stop()
+            raise StartupError(
+                f"cannot serve metrics on {settings.metrics_listen}: {exc}"
+            ) from None
+    app.health_watch = asyncio.create_task(
+        watch_database(engine, server, settings.health_check_seconds), name="health-watch"
+    )
     if settings.dispatcher_enabled:
         dispatcher.start()
-    return Application(settings, engine, deps, server)
+    return app
 
 
 async def serve(settings: Settings, *, migrate: bool) -> None:

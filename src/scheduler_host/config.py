@@ -45,6 +45,7 @@ class Settings:
     runner_retry_base_seconds: float = 1.0
     shutdown_grace_seconds: float = 10.0
     install_cache_seconds: float = 1.0
+    health_check_seconds: float = 2.0
     dispatcher_enabled: bool = True
     dispatch_poll_seconds: float = 1.0
     dispatch_batch_size: int = 100
@@ -200,6 +201,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         runner_retry_base_seconds=_float(env, "SCHEDULER_HOST_RUNNER_RETRY_BASE_SECONDS", 1.0, 0.0),
         shutdown_grace_seconds=_float(env, "SCHEDULER_HOST_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0),
         install_cache_seconds=_float(env, "SCHEDULER_HOST_INSTALL_CACHE_SECONDS", 1.0, 0.0),
+        health_check_seconds=_float(env, "SCHEDULER_HOST_HEALTH_CHECK_SECONDS", 2.0, 0.05),
         dispatcher_enabled=_bool(env, "SCHEDULER_HOST_DISPATCHER", True),
         dispatch_poll_seconds=_float(env, "SCHEDULER_HOST_DISPATCH_POLL_SECONDS", 1.0, 0.01),
         dispatch_batch_size=_int(env, "SCHEDULER_HOST_DISPATCH_BATCH_SIZE", 100, 1),

@@ -146,3 +146,18 @@ def tracer_provider_from_environment() -> Any | None:
     )
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
+
+
+def trace_database(sync_engine: Any, tracer_provider: Any) -> None:
+    """Database statements of this engine become spans, children of the RPC's span.
+
+    The instrumentor's own `instrument()` patches SQLAlchemy globally once per process; tracing
+    one engine with one provider keeps several applications in a process apart."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    tracer = trace.get_tracer("scheduler_host.db", tracer_provider=tracer_provider)
+    usage = metrics.get_meter("scheduler_host.db").create_up_down_counter(
+        "db.client.connections.usage", unit="connections"
+    )
+    EngineTracer(tracer, sync_engine, usage)  # type: ignore[no-untyped-call]

@@ -236,7 +236,10 @@ class Dispatcher:
         clock: Clock,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observe: Callable[[str, float | None], None] | None = None,
     ) -> None:
+        """`observe(status, lateness_seconds)` is told of every run recorded (for metrics)."""
+        self._observe = observe
         self._store = store
         self._runner = runner
         self._settings = settings
@@ -290,9 +293,18 @@ class Dispatcher:
         if wanted <= 0:
             return claims, True
         catchup = timedelta(seconds=self._settings.catchup_seconds)
-        batch = await self._store.claim_due(
-            now, wanted, lease_until, lambda target: _safe_plan(target, now, catchup)
-        )
+        skipped = 0
+
+        def plan(target: RunTarget) -> ClaimPlan:
+            nonlocal skipped
+            decided = _safe_plan(target, now, catchup)
+            skipped += len(decided.skipped)
+            return decided
+
+        batch = await self._store.claim_due(now, wanted, lease_until, plan)
+        if self._observe is not None:
+            for _ in range(skipped):
+                self._observe(RunState.SKIPPED.value, None)
         return claims + batch.runs, batch.schedules == wanted
 
     async def load_target(
@@ -426,6 +438,13 @@ class Dispatcher:
             time.monotonic() - started,
             f" error={error!r}" if error else "",
         )
+        if finished is not None and self._observe is not None:
+            lateness = (
+                (finished.start_time - finished.scheduled_time).total_seconds()
+                if finished.start_time is not None
+                else None
+            )
+            self._observe(finished.status.value, lateness)
         return finished
 
     async def _loop(self) -> None:

@@ -60,3 +60,13 @@ def build_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_timeout=10,
         connect_args={"timeout": 5, "command_timeout": 30},
     )
+
+
+async def database_answers(engine: AsyncEngine, within: float) -> bool:
+    """Whether a trivial query completes within `within` seconds."""
+    try:
+        async with asyncio.timeout(within), engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    except Exception:
+        return False
+    return True
