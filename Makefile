@@ -60,7 +60,17 @@ lint: $(INSTALLED) $(NODE_INSTALLED)
 	$(BIN)/mypy src
 	node_modules/.bin/buf lint
 
-bench: $(INSTALLED) $(NODE_INSTALLED)
+## bench: echo baseline, API, scale, dispatcher and memory on PostgreSQL (bench/RESULTS.md)
+bench: $(INSTALLED)
+	@command -v h2load >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "bench: installing h2load (nghttp2-client)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; \
+	  else \
+	    echo "bench: h2load is missing; install nghttp2-client (e.g. sudo apt-get install -y nghttp2-client) and run make bench again" >&2; \
+	    exit 1; \
+	  fi; }
+	@test -x $(BIN)/py-spy || $(PY) -m pip install --quiet py-spy
 	$(PY) -m bench
 
 clean:
@@ -76,3 +86,10 @@ breaking: $(NODE_INSTALLED)
 ## contract-baseline: record protos/ as the released contract (deliberately, when releasing)
 contract-baseline: $(NODE_INSTALLED)
 	node_modules/.bin/buf build --exclude-source-info -o protos/baseline.binpb
+
+.PHONY: soak
+SOAK_SECONDS ?= 60
+
+## soak: a mixed load on real servers and PostgreSQL for SOAK_SECONDS (60), then its invariants
+soak: $(INSTALLED)
+	$(PY) -m soak --seconds $(SOAK_SECONDS)

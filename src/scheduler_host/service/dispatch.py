@@ -22,6 +22,7 @@ from scheduler_host.config import Settings
 from scheduler_host.domain.cron import CronExpression, parse_cron
 from scheduler_host.domain.endpoints import unschedulable_reason
 from scheduler_host.domain.errors import (
+    DatabaseUnavailable,
     FieldViolation,
     InstallDisabled,
     InstallNotFound,
@@ -371,6 +372,18 @@ class Dispatcher:
             return await self._execute(claim)
         except asyncio.CancelledError:
             raise
+        except DatabaseUnavailable:
+            # Not a failure of the run, and nothing can be recorded now (a run is never marked
+            # failed because of an outage). The claim stays leased: once it expires, a process
+            # takes the run over and calls the Runner again with the same idempotency key, so
+            # an outcome the Runner gave during the outage is asked for again, not lost.
+            log.warning(
+                "run %s of schedule %s not recorded: the database is unavailable; it is retried "
+                "with the same idempotency key when its lease expires",
+                claim.run.id,
+                claim.run.schedule_id,
+            )
+            return None
         except Exception:
             # The claim stays leased; when the lease expires, a process takes the run over.
             log.exception("run %s of schedule %s failed", claim.run.id, claim.run.schedule_id)

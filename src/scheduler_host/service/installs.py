@@ -27,6 +27,7 @@ from scheduler_host.service.schedules import _next_run
 
 MISSING_ENDPOINT_ON_UPDATE = "Disabled due to missing endpoint on extension update"
 _MAX_ID_LENGTH = 128
+_MAX_HANDLER_LENGTH = 256
 _METHOD = re.compile(r"^[A-Z]{1,16}$")
 
 
@@ -88,13 +89,16 @@ def _endpoints(
             not _METHOD.match(method)
             or not spec.path.strip()
             or len(path) > 1024
+            # Refused rather than cut to the column's 256 characters: nothing is truncated silently.
+            or len(spec.handler.strip()) > _MAX_HANDLER_LENGTH
             or _has_control(path + spec.handler)
         ):
             violations.append(
                 FieldViolation(
                     name,
                     "INSTALL_INVALID",
-                    "an endpoint needs a method and a path, without control characters",
+                    "an endpoint needs a method, a path (at most 1024 characters) and a handler "
+                    "(at most 256), without control characters",
                 )
             )
             continue
@@ -109,7 +113,7 @@ def _endpoints(
                 endpoint_id(install_id, version_id, method, path),
                 method,
                 path,
-                spec.handler.strip()[:256],
+                spec.handler.strip(),
             )
         )
     return tuple(out)

@@ -426,25 +426,42 @@ async def get_endpoints(
     return [EndpointView(e, unschedulable_reason(e.method, e.path)) for e in eps]
 
 
+START_TIME_INVALID = "START_TIME_INVALID"
+
+
+def start_time_violation(description: str) -> FieldViolation:
+    return FieldViolation("start_time", START_TIME_INVALID, description)
+
+
 def preview_schedule(
     cron: str,
     timezone: str,
     count: int,
-    start_time: datetime | None,
+    start_time: datetime | FieldViolation | None,
     *,
     settings: Settings,
     clock: Clock,
 ) -> Preview:
+    """`start_time` is a FieldViolation when the transport could not read it as a time."""
     fields = ScheduleFields(cron=cron, timezone=timezone)
     checked = _check(fields, frozenset({"cron", "timezone"}), settings, "")
     if count < 0:
         checked.violations.append(
             FieldViolation("count", "COUNT_INVALID", "count must not be negative")
         )
+    if isinstance(start_time, FieldViolation):
+        checked.violations.append(start_time)
     if checked.violations:
         raise ValidationFailed(checked.violations)
     assert checked.cron is not None
     n = DEFAULT_PREVIEW_COUNT if count == 0 else min(count, MAX_PREVIEW_COUNT)
-    start = start_time or clock()
-    times = next_occurrences(checked.cron, zoneinfo.ZoneInfo(checked.timezone), start, n)
+    start = start_time if isinstance(start_time, datetime) else clock()
+    try:
+        times = next_occurrences(checked.cron, zoneinfo.ZoneInfo(checked.timezone), start, n)
+    except OverflowError:
+        # A start at the very edge of the calendar (year 1) leaves no room to compute in: a
+        # caller's bad value, not a server failure (it answered INTERNAL before).
+        raise ValidationFailed(
+            [start_time_violation("start_time is too close to the first representable date")]
+        ) from None
     return Preview(times, shortest_interval(checked.cron))

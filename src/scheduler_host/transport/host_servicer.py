@@ -99,7 +99,7 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
             request.cron,
             request.timezone,
             request.count,
-            messages.from_timestamp(request.start_time) if request.HasField("start_time") else None,
+            messages.start_time_of(request.start_time) if request.HasField("start_time") else None,
             settings=self._deps.settings,
             clock=self._deps.clock,
         )

@@ -15,7 +15,7 @@ from scheduler_host.domain.install import Install
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.domain.schedule import Json, Schedule
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput
-from scheduler_host.service.schedules import EndpointView, ScheduleFields
+from scheduler_host.service.schedules import EndpointView, ScheduleFields, start_time_violation
 
 _LAST_RUN_STATUS = {
     "success": schedule_pb2.RUN_STATUS_SUCCESS,
@@ -43,6 +43,17 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
+
+
+def start_time_of(ts: timestamp_pb2.Timestamp) -> datetime | FieldViolation:
+    """A caller's start_time, or its violation: seconds outside years 1-9999 or nanos outside
+    0-999,999,999 do not make a datetime (ToDatetime raised, which answered INTERNAL)."""
+    try:
+        return from_timestamp(ts)
+    except (ValueError, OverflowError):
+        return start_time_violation(
+            "start_time must be between 0001-01-01 and 9999-12-31 with nanos below one second"
+        )
 
 
 def duration(seconds: float) -> duration_pb2.Duration:

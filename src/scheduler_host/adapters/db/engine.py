@@ -16,7 +16,26 @@ _CONNECTIVITY_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
+    # The pool had no connection for pool_timeout seconds (every one busy in a slow database):
+    # transient, so UNAVAILABLE that clients retry, not INTERNAL.
+    sa.exc.TimeoutError,
 )
+
+# SQLSTATEs of a server that is going away, starting up or full. The asyncpg dialect reports
+# them as a plain DBAPIError (not OperationalError), e.g. "the database system is starting up"
+# (57P03) while PostgreSQL restarts, or "terminating connection due to administrator command"
+# (57P01) when it stops mid-statement; without this they answered INTERNAL during an outage.
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P")
+_UNAVAILABLE_SQLSTATES = frozenset({"53300"})  # too_many_connections
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE the driver reported: on the DBAPI error (`orig`) or the exception itself."""
+    for candidate in (getattr(exc, "orig", None), exc):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return None
 
 
 def is_connectivity_error(exc: BaseException) -> bool:
@@ -24,6 +43,11 @@ def is_connectivity_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sa.exc.OperationalError) and "locked" in str(exc.orig).lower():
         return False  # SQLite lock contention is not an outage
+    code = _sqlstate(exc)
+    if code is not None and (
+        code.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES) or code in _UNAVAILABLE_SQLSTATES
+    ):
+        return True
     return isinstance(exc, _CONNECTIVITY_ERRORS)
 
 
