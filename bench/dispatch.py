@@ -1,0 +1,181 @@
+"""The dispatcher under a burst: N schedules due at the same instant, a fast local Runner.
+
+A `scheduler-host serve` with the dispatcher on (default poll and batch settings) calls a
+stand-in Runner (scheduler_host.runner_standin, answering success at once) in this process. The
+burst is made by one UPDATE that sets `next_run_time` of N bulk-loaded schedules to the same
+instant T. Measured: runs per second (the stand-in's receipt times, N / (last receipt - T)), and
+lateness p50/p99 from the run records (`start_time - scheduled_time` in schedule_runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+from bench import procstat, profile
+from bench.load import percentile
+from bench.service import start_server
+
+TIMEOUT_SECONDS = 240.0
+PROFILE_SECONDS = 10.0
+
+
+def dispatcher_present() -> bool:
+    try:
+        import scheduler_host.runner_standin
+        import scheduler_host.service.dispatch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class DispatchResult:
+    due: int
+    runs_recorded: int
+    runs_succeeded: int
+    receipts: int
+    runs_per_second: float  # receipts / (last receipt - T)
+    finish_runs_per_second: float  # finished runs / (last finish_time - T)
+    lateness_p50_s: float
+    lateness_p99_s: float
+    lateness_max_s: float
+    receipt_lateness_p99_s: float  # the stand-in's receipt time - T
+    standin_cpu: float  # cores the bench process (the stand-in Runner) used during the burst
+    other_receipts: int  # Runner calls for schedules outside the burst
+    server_peak_mib: float
+    server_cpu: float  # cores, averaged over the burst
+    seconds: float
+    note: str = ""
+    statuses: dict[str, int] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def _pick(conn: Any, count: int) -> list[Any]:
+    """`count` bulk schedules spread over as many installs as possible."""
+    rows = await conn.fetch(
+        "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY install_id ORDER BY id) AS k "
+        "FROM schedules WHERE name LIKE 'bulk-%' AND enabled) s ORDER BY k, id LIMIT $1",
+        count,
+    )
+    return [r["id"] for r in rows]
+
+
+async def measure(
+    dsn: str, database_url: str, due: int, log_path: Path, profile_path: Path
+) -> DispatchResult:
+    from scheduler_host.runner_standin import Execution, Reply, StandInRunner
+
+    receipts: list[float] = []
+    chosen: set[str] = set()
+    others = 0
+
+    async def respond(execution: Execution) -> Reply:
+        nonlocal others
+        if execution.schedule_id in chosen:
+            receipts.append(time.time())
+        else:
+            others += 1  # a schedule of the API fixtures that fell due meanwhile
+        return Reply()
+
+    runner = StandInRunner(respond)
+    await runner.start()
+    conn = await asyncpg.connect(dsn, command_timeout=600)
+    server = None
+    try:
+        ids = await _pick(conn, due)
+        chosen.update(str(i) for i in ids)
+        bench_cpu = time.process_time()
+        server = await asyncio.to_thread(
+            start_server,
+            database_url,
+            log_path,
+            SCHEDULER_HOST_DISPATCHER="true",
+            SCHEDULER_HOST_RUNNER_BASE_URL=runner.url,
+        )
+        await asyncio.sleep(2)  # the dispatcher loop is polling
+        cpu = procstat.cpu_seconds(server.process.pid)
+        at = datetime.now(UTC)
+        await conn.execute(
+            "UPDATE schedules SET next_run_time = $1 WHERE id = ANY($2::uuid[])", at, ids
+        )
+        started = time.monotonic()
+        # Sampled without pausing the server, so the burst is not slowed by the profiler.
+        sampling = asyncio.create_task(
+            asyncio.to_thread(
+                profile.record,
+                server.process.pid,
+                PROFILE_SECONDS,
+                profile_path,
+                nonblocking=True,
+            )
+        )
+        finished = 0
+        while time.monotonic() - started < TIMEOUT_SECONDS:
+            await asyncio.sleep(0.5)
+            finished = int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM schedule_runs WHERE schedule_id = ANY($2::uuid[]) "
+                    "AND scheduled_time >= $1 AND status NOT IN ('pending', 'running')",
+                    at,
+                    ids,
+                )
+            )
+            if finished >= len(ids):
+                break
+        elapsed = time.monotonic() - started
+        bench_cpu = (time.process_time() - bench_cpu) / elapsed
+        cpu = (procstat.cpu_seconds(server.process.pid) - cpu) / elapsed
+        peak = procstat.peak_rss_mib(server.process.pid)
+        sampled = await sampling
+        rows = await conn.fetch(
+            "SELECT status, EXTRACT(EPOCH FROM start_time - scheduled_time)::float8 AS late, "
+            "EXTRACT(EPOCH FROM finish_time - scheduled_time)::float8 AS done "
+            "FROM schedule_runs WHERE schedule_id = ANY($2::uuid[]) AND scheduled_time >= $1 "
+            "AND trigger = 'schedule'",
+            at,
+            ids,
+        )
+    finally:
+        await conn.close()
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+        await runner.stop()
+    t0 = at.timestamp()
+    lateness = [r["late"] for r in rows if r["late"] is not None]
+    finishes = [r["done"] for r in rows if r["done"] is not None]
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    receipt_lateness = [t - t0 for t in receipts]
+    last_receipt = max(receipt_lateness, default=0.0)
+    note = "" if finished >= len(ids) else f"timed out after {TIMEOUT_SECONDS:.0f} s"
+    return DispatchResult(
+        due=len(ids),
+        runs_recorded=len(rows),
+        runs_succeeded=statuses.get("success", 0),
+        receipts=len(receipts),
+        runs_per_second=len(receipts) / last_receipt if last_receipt > 0 else 0.0,
+        finish_runs_per_second=len(finishes) / max(finishes) if finishes else 0.0,
+        lateness_p50_s=percentile(lateness, 50),
+        lateness_p99_s=percentile(lateness, 99),
+        lateness_max_s=max(lateness, default=float("nan")),
+        receipt_lateness_p99_s=percentile(receipt_lateness, 99),
+        standin_cpu=bench_cpu,
+        other_receipts=others,
+        server_peak_mib=peak,
+        server_cpu=cpu,
+        seconds=elapsed,
+        note=note,
+        statuses=statuses,
+        profile=sampled.to_json(),
+    )

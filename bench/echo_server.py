@@ -1,0 +1,57 @@
+"""The baseline: a bare grpc.aio server whose one unary method returns its request.
+
+Same process model as `scheduler-host serve` (one process, one asyncio loop, grpc.aio) and the
+same server options (message size limits, no SO_REUSEPORT), but no interceptors, no database and
+no protobuf decoding: the cheapest answer grpc.aio can give. Run as
+`python -m bench.echo_server PORT`; it prints "ready" once it listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import grpc
+
+from scheduler_host.config import Settings
+
+SERVICE = "bench.Echo"
+METHOD = "Echo"
+PATH = f"/{SERVICE}/{METHOD}"
+
+
+async def _echo(request: bytes, context: Any) -> bytes:
+    return request
+
+
+def server_options() -> list[tuple[str, Any]]:
+    """The options `scheduler_host.transport.server.start_server` gives its server."""
+    settings = Settings()
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def serve(port: int) -> None:
+    server = grpc.aio.server(options=server_options())
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(_echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(int(sys.argv[1])))

@@ -1,0 +1,515 @@
+"""The run's one table (metric, value, baseline, ratio, target, met?), its JSON and RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+READS = ("GetSchedule", "ListSchedules", "GetEndpoints")
+WRITES = ("CreateSchedule+DeleteSchedule", "UpdateSchedule")
+API = (*READS, "PreviewSchedule", *WRITES)
+CONCURRENCIES = (1, 32)
+
+
+@dataclass
+class Row:
+    metric: str
+    value: float | str | None
+    unit: str = ""
+    baseline: float | None = None
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ratio(value: float | None, baseline: float | None) -> float | None:
+    if value is None or baseline is None or not baseline or math.isnan(value):
+        return None
+    return value / baseline
+
+
+def _find(points: Iterable[dict[str, Any]], name: str, c: int) -> dict[str, Any] | None:
+    for p in points:
+        if p["name"] == name and p["concurrency"] == c:
+            return p
+    return None
+
+
+def median_p50(points: Iterable[dict[str, Any]], name: str) -> float | None:
+    """The median over the alternating rounds of one scale point's p50."""
+    values = sorted(p["p50_ms"] for p in points if p["name"] == name)
+    return values[len(values) // 2] if values else None
+
+
+def build_rows(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    echo = results.get("echo", [])
+    api = results.get("api", [])
+    for c in CONCURRENCIES:
+        for gen in ("h2load", "py-client"):
+            e = next((p for p in echo if p["concurrency"] == c and gen in p["generator"]), None)
+            if e is None:
+                continue
+            label = f"echo ({gen}) c={c}"
+            rows.append(Row(f"{label} req/s", e["rps"], "req/s"))
+            rows.append(Row(f"{label} p50", e["p50_ms"], "ms"))
+            rows.append(Row(f"{label} p99", e["p99_ms"], "ms"))
+
+    def check(limit: float, le: bool) -> Callable[[float | None], bool | None]:
+        def met(ratio: float | None) -> bool | None:
+            if ratio is None:
+                return None
+            return ratio <= limit if le else ratio >= limit
+
+        return met
+
+    for name in API:
+        for c in CONCURRENCIES:
+            point = _find(api, name, c)
+            base = _find(echo, "echo", c)  # the h2load echo: the server's own ceiling
+            if point is None:
+                continue
+            suffix = f" ({point['errors']} errors)" if point["errors"] else ""
+            rps_target, rps_check = "", None
+            p99_target, p99_check = "", None
+            if c == 32 and name in READS:
+                rps_target, rps_check = ">= 0.5 x echo", check(0.5, le=False)
+                p99_target, p99_check = "<= 3 x echo", check(3.0, le=True)
+            if c == 32 and name in WRITES:
+                rps_target, rps_check = ">= 0.25 x echo", check(0.25, le=False)
+            for metric, key, unit, target, judge in (
+                ("req/s", "rps", "req/s", rps_target, rps_check),
+                ("p50", "p50_ms", "ms", "", None),
+                ("p99", "p99_ms", "ms", p99_target, p99_check),
+            ):
+                value = point[key]
+                baseline = base[key] if base else None
+                ratio = _ratio(value, baseline)
+                met = judge(ratio) if judge else None
+                if met is not None and point["errors"]:
+                    met = False
+                rows.append(
+                    Row(f"{name} c={c} {metric}{suffix}", value, unit, baseline, ratio, target, met)
+                )
+    dispatch = results.get("dispatch")
+    if isinstance(dispatch, dict):
+        n = dispatch["due"]
+        rows.append(
+            Row(
+                f"dispatcher: {n} due at once, runs/s",
+                dispatch["runs_per_second"],
+                "runs/s",
+                target=">= 1000",
+                met=dispatch["runs_per_second"] >= 1000 and dispatch["runs_succeeded"] == n,
+            )
+        )
+        rows.append(Row("dispatcher lateness p50", dispatch["lateness_p50_s"], "s"))
+        rows.append(
+            Row(
+                "dispatcher lateness p99",
+                dispatch["lateness_p99_s"],
+                "s",
+                target="<= 1 s",
+                met=dispatch["lateness_p99_s"] <= 1.0,
+            )
+        )
+        rows.append(
+            Row(
+                f"dispatcher server peak RSS ({results['config']['big_rows']:,} stored)",
+                dispatch["server_peak_mib"],
+                "MiB",
+                target="<= 200 MiB",
+                met=dispatch["server_peak_mib"] <= 200,
+            )
+        )
+    elif dispatch is not None:
+        rows.append(Row("dispatcher", str(dispatch), target=">= 1000 runs/s"))
+    scale = results.get("scale", {})
+    small, big = scale.get("small_rows"), scale.get("big_rows")
+    for name in ("GetSchedule", "ListSchedules"):
+        a = median_p50(scale.get("points", []), f"{name} @small")
+        b = median_p50(scale.get("points", []), f"{name} @big")
+        if a is None or b is None:
+            continue
+        ratio = _ratio(b, a)
+        rows.append(
+            Row(
+                f"{name} p50 c=1 at {big:,} rows (baseline: {small:,})",
+                b,
+                "ms",
+                a,
+                ratio,
+                "<= 1.2 x",
+                ratio is not None and ratio <= 1.2,
+            )
+        )
+    plan = results.get("due_plan")
+    if plan:
+        rows.append(
+            Row(
+                f"due query at {big:,} rows uses ix_schedules_due",
+                "yes" if plan["uses_index"] else "no",
+                target="index",
+                met=plan["uses_index"],
+            )
+        )
+        if plan.get("execution_ms") is not None:
+            rows.append(Row("due query execution time", plan["execution_ms"], "ms"))
+    memory = results.get("memory", {})
+    if "big_api_server_peak_mib" in memory:
+        rows.append(
+            Row(
+                f"API server peak RSS ({big:,} stored, after scale reads)",
+                memory["big_api_server_peak_mib"],
+                "MiB",
+                target="<= 200 MiB",
+                met=memory["big_api_server_peak_mib"] <= 200,
+            )
+        )
+    if "api_server_peak_mib" in memory:
+        rows.append(
+            Row(
+                "API server peak RSS (after the API load points)",
+                memory["api_server_peak_mib"],
+                "MiB",
+                target="<= 200 MiB",
+                met=memory["api_server_peak_mib"] <= 200,
+            )
+        )
+    if "echo_server_peak_mib" in memory:
+        rows.append(Row("echo server peak RSS", memory["echo_server_peak_mib"], "MiB"))
+    return rows
+
+
+def _fmt(value: float | str | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if math.isnan(value):
+        return "n/a"
+    if unit in {"req/s", "runs/s"} or abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def _cells(row: Row) -> list[str]:
+    return [
+        row.metric,
+        _fmt(row.value, row.unit),
+        _fmt(row.baseline, row.unit),
+        "-" if row.ratio is None else f"{row.ratio:.2f}",
+        row.target or "-",
+        {True: "yes", False: "NO", None: "-"}[row.met],
+    ]
+
+
+HEADER = ["metric", "value", "baseline", "ratio", "target", "met?"]
+
+
+def text_table(rows: list[Row]) -> str:
+    cells = [HEADER, *(_cells(r) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    lines = []
+    for n, line in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(header: list[str], body: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    path.write_text(json.dumps(clean(results), indent=2) + "\n")
+
+
+def _profile_md(profile: dict[str, Any], what: str) -> list[str]:
+    if not profile or profile.get("error"):
+        return [f"Not profiled: {profile.get('error', 'no profile') if profile else 'no profile'}."]
+    out = [
+        f"py-spy, {profile['samples']} samples at 100 Hz over {profile['seconds']:.0f} s of "
+        f"{what}. The main thread (the event loop) was active in "
+        f"{profile['busy'] * 100:.0f}% of the sampling ticks; "
+        "shares below are of its samples. Other threads, active share of ticks: "
+        + (
+            ", ".join(f"{k} {v * 100:.0f}%" for k, v in profile.get("other_threads", {}).items())
+            or "none"
+        )
+        + " (grpc.aio's poller thread waits in native code without the GIL).",
+        "",
+        "Self time by library (the frame on top of the stack):",
+        "",
+        markdown_table(["area", "% of samples"], ([a, f"{p:.1f}"] for a, p in profile["areas"])),
+        "",
+        "Top functions, self time:",
+        "",
+        markdown_table(["function", "%"], ([f, f"{p:.1f}"] for f, p in profile["self_top"])),
+        "",
+        "Top functions, inclusive (on the stack):",
+        "",
+        markdown_table(["function", "%"], ([f, f"{p:.1f}"] for f, p in profile["inclusive_top"])),
+        "",
+        "scheduler_host code, inclusive:",
+        "",
+        markdown_table(["function", "%"], ([f, f"{p:.1f}"] for f, p in profile["scheduler_host"])),
+    ]
+    return out
+
+
+def _statements_md(counts: list[dict[str, Any]]) -> list[str]:
+    if not counts:
+        return ["Not counted."]
+    body = [
+        [
+            c["rpc"],
+            f"{c['statements']:g}",
+            f"{c['transactions']:g}",
+            f"{c['checkouts']:g}",
+            f"{c['round_trips']:g}",
+            f"{c['cold_statements']}",
+            ", ".join(f"{k} x{v:g}" for k, v in c["shapes"].items()),
+        ]
+        for c in counts
+    ]
+    return [
+        "Counted in-process (`start_application`, an `after_cursor_execute` listener on "
+        "`app.engine.sync_engine`, real stubs), averaged over 5 calls with the install context "
+        'cached; "cold" is the first call after the install cache was emptied. Round trips = '
+        "statements + BEGIN and COMMIT/ROLLBACK per transaction + one pre-ping per pool checkout.",
+        "",
+        markdown_table(
+            [
+                "RPC",
+                "SQL statements",
+                "transactions",
+                "checkouts",
+                "round trips",
+                "cold",
+                "statements",
+            ],
+            body,
+        ),
+    ]
+
+
+def _read_plans_md(plans: dict[str, list[dict[str, str]]]) -> list[str]:
+    out: list[str] = []
+    for rpc, entries in plans.items():
+        for n, entry in enumerate(entries, 1):
+            first = " ".join(entry["statement"].split())[:90]
+            out += [f"{rpc}, SELECT {n} of {len(entries)} (`{first}...`):", ""]
+            out += ["```", entry["plan"], "```", ""]
+    return out or ["Not captured.", ""]
+
+
+def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> None:
+    m = results["machine"]
+    cfg = results["config"]
+    echo = [p for p in results.get("echo", [])]
+    plan = results.get("due_plan") or {}
+    pg = results.get("postgres") or {}
+    after = results.get("due_plan_after_burst") or {}
+    dispatch = results.get("dispatch")
+    lines = [
+        "# Benchmark results",
+        "",
+        "The last full `make bench` run (written by `bench/report.py`; raw numbers in "
+        "`bench/out/results.json`).",
+        "",
+        f"- Date: {results['started']} (UTC); `make bench` (python -m bench) took "
+        f"{results['duration_s'] / 60:.1f} min",
+        f"- Commit: `{results['commit']}`; src/ digest `{results['source_digest']}` (sha256 of "
+        "src/**/*.py, which identifies the measured code when the tree has uncommitted changes)",
+        f"- Machine: {m['cpu_model']}, {m['nproc']} CPUs, {m['memory_gib']} GiB RAM, Linux "
+        f"{m['kernel']}, Python {m['python']}; load average {m['load_average_at_start']} at "
+        f"start, {results.get('load_average_at_end')} at end (other work on the machine shows "
+        "up as noise)",
+        "- Other processes busy at the start: "
+        + ("; ".join(m.get("busy_processes_at_start", [])) or "none")
+        + ". The machine is shared: single runs vary by 10-30%, and the c=1 echo point is "
+        "bimodal between runs (about 2,300 or 5,000 req/s, depending on where the scheduler "
+        "puts the client and server threads), so compare c=1 ratios with care; the targets are "
+        "at c=32.",
+        f"- PostgreSQL: {pg.get('version', '?')} on the same machine ("
+        + ", ".join(f"{k}={v}" for k, v in pg.get("settings", {}).items())
+        + f"); from a client here one round trip (`SELECT 1`) takes "
+        f"{pg.get('round_trip_ms', float('nan')):.2f} ms and one INSERT transaction with its "
+        f"durable commit {pg.get('insert_transaction_ms', float('nan')):.2f} ms",
+        f"- Windows: {cfg['seconds']:g} s per point after a {cfg['warmup']:g} s warm-up; "
+        f"c=32 is {cfg['layout_32']}",
+        "- Generators: h2load (nghttp2 "
+        f"{results.get('h2load_version', '?')}, one thread, pre-serialised gRPC frames) for the "
+        "echo baseline, GetSchedule, ListSchedules, GetEndpoints, PreviewSchedule and the scale "
+        "points; a multi-process grpc.aio client (`py-client`) for CreateSchedule+DeleteSchedule "
+        "and UpdateSchedule, which h2load cannot drive (a create's id feeds its delete; an update "
+        "must change something each time). Ratios compare with the h2load echo at the same "
+        "concurrency, the server's own ceiling; the py-client echo rows show that client's "
+        "ceiling.",
+        "",
+        "## Results",
+        "",
+        markdown_table(HEADER, (_cells(r) for r in rows)),
+        "",
+        "Generator and server CPU during each point (cores, averaged over the window):",
+        "",
+        markdown_table(
+            ["point", "generator", "generator CPU", "server CPU", "requests", "errors"],
+            (
+                [
+                    f"{p['name']} c={p['concurrency']}",
+                    p["generator"],
+                    f"{p['generator_cpu']:.2f}",
+                    f"{p['server_cpu']:.2f}",
+                    f"{p['requests']}",
+                    f"{p['errors']}",
+                ]
+                for p in [
+                    *echo,
+                    *results.get("api", []),
+                    *results.get("scale", {}).get("points", []),
+                ]
+            ),
+        ),
+        "",
+        "## How it is measured",
+        "",
+        "- Echo baseline: `bench/echo_server.py`, a grpc.aio server in its own process with the "
+        "service's server options and one unary method that returns its request bytes.",
+        "- Service: `scheduler-host serve --migrate` in its own process on a scratch PostgreSQL "
+        "database, `SCHEDULER_HOST_DISPATCHER=false`, `SCHEDULER_HOST_RATE_LIMIT_PER_MINUTE="
+        "1000000` (the limiter's SQL still runs on every mutation). Installs are registered "
+        "through SchedulerAdmin; reads go to one install holding 50 schedules (ListSchedules "
+        "returns a full page of 50). CreateSchedule+DeleteSchedule pairs rotate over 128 installs "
+        "(valid payloads, a fresh request_id each); UpdateSchedule changes the payload of 256 "
+        "schedules in 128 installs (each worker task owns its schedules). The create+delete "
+        "req/s counts both calls.",
+        "- Every h2load point is checked for gRPC errors: h2load counts HTTP 200 for a gRPC "
+        "error, so the DATA bytes received must equal requests x the length of the OK answer a "
+        "grpc stub got for the same bytes; p50/p99 come from h2load's per-request log.",
+        f"- Scale: a second server on a second database whose table was brought to "
+        f"{cfg['big_rows']:,} rows by `INSERT ... SELECT generate_series` (50 per install, with "
+        "endpoints, daily crons 3 to 23 hours ahead so none falls due during the run, next run "
+        "times, payloads), then `VACUUM ANALYZE` and `CHECKPOINT`; the first database is topped "
+        f"up the same way to {cfg['small_rows']:,} rows. GetSchedule and ListSchedules of a "
+        "50-schedule install are measured at c=1 on both, alternating for "
+        f"{results.get('scale', {}).get('rounds', '?')} rounds; the table shows the median "
+        "p50 of the rounds.",
+        "- Memory: VmHWM (peak resident set) from /proc/<pid>/status of each server process.",
+        "",
+        "## Due query plan",
+        "",
+        f"{plan.get('query', 'not run')}, EXPLAIN (ANALYZE, BUFFERS) at "
+        f"{cfg['big_rows']:,} rows, rolled back:",
+        "",
+        "```",
+        plan.get("plan", ""),
+        "```",
+        "",
+        *(
+            [
+                f"After the dispatcher burst ({after.get('query')}), with its runs stored:",
+                "",
+                "```",
+                after.get("plan", ""),
+                "```",
+                "",
+            ]
+            if after
+            else []
+        ),
+        "## Read query plans",
+        "",
+        f"The SQL of a warm GetSchedule and ListSchedules call (captured in-process), "
+        f"EXPLAIN (ANALYZE, BUFFERS) at {cfg['big_rows']:,} rows:",
+        "",
+        *_read_plans_md(results.get("read_plans") or {}),
+        "## Dispatcher",
+        "",
+    ]
+    if isinstance(dispatch, dict):
+        lines += [
+            f"{dispatch['due']:,} bulk schedules (one per install) set due at the same instant T "
+            f"by one UPDATE, among {cfg['big_rows']:,} stored; a `scheduler-host serve` with the "
+            "dispatcher on (default poll 1 s, batch 100) calls the stand-in Runner "
+            "(`scheduler_host.runner_standin`, answering success at once, in the bench process).",
+            "",
+            f"- Runs recorded: {dispatch['runs_recorded']:,} ("
+            + ", ".join(f"{k} {v:,}" for k, v in dispatch["statuses"].items())
+            + f"); Runner "
+            f"calls received: {dispatch['receipts']:,}; burst cleared in "
+            f"{dispatch['seconds']:.1f} s",
+            f"- Runs/s (receipts / (last receipt - T)): {dispatch['runs_per_second']:.0f}; "
+            f"finished runs / (last finish - T): {dispatch['finish_runs_per_second']:.0f}",
+            f"- Lateness (start_time - scheduled_time): p50 {dispatch['lateness_p50_s']:.2f} s, "
+            f"p99 {dispatch['lateness_p99_s']:.2f} s, max {dispatch['lateness_max_s']:.2f} s; "
+            f"Runner receipt - T p99 {dispatch['receipt_lateness_p99_s']:.2f} s",
+            f"- Server CPU during the burst: {dispatch['server_cpu']:.2f} cores; peak RSS "
+            f"{dispatch['server_peak_mib']:.0f} MiB; the bench process (stand-in Runner) used "
+            f"{dispatch['standin_cpu']:.2f} cores; {dispatch['other_receipts']} Runner calls came "
+            "for schedules outside the burst (API fixtures falling due) and are not counted",
+        ]
+        if dispatch.get("note"):
+            lines.append(f"- Note: {dispatch['note']}")
+    else:
+        lines.append(str(dispatch or "not measured"))
+    lines += [
+        "",
+        "## Profile: GetSchedule at c=32",
+        "",
+        *_profile_md(
+            results.get("profile") or {},
+            "GetSchedule at c=32 (a separate pass, not one of the measured points)",
+        ),
+        "",
+        "## Profile: the dispatcher during the burst",
+        "",
+        *_profile_md(
+            dispatch.get("profile", {}) if isinstance(dispatch, dict) else {},
+            "the dispatcher server from T on (sampled without pausing it, during the measured "
+            "burst)",
+        ),
+        "",
+        "## SQL statements per RPC",
+        "",
+        *_statements_md(results.get("statements") or []),
+        "",
+        "## Phases",
+        "",
+        markdown_table(
+            ["phase", "seconds"], ([k, f"{v:.0f}"] for k, v in results.get("phases", {}).items())
+        ),
+        "",
+    ]
+    path.write_text("\n".join(lines))
