@@ -18,11 +18,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from scheduler_host.adapters.db.engine import is_connectivity_error
+from scheduler_host.adapters.db.repositories import schedule_from_row
 from scheduler_host.adapters.db.tables import endpoints, installs, schedule_runs, schedules
 from scheduler_host.domain.errors import DatabaseUnavailable
 from scheduler_host.domain.install import InstallContext
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
-from scheduler_host.domain.schedule import Schedule
 from scheduler_host.service.ports import ClaimBatch, ClaimedRun, ClaimPlan, RunTarget
 
 s, i, r = schedules.c, installs.c, schedule_runs.c
@@ -58,26 +58,7 @@ _TARGET_FROM = schedules.join(installs, i.id == s.install_id).outerjoin(
 
 def _target(row: sa.Row[Any]) -> RunTarget:
     m = row._mapping
-    schedule = Schedule(
-        id=m["id"],
-        install_id=m["install_id"],
-        tenant_id=m["tenant_id"],
-        endpoint_id=m["endpoint_id"],
-        endpoint_method=m["endpoint_method"],
-        endpoint_path=m["endpoint_path"],
-        name=m["name"],
-        cron=m["cron"],
-        timezone=m["timezone"],
-        enabled=m["enabled"],
-        payload=m["payload"],
-        next_run_time=m["next_run_time"],
-        last_run_time=m["last_run_time"],
-        last_run_status=m["last_run_status"],
-        last_error=m["last_error"],
-        create_time=m["create_time"],
-        update_time=m["update_time"],
-        revision=m["revision"],
-    )
+    schedule = schedule_from_row(row)
     install = InstallContext(
         install_id=m["install_id"],
         tenant_id=m["tenant_id"],

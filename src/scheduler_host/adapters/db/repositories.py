@@ -26,7 +26,8 @@ from scheduler_host.domain.schedule import Schedule
 _NAME_IN_USE = "a schedule with this name already exists in the install"
 
 
-def _schedule(row: sa.Row[Any]) -> Schedule:
+def schedule_from_row(row: sa.Row[Any]) -> Schedule:
+    """A Schedule from a row holding the schedules columns (alone or in a join)."""
     m = row._mapping
     return Schedule(
         id=m["id"],
@@ -106,7 +107,7 @@ class SqlScheduleRepository:
         if for_update:
             query = query.with_for_update()
         row = (await self._conn.execute(query)).first()
-        return _schedule(row) if row else None
+        return schedule_from_row(row) if row else None
 
     async def list_page(
         self,
@@ -123,7 +124,7 @@ class SqlScheduleRepository:
                 sa.tuple_(schedules.c.create_time, schedules.c.id) > _bound(after, schedules.c)
             )
         query = query.order_by(schedules.c.create_time, schedules.c.id).limit(limit)
-        return [_schedule(r) for r in await self._conn.execute(query)]
+        return [schedule_from_row(r) for r in await self._conn.execute(query)]
 
     async def count(self, tenant_id: str, install_id: uuid.UUID) -> int:
         query = sa.select(sa.func.count()).where(
