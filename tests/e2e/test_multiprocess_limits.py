@@ -178,6 +178,11 @@ async def test_rate_limit_is_shared_by_two_processes(start_pair: StartPair) -> N
             )
             assert listed.total_size == RATE_LIMIT
 
+        # Keep the timed install's window a few seconds behind the burst's, so that its "still
+        # refused just before the slot frees" probe below is not raced by the burst's wait on a
+        # loaded machine.
+        await asyncio.sleep(4)
+
         # (2) Ten sequential creates, alternating processes; the 11th waits for the first.
         timed = await register_install(pair[1].admin)
         first_sent = time.time()
