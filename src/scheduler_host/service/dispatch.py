@@ -23,7 +23,6 @@ from scheduler_host.domain.cron import CronExpression, parse_cron
 from scheduler_host.domain.endpoints import unschedulable_reason
 from scheduler_host.domain.errors import (
     DatabaseUnavailable,
-    FieldViolation,
     InstallDisabled,
     InstallNotFound,
     ScheduleNotFound,
@@ -31,7 +30,7 @@ from scheduler_host.domain.errors import (
 )
 from scheduler_host.domain.occurrences import next_occurrence
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
-from scheduler_host.domain.schedule import payload_json, truncate_error, validate_uuid
+from scheduler_host.domain.schedule import payload_json, truncate_error
 from scheduler_host.service.access import count_call
 from scheduler_host.service.deps import UseCaseDeps
 from scheduler_host.service.ports import (
@@ -45,6 +44,7 @@ from scheduler_host.service.ports import (
     RunTarget,
     SkippedOccurrence,
 )
+from scheduler_host.service.runs import parse_schedule_ids
 
 log = logging.getLogger("scheduler_host.dispatch")
 
@@ -489,20 +489,15 @@ class DispatchDeps(UseCaseDeps):
     dispatcher: Dispatcher
 
 
-def _parse_ids(install_id: str, schedule_id: str) -> tuple[uuid.UUID, uuid.UUID]:
-    iid = validate_uuid(install_id, "install_id")
-    sid = validate_uuid(schedule_id, "schedule_id")
-    if isinstance(iid, FieldViolation) or isinstance(sid, FieldViolation):
-        raise ValidationFailed([v for v in (iid, sid) if isinstance(v, FieldViolation)])
-    return iid, sid
-
-
 async def run_schedule_now(
     install_id: str, schedule_id: str, *, deps: UseCaseDeps, dispatcher: Dispatcher
 ) -> ScheduleRun:
     """Run a schedule at once (trigger manual), at most N per tenant per minute; returns the run
     in its final state."""
-    iid, sid = _parse_ids(install_id, schedule_id)
+    iid, sid, bad = parse_schedule_ids(install_id, schedule_id)
+    if bad:
+        raise ValidationFailed(bad)
+    assert iid is not None and sid is not None
     async with deps.uow_factory() as uow:
         ctx = await uow.installs.context(iid)
     if ctx is None:

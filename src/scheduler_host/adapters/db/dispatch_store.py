@@ -18,10 +18,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from scheduler_host.adapters.db.engine import is_connectivity_error
-from scheduler_host.adapters.db.repositories import schedule_from_row
+from scheduler_host.adapters.db.repositories import install_context_from_row, schedule_from_row
 from scheduler_host.adapters.db.tables import endpoints, installs, schedule_runs, schedules
 from scheduler_host.domain.errors import DatabaseUnavailable
-from scheduler_host.domain.install import InstallContext
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.service.ports import ClaimBatch, ClaimedRun, ClaimPlan, RunTarget
 
@@ -59,15 +58,7 @@ _TARGET_FROM = schedules.join(installs, i.id == s.install_id).outerjoin(
 def _target(row: sa.Row[Any]) -> RunTarget:
     m = row._mapping
     schedule = schedule_from_row(row)
-    install = InstallContext(
-        install_id=m["install_id"],
-        tenant_id=m["tenant_id"],
-        registry_id=m["registry_id"],
-        version_id=m["version_id"],
-        content_hash=m["content_hash"],
-        enabled=m["install_enabled"],
-        capabilities=frozenset(m["granted_capabilities"]),
-    )
+    install = install_context_from_row(row, enabled_key="install_enabled")
     return RunTarget(
         schedule=schedule,
         install=install,

@@ -26,6 +26,22 @@ from scheduler_host.domain.schedule import Schedule
 _NAME_IN_USE = "a schedule with this name already exists in the install"
 
 
+def install_context_from_row(
+    row: sa.Row[Any], *, install_id_key: str = "install_id", enabled_key: str = "enabled"
+) -> InstallContext:
+    """An InstallContext from a row holding the installs columns (alone or in a join)."""
+    m = row._mapping
+    return InstallContext(
+        install_id=m[install_id_key],
+        tenant_id=m["tenant_id"],
+        registry_id=m["registry_id"],
+        version_id=m["version_id"],
+        content_hash=m["content_hash"],
+        enabled=m[enabled_key],
+        capabilities=frozenset(m["granted_capabilities"]),
+    )
+
+
 def schedule_from_row(row: sa.Row[Any]) -> Schedule:
     """A Schedule from a row holding the schedules columns (alone or in a join)."""
     m = row._mapping
@@ -234,16 +250,7 @@ class SqlInstallRepository:
         ).first()
         if row is None:
             return None
-        m = row._mapping
-        return InstallContext(
-            install_id=m["id"],
-            tenant_id=m["tenant_id"],
-            registry_id=m["registry_id"],
-            version_id=m["version_id"],
-            content_hash=m["content_hash"],
-            enabled=m["enabled"],
-            capabilities=frozenset(m["granted_capabilities"]),
-        )
+        return install_context_from_row(row, install_id_key="id")
 
     async def get(self, install_id: uuid.UUID) -> Install | None:
         row = (
