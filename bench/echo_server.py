@@ -1,6 +1,6 @@
 """The baseline: a bare grpc.aio server whose one unary method returns its request.
 
-Same process model as `scheduler-host serve` (one process, one asyncio loop, grpc.aio) and the
+Same process model as `scheduler-host serve` (one process, the same event loop, grpc.aio) and the
 same server options (message size limits, no SO_REUSEPORT), but no interceptors, no database and
 no protobuf decoding: the cheapest answer grpc.aio can give. Run as
 `python -m bench.echo_server PORT`; it prints "ready" once it listens.
@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from scheduler_host.config import Settings
+from scheduler_host.transport import event_loop
 
 SERVICE = "bench.Echo"
 METHOD = "Echo"
@@ -54,4 +55,4 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    event_loop.run(serve(int(sys.argv[1])))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
 from scheduler_host.config import ConfigError, load_settings
 from scheduler_host.telemetry import configure_logging
+from scheduler_host.transport import event_loop
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,12 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "migrate":
-            asyncio.run(migrations.upgrade_database(settings.database_url))
+            event_loop.run(migrations.upgrade_database(settings.database_url))
             print("scheduler-host: database migrated", file=sys.stderr)
         elif args.command == "serve":
-            asyncio.run(app.serve(settings, migrate=args.migrate))
+            event_loop.run(app.serve(settings, migrate=args.migrate))
         else:
-            asyncio.run(dev.run_dev(settings))
+            event_loop.run(dev.run_dev(settings))
     except (app.StartupError, migrations.MigrationError) as exc:
         print(f"scheduler-host: {exc}", file=sys.stderr)
         return 1
