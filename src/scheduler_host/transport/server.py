@@ -24,6 +24,7 @@ from scheduler_host.transport.host_servicer import SchedulerHostServicer
 from scheduler_host.transport.interceptors import (
     AdminAuth,
     ErrorBoundary,
+    InterceptorChain,
     Quota,
     RateLimit,
     RunnerAuth,
@@ -78,11 +79,9 @@ async def start_server(
 ) -> RunningServer:
     boundary = ErrorBoundary(metrics)
     chain: list[grpc.aio.ServerInterceptor] = [
-        boundary,
-        RunnerAuth(deps),
-        AdminAuth(deps),
-        RateLimit(deps),
-        Quota(deps),
+        InterceptorChain(
+            [boundary, RunnerAuth(deps), AdminAuth(deps), RateLimit(deps), Quota(deps)]
+        )
     ]
     if tracer_provider is not None:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
