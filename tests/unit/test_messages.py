@@ -1,0 +1,66 @@
+"""The message builders agree with protobuf's own (slower) conversions."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scheduler_host.transport import messages
+
+_aware_times = st.datetimes(
+    min_value=datetime(1, 1, 2),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=13))]),
+)
+
+# JSON as stored payloads hold it: integral numbers are ints within 2**53, no NaN or infinity.
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+_json = st.recursive(
+    _scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(_aware_times)
+def test_set_time_matches_from_datetime(value: datetime) -> None:
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(value.astimezone(UTC))
+    assert messages.timestamp(value) == expected
+
+
+def test_set_time_before_the_epoch_rounds_toward_the_past() -> None:
+    ts = messages.timestamp(datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC))
+    assert (ts.seconds, ts.nanos) == (-1, 500_000_000)
+
+
+@given(_json)
+def test_payload_to_value_matches_the_json_text_round_trip(payload: object) -> None:
+    expected = struct_pb2.Value()
+    json_format.Parse(json.dumps(payload), expected)
+    if payload is None:
+        assert messages.payload_to_value(payload) is None
+    else:
+        assert messages.payload_to_value(payload) == expected
+
+
+@given(_json)
+def test_a_payload_survives_the_message_and_back(payload: object) -> None:
+    value = messages.payload_to_value(payload)
+    if value is None:
+        return
+    back, violation = messages.payload_from_value(value, "payload")
+    assert violation is None
+    assert back == payload or json.dumps(back) == json.dumps(payload)
