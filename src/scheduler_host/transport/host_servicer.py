@@ -32,7 +32,9 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
             settings=d.settings,
             clock=d.clock,
         )
-        return pb.CreateScheduleResponse(schedule=messages.schedule_message(created))
+        response = pb.CreateScheduleResponse()
+        messages.fill_schedule(response.schedule, created)
+        return response
 
     async def GetSchedule(
         self, request: pb.GetScheduleRequest, context: Context
@@ -40,7 +42,9 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
         found = await schedules.get_schedule(
             current_install.get(), request.id, uow_factory=self._deps.uow_factory
         )
-        return pb.GetScheduleResponse(schedule=messages.schedule_message(found))
+        response = pb.GetScheduleResponse()
+        messages.fill_schedule(response.schedule, found)
+        return response
 
     async def ListSchedules(
         self, request: pb.ListSchedulesRequest, context: Context
@@ -52,11 +56,13 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
             uow_factory=self._deps.uow_factory,
             tokens=self._deps.page_tokens,
         )
-        return pb.ListSchedulesResponse(
-            schedules=[messages.schedule_message(s) for s in page.schedules],
-            next_page_token=page.next_page_token,
-            total_size=page.total_size,
+        response = pb.ListSchedulesResponse(
+            next_page_token=page.next_page_token, total_size=page.total_size
         )
+        add = response.schedules.add
+        for s in page.schedules:
+            messages.fill_schedule(add(), s)
+        return response
 
     async def UpdateSchedule(
         self, request: pb.UpdateScheduleRequest, context: Context
@@ -74,7 +80,9 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
             settings=d.settings,
             clock=d.clock,
         )
-        return pb.UpdateScheduleResponse(schedule=messages.schedule_message(updated))
+        response = pb.UpdateScheduleResponse()
+        messages.fill_schedule(response.schedule, updated)
+        return response
 
     async def DeleteSchedule(
         self, request: pb.DeleteScheduleRequest, context: Context

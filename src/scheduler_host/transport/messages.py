@@ -126,14 +126,6 @@ def set_payload(field: struct_pb2.Value, payload: Json) -> None:
         field.string_value = payload
 
 
-def payload_to_value(payload: Json | None) -> struct_pb2.Value | None:
-    if payload is None:
-        return None
-    value = struct_pb2.Value()
-    set_payload(value, payload)
-    return value
-
-
 def schedule_fields(msg: schedule_pb2.Schedule, field_prefix: str = "schedule.") -> ScheduleFields:
     """Input fields of a Schedule message; output-only fields are ignored, never refused."""
     endpoint = msg.endpoint.strip()
@@ -164,22 +156,23 @@ def schedule_fields(msg: schedule_pb2.Schedule, field_prefix: str = "schedule.")
     )
 
 
-def schedule_message(s: Schedule) -> schedule_pb2.Schedule:
-    msg = schedule_pb2.Schedule(
-        id=str(s.id),
-        endpoint=s.endpoint,
-        endpoint_method=s.endpoint_method,
-        endpoint_path=s.endpoint_path,
-        endpoint_id=str(s.endpoint_id),
-        name=s.name or "",
-        cron=s.cron,
-        timezone=s.timezone,
-        enabled=s.enabled,
-        last_run_status=_LAST_RUN_STATUS.get(s.last_run_status or "", 0),  # type: ignore[arg-type]
-        last_error=s.last_error or "",
-        etag=s.etag,
+def fill_schedule(msg: schedule_pb2.Schedule, s: Schedule) -> schedule_pb2.Schedule:
+    """Write a schedule into `msg` (typically a field of the response): filling in place avoids
+    building a message apart and copying it in, which a page of 50 felt."""
+    msg.id = str(s.id)
+    msg.endpoint = s.endpoint
+    msg.endpoint_method = s.endpoint_method
+    msg.endpoint_path = s.endpoint_path
+    msg.endpoint_id = str(s.endpoint_id)
+    msg.name = s.name or ""
+    msg.cron = s.cron
+    msg.timezone = s.timezone
+    msg.enabled = s.enabled
+    msg.last_run_status = _LAST_RUN_STATUS.get(
+        s.last_run_status or "", schedule_pb2.RUN_STATUS_UNSPECIFIED
     )
-    # Sub-messages are filled in place: building them apart and copying them in costs more.
+    msg.last_error = s.last_error or ""
+    msg.etag = s.etag
     set_time(msg.create_time, s.create_time)
     set_time(msg.update_time, s.update_time)
     if s.payload is not None:
