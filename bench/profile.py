@@ -40,6 +40,9 @@ _AREAS = (
 )
 
 
+_NATIVE = "grpc.aio and event loop native code (self time of Handle._run / Runner.run)"
+
+
 def py_spy() -> str | None:
     beside = Path(sys.executable).with_name("py-spy")
     return str(beside) if beside.exists() else shutil.which("py-spy")
@@ -102,9 +105,11 @@ def summarise(raw: str, seconds: float, top: int = 12) -> Profile:
         total += count
         leaf, leaf_file = frames[-1]
         self_counts[leaf] += count
-        # Cython code (grpc.aio's callbacks) has no Python frame: its time shows as Handle._run.
-        native = leaf.startswith("Handle._run ")
-        areas["grpc.aio native (self time of Handle._run)" if native else _area(leaf_file)] += count
+        # Cython code (grpc.aio's callbacks and, on uvloop, the loop itself) has no Python
+        # frame: its time shows as the self time of the innermost Python frame below it, which is
+        # Handle._run on the standard loop and Runner.run on uvloop.
+        native = leaf.startswith(("Handle._run ", "Runner.run "))
+        areas[_NATIVE if native else _area(leaf_file)] += count
         for name in {n for n, file in frames if not any(f in file for f in _FRAMEWORK)}:
             inclusive[name] += count
         for name in {
