@@ -19,6 +19,11 @@ _DAY = timedelta(days=1)
 # Longer than any gap between allowed days of a valid expression (Feb 29 across 2100: 8 years).
 _SEARCH_HORIZON = timedelta(days=3653)
 _LAST_DAY = date.max - timedelta(days=2)  # keeps wall-time arithmetic inside datetime's range
+# The first and last minute of each wall-clock hour, read before (fold=0) and after (fold=1) a
+# transition: combined with a day they give the four readings that tell whether the hour is steady.
+_HOUR_EDGES = tuple((time(h), time(h, 59), time(h, fold=1), time(h, 59, fold=1)) for h in range(24))
+_UTC_HOURS = tuple(time(h, tzinfo=UTC) for h in range(24))
+_MIDNIGHTS = (time(), time(fold=1))
 
 
 def next_occurrence(expr: CronExpression, tz: ZoneInfo, after: datetime) -> datetime | None:
@@ -56,7 +61,9 @@ def _instants(expr: CronExpression, tz: ZoneInfo, after: datetime) -> Iterator[d
     for day in _allowed_days(expr, first_day):
         if day - last_progress > _SEARCH_HORIZON:
             break
-        floor = _earliest_instant(datetime.combine(day, time()), tz)
+        if max(_midnight_readings(day + _DAY, tz)) <= after:
+            continue  # every run of this day is at or before `after` (usually the day before)
+        floor = min(_midnight_readings(day, tz))
         while pending and pending[0] < floor:
             yield heapq.heappop(pending)
         for instant in _day_instants(day, hours, minutes, tz, expr.is_fixed_time, after):
@@ -103,22 +110,24 @@ def _day_instants(
     """Run instants (after `after`) for the wall-clock times of `day`."""
     instants: list[datetime] = []
     for hour in hours:
-        top = datetime.combine(day, time(hour))
-        offset = _steady_offset(top, tz)
+        offset = _steady_offset(day, hour, tz)
         if offset is None:  # a transition falls in this hour: map each wall time by the policy
+            top = datetime.combine(day, time(hour))
             for minute in minutes:
                 wall = top + minute * _MINUTE
                 instants.extend(i for i in _wall_instants(wall, tz, fixed_time) if i > after)
             continue
-        base = top.replace(tzinfo=UTC) - offset
+        base = datetime.combine(day, _UTC_HOURS[hour]) - offset
         if base + minutes[-1] * _MINUTE > after:
             instants.extend(i for minute in minutes if (i := base + minute * _MINUTE) > after)
     return instants
 
 
-def _steady_offset(top: datetime, tz: ZoneInfo) -> timedelta | None:
-    """The UTC offset of every minute of the wall-clock hour from `top`, or None if it changes."""
-    offsets = {_offset(wall, tz, fold) for wall in (top, top + 59 * _MINUTE) for fold in (0, 1)}
+def _steady_offset(day: date, hour: int, tz: ZoneInfo) -> timedelta | None:
+    """The UTC offset of every minute of the wall-clock hour, or None if it changes."""
+    # ZoneInfo reads a naive wall time (with its fold) directly; setting tzinfo on each of the
+    # four readings instead cost most of next_occurrence's time.
+    offsets = {tz.utcoffset(datetime.combine(day, edge)) for edge in _HOUR_EDGES[hour]}
     return offsets.pop() if len(offsets) == 1 else None
 
 
@@ -148,13 +157,21 @@ def _jump_instant(before_jump: datetime, after_jump: datetime, tz: ZoneInfo) -> 
     return before_jump + high * _MINUTE
 
 
-def _earliest_instant(wall: datetime, tz: ZoneInfo) -> datetime:
-    """A lower bound for the run instants of every wall time from `wall` on."""
-    # First passes are in wall order, so the earlier reading of `wall` bounds everything later.
-    return min(wall.replace(tzinfo=UTC) - _offset(wall, tz, fold) for fold in (0, 1))
+def _midnight_readings(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The instants of wall time 00:00 of `day` read before and after a transition.
+
+    The earlier bounds from below the runs of every wall time from that midnight on (first
+    passes are in wall order); the later bounds from above the runs of every wall time before it
+    (a wall time's later reading never decreases as the wall time grows).
+    """
+    utc_midnight = datetime.combine(day, _UTC_HOURS[0])
+    before, after = (tz.utcoffset(datetime.combine(day, m)) for m in _MIDNIGHTS)
+    assert before is not None and after is not None  # ZoneInfo always knows its offset
+    return utc_midnight - before, utc_midnight - after
 
 
 def _offset(wall: datetime, tz: ZoneInfo, fold: int) -> timedelta:
-    offset = wall.replace(tzinfo=tz, fold=fold).utcoffset()
+    """The offset of naive wall time `wall` read with `fold` (PEP 495)."""
+    offset = tz.utcoffset(wall if wall.fold == fold else wall.replace(fold=fold))
     assert offset is not None  # ZoneInfo always knows its offset
     return offset
