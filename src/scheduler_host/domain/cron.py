@@ -92,6 +92,9 @@ _LONGEST_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _MINUTES_PER_DAY = 24 * 60
 
 
+# Parsed expressions are immutable and few distinct ones are in use, while every create, update
+# and dispatched run parses one: keep the recent ones (refusals are not cached).
+@lru_cache(maxsize=4096)
 def parse_cron(text: str) -> CronExpression:
     """Parse a 5-field expression or macro; raises CronError CRON_INVALID or CRON_DOM_AND_DOW."""
     source = text.strip()
@@ -157,6 +160,7 @@ def validate_cron(text: str, min_interval_seconds: int) -> CronExpression:
     return expr
 
 
+@lru_cache(maxsize=4096)
 def shortest_interval(expr: CronExpression) -> datetime.timedelta:
     """Shortest wall-clock gap between two consecutive occurrences (daylight saving ignored)."""
     times = sorted(hour * 60 + minute for hour in expr.hours for minute in expr.minutes)
