@@ -14,7 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scheduler_host.adapters import migrations
 from scheduler_host.adapters.db.dispatch_store import SqlDispatchStore
-from scheduler_host.adapters.db.engine import build_engine, database_answers
+from scheduler_host.adapters.db.engine import POOL_SIZE, build_engine, database_answers
+from scheduler_host.adapters.db.pg_pool import PgPool
+from scheduler_host.adapters.db.pg_unit_of_work import (
+    PgUnitOfWorkFactory,
+    traced_connection_class,
+)
 from scheduler_host.adapters.db.service_keys import PAGE_TOKEN_KEY, load_key
 from scheduler_host.adapters.db.unit_of_work import SqlUnitOfWorkFactory
 from scheduler_host.adapters.runner_http import HttpRunnerClient
@@ -27,7 +32,7 @@ from scheduler_host.service.dispatch import (
     Dispatcher,
 )
 from scheduler_host.service.page_tokens import SignedPageTokens
-from scheduler_host.service.ports import Clock
+from scheduler_host.service.ports import Clock, UnitOfWorkFactory
 from scheduler_host.telemetry import (
     Metrics,
     build_metrics,
@@ -57,6 +62,9 @@ class Application:
     metrics: Metrics
     health_watch: asyncio.Task[None] | None = None
     stop_metrics: Callable[[], None] | None = None
+    # PostgreSQL: the raw-asyncpg connections of the API's use cases (the engine serves the
+    # migrations, the health watch, the page-token key and the dispatcher).
+    api_pool: PgPool | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -74,6 +82,8 @@ class Application:
         # The dispatcher finishes or releases its claims within the same grace period.
         await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
         await self.dispatcher.close()
+        if self.api_pool is not None:
+            await self.api_pool.close()
         await self.engine.dispose()
         if self.stop_metrics is not None:
             self.stop_metrics()
@@ -107,6 +117,21 @@ async def watch_database(engine: AsyncEngine, server: RunningServer, interval: f
             )
 
 
+def api_pool_for(engine: AsyncEngine, tracer_provider: Any | None) -> PgPool | None:
+    """On PostgreSQL, the API's own asyncpg pool, connected as the engine connects, as large as
+    the engine's pool with its overflow; None on SQLite (the API keeps the engine there)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    _, params = engine.dialect.create_connect_args(engine.url)
+    connection_class = None
+    if tracer_provider is not None:
+        from opentelemetry import trace
+
+        tracer = trace.get_tracer("scheduler_host.db", tracer_provider=tracer_provider)
+        connection_class = traced_connection_class(tracer, str(params.get("database") or ""))
+    return PgPool(params, size=2 * POOL_SIZE, connection_class=connection_class)
+
+
 async def start_application(
     settings: Settings,
     *,
@@ -122,6 +147,13 @@ async def start_application(
     tracer_provider = tracer_provider or tracer_provider_from_environment()
     if tracer_provider is not None:
         trace_database(engine.sync_engine, tracer_provider)
+    install_cache = InstallContextCache(settings.install_cache_seconds)
+    api_pool = api_pool_for(engine, tracer_provider)
+    uow_factory: UnitOfWorkFactory = (
+        SqlUnitOfWorkFactory(engine)
+        if api_pool is None
+        else PgUnitOfWorkFactory(api_pool, endpoint_cache=install_cache)
+    )
     try:
         key = await load_key(engine, PAGE_TOKEN_KEY)
         dispatcher = Dispatcher(
@@ -132,11 +164,11 @@ async def start_application(
             observe=metrics.record_run,
         )
         deps = DispatchDeps(
-            uow_factory=SqlUnitOfWorkFactory(engine),
+            uow_factory=uow_factory,
             settings=settings,
             clock=clock,
             page_tokens=SignedPageTokens(key),
-            install_cache=InstallContextCache(settings.install_cache_seconds),
+            install_cache=install_cache,
             dispatcher=dispatcher,
         )
         try:
@@ -147,9 +179,11 @@ async def start_application(
             await dispatcher.close()
             raise StartupError(f"cannot listen on {listen or settings.listen}: {exc}") from None
     except Exception:
+        if api_pool is not None:
+            await api_pool.close()
         await engine.dispose()
         raise
-    app = Application(settings, engine, deps, server, metrics)
+    app = Application(settings, engine, deps, server, metrics, api_pool=api_pool)
     if settings.metrics_listen:
         try:
             app.stop_metrics = serve_metrics(metrics, settings.metrics_listen)

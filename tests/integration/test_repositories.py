@@ -1,4 +1,5 @@
-"""The SQL repositories through SqlUnitOfWork, each test on PostgreSQL and on SQLite."""
+"""The repositories through their units of work, each test on every production path: raw
+asyncpg on PostgreSQL (the API's), SQLAlchemy on PostgreSQL and SQLAlchemy on SQLite."""
 
 from __future__ import annotations
 
@@ -13,23 +14,41 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scheduler_host.adapters.db.engine import build_engine
+from scheduler_host.adapters.db.pg_unit_of_work import PgUnitOfWorkFactory
 from scheduler_host.adapters.db.tables import rate_limit_hits, schedule_runs
-from scheduler_host.adapters.db.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
+from scheduler_host.adapters.db.tables import schedules as schedules_table
+from scheduler_host.adapters.db.unit_of_work import SqlUnitOfWorkFactory
 from scheduler_host.adapters.migrations import upgrade_database
+from scheduler_host.app import api_pool_for
 from scheduler_host.domain.endpoints import Endpoint, endpoint_id
 from scheduler_host.domain.errors import NameInUse
 from scheduler_host.domain.install import Install
 from scheduler_host.domain.schedule import Schedule
+from scheduler_host.service.ports import AddOutcome, UnitOfWorkFactory
 
 T0 = datetime(2026, 3, 8, 6, 30, 0, 123456, tzinfo=UTC)
 WINDOW = timedelta(seconds=60)
 SECOND = timedelta(seconds=1)
 
 
+BACKENDS = ["postgresql-asyncpg", "postgresql-sqlalchemy", "sqlite-sqlalchemy"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def engine(empty_database_url: str) -> AsyncIterator[AsyncEngine]:
-    await upgrade_database(empty_database_url)
-    engine = build_engine(empty_database_url)
+def database_url(backend: str, request: pytest.FixtureRequest) -> str:
+    fixture = "empty_sqlite_url" if backend.startswith("sqlite") else "empty_pg_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    await upgrade_database(database_url)
+    engine = build_engine(database_url)
     try:
         yield engine
     finally:
@@ -37,8 +56,16 @@ async def engine(empty_database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def uow(engine: AsyncEngine) -> SqlUnitOfWorkFactory:
-    return SqlUnitOfWorkFactory(engine)
+async def uow(backend: str, engine: AsyncEngine) -> AsyncIterator[UnitOfWorkFactory]:
+    if backend.endswith("sqlalchemy"):
+        yield SqlUnitOfWorkFactory(engine)
+        return
+    pool = api_pool_for(engine, None)
+    assert pool is not None
+    try:
+        yield PgUnitOfWorkFactory(pool)
+    finally:
+        await pool.close()
 
 
 def make_install(
@@ -99,26 +126,26 @@ def make_schedule(
     )
 
 
-async def saved(uow: SqlUnitOfWorkFactory, *installs: Install) -> None:
+async def saved(uow: UnitOfWorkFactory, *installs: Install) -> None:
     async with uow() as u:
         for install in installs:
             await u.installs.save(install)
         await u.commit()
 
 
-async def added(uow: SqlUnitOfWorkFactory, *schedules: Schedule) -> None:
+async def added(uow: UnitOfWorkFactory, *schedules: Schedule) -> None:
     async with uow() as u:
         for schedule in schedules:
             await u.schedules.add(schedule)
         await u.commit()
 
 
-async def get_schedule(uow: SqlUnitOfWorkFactory, s: Schedule) -> Schedule | None:
+async def get_schedule(uow: UnitOfWorkFactory, s: Schedule) -> Schedule | None:
     async with uow() as u:
         return await u.schedules.get(s.tenant_id, s.install_id, s.id, for_update=False)
 
 
-async def count(uow: SqlUnitOfWorkFactory, install: Install) -> int:
+async def count(uow: UnitOfWorkFactory, install: Install) -> int:
     async with uow() as u:
         return await u.schedules.count(install.tenant_id, install.install_id)
 
@@ -134,7 +161,7 @@ def assert_utc(value: datetime | None) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-async def test_install_save_get_context_and_endpoints(uow: SqlUnitOfWorkFactory) -> None:
+async def test_install_save_get_context_and_endpoints(uow: UnitOfWorkFactory) -> None:
     install = make_install(endpoints=(("POST", "/sync"), ("GET", "/status"), ("GET", "/a")))
     await saved(uow, install)
 
@@ -153,7 +180,7 @@ async def test_install_save_get_context_and_endpoints(uow: SqlUnitOfWorkFactory)
     assert_utc(got.update_time)
 
 
-async def test_unknown_install(uow: SqlUnitOfWorkFactory) -> None:
+async def test_unknown_install(uow: UnitOfWorkFactory) -> None:
     unknown = uuid.uuid4()
     async with uow() as u:
         assert await u.installs.get(unknown) is None
@@ -164,7 +191,7 @@ async def test_unknown_install(uow: SqlUnitOfWorkFactory) -> None:
 
 
 async def test_saving_again_updates_the_install_and_replaces_its_endpoints(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     first = make_install(endpoints=(("POST", "/sync"), ("GET", "/status")))
     await saved(uow, first)
@@ -197,7 +224,7 @@ async def test_saving_again_updates_the_install_and_replaces_its_endpoints(
     assert ctx is not None and ctx.capabilities == frozenset() and not ctx.enabled
 
 
-async def test_saving_an_install_without_endpoints(uow: SqlUnitOfWorkFactory) -> None:
+async def test_saving_an_install_without_endpoints(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     await saved(uow, replace(install, endpoints=()))
@@ -206,7 +233,7 @@ async def test_saving_an_install_without_endpoints(uow: SqlUnitOfWorkFactory) ->
     assert got is not None and got.endpoints == ()
 
 
-async def test_endpoints_are_scoped_by_tenant(uow: SqlUnitOfWorkFactory) -> None:
+async def test_endpoints_are_scoped_by_tenant(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     async with uow() as u:
@@ -220,7 +247,7 @@ async def test_endpoints_are_scoped_by_tenant(uow: SqlUnitOfWorkFactory) -> None
 # --------------------------------------------------------------------------------------------
 
 
-async def test_schedule_add_and_get(uow: SqlUnitOfWorkFactory) -> None:
+async def test_schedule_add_and_get(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     schedule = make_schedule(
@@ -240,7 +267,7 @@ async def test_schedule_add_and_get(uow: SqlUnitOfWorkFactory) -> None:
     assert got is not None and got.etag == schedule.etag
 
 
-async def test_payloads_round_trip_and_unset_stays_unset(uow: SqlUnitOfWorkFactory) -> None:
+async def test_payloads_round_trip_and_unset_stays_unset(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     unset = make_schedule(install)
@@ -255,7 +282,7 @@ async def test_payloads_round_trip_and_unset_stays_unset(uow: SqlUnitOfWorkFacto
 
 
 async def test_a_schedule_is_only_found_in_its_own_tenant_and_install(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     install, other = make_install(), make_install()
     await saved(uow, install, other)
@@ -281,7 +308,7 @@ async def test_a_schedule_is_only_found_in_its_own_tenant_and_install(
     assert await get_schedule(uow, schedule) == schedule
 
 
-async def test_list_page_keyset_order(uow: SqlUnitOfWorkFactory) -> None:
+async def test_list_page_keyset_order(uow: UnitOfWorkFactory) -> None:
     install, other = make_install(), make_install()
     await saved(uow, install, other)
     # Several schedules share a create_time, so the id decides their order.
@@ -309,7 +336,7 @@ async def test_list_page_keyset_order(uow: SqlUnitOfWorkFactory) -> None:
 
 
 async def test_list_page_is_stable_while_rows_are_added_and_removed(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     install = make_install()
     await saved(uow, install)
@@ -331,7 +358,7 @@ async def test_list_page_is_stable_while_rows_are_added_and_removed(
 
 
 async def test_list_page_orders_by_instant_whatever_the_input_zone(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     install = make_install()
     await saved(uow, install)
@@ -353,7 +380,7 @@ async def test_list_page_orders_by_instant_whatever_the_input_zone(
     assert [s.id for s in after_early] == [late.id, later.id]
 
 
-async def test_list_page_bound_given_in_another_zone(uow: SqlUnitOfWorkFactory) -> None:
+async def test_list_page_bound_given_in_another_zone(uow: UnitOfWorkFactory) -> None:
     # The keyset bound is an instant: the same instant written in another zone must select the
     # same rows, on every database.
     install = make_install()
@@ -368,7 +395,7 @@ async def test_list_page_bound_given_in_another_zone(uow: SqlUnitOfWorkFactory) 
     assert [s.id for s in after_early] == [late.id]
 
 
-async def test_count(uow: SqlUnitOfWorkFactory) -> None:
+async def test_count(uow: UnitOfWorkFactory) -> None:
     install, other = make_install(), make_install()
     await saved(uow, install, other)
     assert await count(uow, install) == 0
@@ -378,7 +405,7 @@ async def test_count(uow: SqlUnitOfWorkFactory) -> None:
 
 
 async def test_replace_writes_every_field_but_keeps_identity_and_create_time(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     install = make_install(endpoints=(("POST", "/sync"), ("GET", "/status")))
     await saved(uow, install)
@@ -411,7 +438,7 @@ async def test_replace_writes_every_field_but_keeps_identity_and_create_time(
     assert got is not None and got.etag != schedule.etag
 
 
-async def test_delete(uow: SqlUnitOfWorkFactory) -> None:
+async def test_delete(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     keep, gone = make_schedule(install), make_schedule(install)
@@ -427,7 +454,7 @@ async def test_delete(uow: SqlUnitOfWorkFactory) -> None:
 
 
 async def test_deleting_a_schedule_removes_its_runs(
-    uow: SqlUnitOfWorkFactory, engine: AsyncEngine
+    uow: UnitOfWorkFactory, engine: AsyncEngine
 ) -> None:
     install = make_install()
     await saved(uow, install)
@@ -459,7 +486,7 @@ async def test_deleting_a_schedule_removes_its_runs(
 # --------------------------------------------------------------------------------------------
 
 
-async def test_a_duplicate_name_in_one_install_is_name_in_use(uow: SqlUnitOfWorkFactory) -> None:
+async def test_a_duplicate_name_in_one_install_is_name_in_use(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     first = make_schedule(install, name="nightly")
@@ -467,7 +494,8 @@ async def test_a_duplicate_name_in_one_install_is_name_in_use(uow: SqlUnitOfWork
     async with uow() as u:
         with pytest.raises(NameInUse):
             await u.schedules.add(make_schedule(install, name="nightly"))
-        # The unit of work stays usable after the refusal.
+    # The refusal ends the unit of work (on PostgreSQL its transaction is void); a new one works.
+    async with uow() as u:
         assert await u.schedules.name_taken(install.tenant_id, install.install_id, "nightly", None)
         other_name = make_schedule(install, name="hourly")
         await u.schedules.add(other_name)
@@ -476,7 +504,7 @@ async def test_a_duplicate_name_in_one_install_is_name_in_use(uow: SqlUnitOfWork
     assert await get_schedule(uow, other_name) == other_name
 
 
-async def test_the_same_name_in_another_install_is_fine(uow: SqlUnitOfWorkFactory) -> None:
+async def test_the_same_name_in_another_install_is_fine(uow: UnitOfWorkFactory) -> None:
     install, other = make_install(), make_install(tenant_id="tenant-b")
     same_tenant = make_install()
     await saved(uow, install, other, same_tenant)
@@ -490,21 +518,21 @@ async def test_the_same_name_in_another_install_is_fine(uow: SqlUnitOfWorkFactor
         assert await count(uow, i) == 1
 
 
-async def test_names_are_case_sensitive(uow: SqlUnitOfWorkFactory) -> None:
+async def test_names_are_case_sensitive(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     await added(uow, make_schedule(install, name="nightly"), make_schedule(install, name="Nightly"))
     assert await count(uow, install) == 2
 
 
-async def test_several_unnamed_schedules_are_fine(uow: SqlUnitOfWorkFactory) -> None:
+async def test_several_unnamed_schedules_are_fine(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     await added(uow, *(make_schedule(install, name=None) for _ in range(3)))
     assert await count(uow, install) == 3
 
 
-async def test_replace_to_a_taken_name_is_name_in_use(uow: SqlUnitOfWorkFactory) -> None:
+async def test_replace_to_a_taken_name_is_name_in_use(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     a, b = make_schedule(install, name="a"), make_schedule(install, name="b")
@@ -512,6 +540,7 @@ async def test_replace_to_a_taken_name_is_name_in_use(uow: SqlUnitOfWorkFactory)
     async with uow() as u:
         with pytest.raises(NameInUse):
             await u.schedules.replace(replace(b, name="a", revision=2))
+    async with uow() as u:
         assert (
             await u.schedules.name_taken(install.tenant_id, install.install_id, "a", a.id) is False
         )
@@ -530,7 +559,7 @@ async def test_replace_to_a_taken_name_is_name_in_use(uow: SqlUnitOfWorkFactory)
 
 
 async def test_deleting_an_install_cascades_to_its_schedules_and_endpoints(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     install, other = make_install(), make_install()
     await saved(uow, install, other)
@@ -545,7 +574,7 @@ async def test_deleting_an_install_cascades_to_its_schedules_and_endpoints(
         assert await u.schedules.count(other.tenant_id, other.install_id) == 1
 
 
-async def test_leaving_without_commit_rolls_back(uow: SqlUnitOfWorkFactory) -> None:
+async def test_leaving_without_commit_rolls_back(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     kept = make_schedule(install, name="kept")
@@ -567,7 +596,7 @@ async def test_leaving_without_commit_rolls_back(uow: SqlUnitOfWorkFactory) -> N
 
 
 async def test_leaving_without_commit_rolls_back_plain_writes(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     # Writes without a savepoint (no add/replace first): isolates the savepoint case above.
     install = make_install()
@@ -590,7 +619,7 @@ async def test_leaving_without_commit_rolls_back_plain_writes(
 
 
 async def test_an_exception_inside_the_unit_of_work_rolls_back(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     install = make_install()
     await saved(uow, install)
@@ -602,9 +631,8 @@ async def test_an_exception_inside_the_unit_of_work_rolls_back(
     assert await get_schedule(uow, schedule) is None
 
 
-async def test_a_unit_of_work_is_reusable_after_it_closed(uow: SqlUnitOfWorkFactory) -> None:
+async def test_a_unit_of_work_is_reusable_after_it_closed(uow: UnitOfWorkFactory) -> None:
     unit = uow()
-    assert isinstance(unit, SqlUnitOfWork)
     install = make_install()
     async with unit as u:
         await u.installs.save(install)
@@ -618,7 +646,7 @@ async def test_a_unit_of_work_is_reusable_after_it_closed(uow: SqlUnitOfWorkFact
 # --------------------------------------------------------------------------------------------
 
 
-async def test_find_and_remember_request(uow: SqlUnitOfWorkFactory) -> None:
+async def test_find_and_remember_request(uow: UnitOfWorkFactory) -> None:
     install, other = make_install(), make_install()
     await saved(uow, install, other)
     request_id, schedule_id = uuid.uuid4(), uuid.uuid4()
@@ -644,7 +672,7 @@ async def test_find_and_remember_request(uow: SqlUnitOfWorkFactory) -> None:
 
 
 async def test_the_same_request_id_in_another_install_is_independent(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     install, other = make_install(), make_install()
     await saved(uow, install, other)
@@ -669,7 +697,7 @@ async def test_the_same_request_id_in_another_install_is_independent(
         )
 
 
-async def test_an_expired_request_id_can_be_remembered_again(uow: SqlUnitOfWorkFactory) -> None:
+async def test_an_expired_request_id_can_be_remembered_again(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     request_id, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -696,7 +724,7 @@ async def test_an_expired_request_id_can_be_remembered_again(uow: SqlUnitOfWorkF
 
 
 async def hit(
-    uow: SqlUnitOfWorkFactory, at: datetime, *, scope: str = "mutations:a", limit: int = 3
+    uow: UnitOfWorkFactory, at: datetime, *, scope: str = "mutations:a", limit: int = 3
 ) -> timedelta | None:
     async with uow() as u:
         wait = await u.rate_limits.hit(scope, "tenant-a", limit, WINDOW, at)
@@ -715,7 +743,7 @@ async def stored_hits(engine: AsyncEngine, scope: str) -> list[datetime]:
 
 
 async def test_rate_limit_allows_limit_hits_then_refuses_with_the_real_wait(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     assert await hit(uow, T0) is None
     assert await hit(uow, T0 + 10 * SECOND) is None
@@ -725,7 +753,7 @@ async def test_rate_limit_allows_limit_hits_then_refuses_with_the_real_wait(
     assert await hit(uow, T0 + 59 * SECOND) == SECOND
 
 
-async def test_a_refused_hit_is_not_counted(uow: SqlUnitOfWorkFactory) -> None:
+async def test_a_refused_hit_is_not_counted(uow: UnitOfWorkFactory) -> None:
     for offset in (0, 10, 20):
         assert await hit(uow, T0 + offset * SECOND) is None
     assert await hit(uow, T0 + 30 * SECOND) == timedelta(seconds=30)
@@ -736,7 +764,7 @@ async def test_a_refused_hit_is_not_counted(uow: SqlUnitOfWorkFactory) -> None:
     assert await hit(uow, T0 + 62 * SECOND) == timedelta(seconds=8)
 
 
-async def test_waiting_the_announced_time_is_enough(uow: SqlUnitOfWorkFactory) -> None:
+async def test_waiting_the_announced_time_is_enough(uow: UnitOfWorkFactory) -> None:
     for offset in (0.0, 0.5, 7.25):
         assert await hit(uow, T0 + timedelta(seconds=offset)) is None
     now = T0 + timedelta(seconds=12.5)
@@ -747,7 +775,7 @@ async def test_waiting_the_announced_time_is_enough(uow: SqlUnitOfWorkFactory) -
 
 
 async def test_hits_older_than_the_window_are_forgotten(
-    uow: SqlUnitOfWorkFactory, engine: AsyncEngine
+    uow: UnitOfWorkFactory, engine: AsyncEngine
 ) -> None:
     for offset in (0, 10, 20):
         assert await hit(uow, T0 + offset * SECOND) is None
@@ -763,14 +791,14 @@ async def test_hits_older_than_the_window_are_forgotten(
     ]
 
 
-async def test_rate_limit_scopes_are_independent(uow: SqlUnitOfWorkFactory) -> None:
+async def test_rate_limit_scopes_are_independent(uow: UnitOfWorkFactory) -> None:
     for _ in range(2):
         assert await hit(uow, T0, scope="mutations:a", limit=2) is None
     assert await hit(uow, T0, scope="mutations:a", limit=2) == WINDOW
     assert await hit(uow, T0, scope="mutations:b", limit=2) is None
 
 
-async def test_an_uncommitted_hit_does_not_count(uow: SqlUnitOfWorkFactory) -> None:
+async def test_an_uncommitted_hit_does_not_count(uow: UnitOfWorkFactory) -> None:
     async with uow() as u:
         assert await u.rate_limits.hit("mutations:a", "tenant-a", 1, WINDOW, T0) is None
     assert await hit(uow, T0 + SECOND, limit=1) is None
@@ -783,7 +811,7 @@ async def test_an_uncommitted_hit_does_not_count(uow: SqlUnitOfWorkFactory) -> N
 
 
 async def test_timestamps_come_back_timezone_aware_utc(
-    uow: SqlUnitOfWorkFactory, engine: AsyncEngine
+    uow: UnitOfWorkFactory, engine: AsyncEngine
 ) -> None:
     berlin = ZoneInfo("Europe/Berlin")
     created = datetime(2026, 7, 1, 14, 15, 16, 987654, tzinfo=berlin)  # 12:15:16 UTC
@@ -818,11 +846,211 @@ async def test_timestamps_come_back_timezone_aware_utc(
     assert hits[0] == created
 
 
-async def test_a_naive_timestamp_is_refused(uow: SqlUnitOfWorkFactory) -> None:
+async def test_a_naive_timestamp_is_refused(uow: UnitOfWorkFactory) -> None:
     install = make_install()
     await saved(uow, install)
     naive = replace(make_schedule(install), create_time=datetime(2026, 1, 1, 12, 0))
     async with uow() as u:
-        with pytest.raises(sa.exc.StatementError, match="naive datetime"):
+        with pytest.raises((sa.exc.StatementError, ValueError), match="naive datetime"):
             await u.schedules.add(naive)
     assert await count(uow, install) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# The combined steps of the use cases
+# --------------------------------------------------------------------------------------------
+
+
+async def test_page_with_total_counts_the_whole_install(uow: UnitOfWorkFactory) -> None:
+    install, other = make_install(), make_install()
+    await saved(uow, install, other)
+    schedules = [make_schedule(install, created=T0 + i * SECOND) for i in range(5)]
+    await added(uow, *schedules, make_schedule(other))
+    tenant, iid = install.tenant_id, install.install_id
+    async with uow(autocommit=True) as u:
+        first, total = await u.schedules.page_with_total(tenant, iid, None, 2)
+        after = (first[-1].create_time, first[-1].id)
+        second, total_again = await u.schedules.page_with_total(tenant, iid, after, 10)
+        past_the_end, total_past = await u.schedules.page_with_total(
+            tenant, iid, (schedules[-1].create_time, schedules[-1].id), 10
+        )
+        empty, none = await u.schedules.page_with_total(other.tenant_id, uuid.uuid4(), None, 10)
+    assert first == schedules[:2] and total == 5
+    assert second == schedules[2:] and total_again == 5
+    assert past_the_end == [] and total_past == 5, "an empty page still carries the total"
+    assert empty == [] and none == 0
+
+
+async def test_usage_counts_and_finds_the_request(uow: UnitOfWorkFactory) -> None:
+    install = make_install()
+    await saved(uow, install)
+    await added(uow, make_schedule(install), make_schedule(install))
+    request_id, schedule_id = uuid.uuid4(), uuid.uuid4()
+    tenant, iid = install.tenant_id, install.install_id
+    async with uow() as u:
+        await u.schedules.remember_request(tenant, iid, request_id, schedule_id, T0)
+        await u.commit()
+    async with uow(autocommit=True) as u:
+        assert await u.schedules.usage(tenant, iid, None, T0 - WINDOW) == (2, None)
+        assert await u.schedules.usage(tenant, iid, request_id, T0 - WINDOW) == (2, schedule_id)
+        assert await u.schedules.usage(tenant, iid, request_id, T0) == (2, None)
+        assert await u.schedules.usage(tenant, iid, uuid.uuid4(), T0 - WINDOW) == (2, None)
+        assert await u.schedules.usage("tenant-b", iid, request_id, T0 - WINDOW) == (0, None)
+
+
+async def test_add_within_quota(uow: UnitOfWorkFactory) -> None:
+    install = make_install()
+    await saved(uow, install)
+    tenant, iid = install.tenant_id, install.install_id
+    request_id = uuid.uuid4()
+    first = make_schedule(install, name="first")
+    async with uow() as u:
+        assert await u.installs.lock(tenant, iid)
+        outcome = await u.schedules.add_within_quota(first, 2, request_id, T0 - WINDOW)
+        await u.commit()
+    assert outcome == AddOutcome(added=True)
+    assert await get_schedule(uow, first) == first
+    async with uow(autocommit=True) as u:
+        assert await u.schedules.find_request(tenant, iid, request_id, T0 - WINDOW) == first.id
+
+    # The same request id again: the first schedule, nothing written.
+    retry = make_schedule(install, name="retry")
+    async with uow() as u:
+        outcome = await u.schedules.add_within_quota(retry, 2, request_id, T0 - WINDOW)
+        await u.commit()
+    assert outcome == AddOutcome(added=False, earlier=first.id)
+    assert await get_schedule(uow, retry) is None
+
+    # A taken name is refused by the index.
+    with pytest.raises(NameInUse):
+        async with uow() as u:
+            await u.schedules.add_within_quota(
+                make_schedule(install, name="first"), 2, None, T0 - WINDOW
+            )
+    second = make_schedule(install)
+    async with uow() as u:
+        assert await u.schedules.add_within_quota(second, 2, None, T0 - WINDOW) == AddOutcome(
+            added=True
+        )
+        await u.commit()
+    # Full: nothing written, not even a duplicate name's refusal (the quota comes first).
+    async with uow() as u:
+        full = await u.schedules.add_within_quota(
+            make_schedule(install, name="first"), 2, uuid.uuid4(), T0 - WINDOW
+        )
+        await u.commit()
+    assert full == AddOutcome(added=False)
+    assert await count(uow, install) == 2
+
+
+async def test_add_within_quota_replaces_an_expired_request_id(uow: UnitOfWorkFactory) -> None:
+    install = make_install()
+    await saved(uow, install)
+    tenant, iid = install.tenant_id, install.install_id
+    request_id = uuid.uuid4()
+    old = make_schedule(install)
+    later = T0 + timedelta(hours=25)
+    new = make_schedule(install, created=later)
+    async with uow() as u:
+        await u.schedules.add_within_quota(old, 50, request_id, T0 - WINDOW)
+        await u.commit()
+    async with uow() as u:
+        outcome = await u.schedules.add_within_quota(
+            new, 50, request_id, later - timedelta(hours=24)
+        )
+        await u.commit()
+    assert outcome == AddOutcome(added=True)
+    async with uow(autocommit=True) as u:
+        since = later - timedelta(hours=24)
+        assert await u.schedules.find_request(tenant, iid, request_id, since) == new.id
+
+
+async def test_update_definition_writes_only_at_the_expected_revision(
+    uow: UnitOfWorkFactory, engine: AsyncEngine
+) -> None:
+    install = make_install()
+    await saved(uow, install)
+    schedule = make_schedule(install, name="a", payload={"v": 1})
+    taken = make_schedule(install, name="taken")
+    await added(uow, schedule, taken)
+    # The dispatcher's own fields, changed without a revision.
+    ran = T0 + timedelta(minutes=5)
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.update(schedules_table)
+            .where(schedules_table.c.id == schedule.id)
+            .values(last_run_time=ran, last_run_status="success", next_run_time=ran + WINDOW)
+        )
+    later = T0 + timedelta(hours=1)
+    changed = replace(
+        schedule,
+        name="b",
+        payload=[1, 2],
+        cron="0 * * * *",
+        revision=2,
+        update_time=later,
+        next_run_time=later + WINDOW,  # not written: the timing is said not to change
+    )
+    async with uow(autocommit=True) as u:
+        assert await u.schedules.update_definition(changed, 7, timing=False) is None
+        stored = await u.schedules.update_definition(changed, 1, timing=False)
+        await u.commit()
+    assert stored == replace(
+        changed,
+        last_run_time=ran,
+        last_run_status="success",
+        next_run_time=ran + WINDOW,
+    )
+    assert await get_schedule(uow, schedule) == stored
+    timed = replace(stored, revision=3, next_run_time=None, enabled=False)
+    async with uow(autocommit=True) as u:
+        again = await u.schedules.update_definition(timed, 2, timing=True)
+        await u.commit()
+    assert again is not None and again.next_run_time is None and again.revision == 3
+    async with uow(autocommit=True) as u:
+        with pytest.raises(NameInUse):
+            await u.schedules.update_definition(replace(timed, name="taken"), 3, timing=False)
+    async with uow(autocommit=True) as u:
+        gone = replace(timed, id=uuid.uuid4())
+        assert await u.schedules.update_definition(gone, 3, timing=False) is None
+
+
+async def test_delete_at_a_revision(uow: UnitOfWorkFactory) -> None:
+    install = make_install()
+    await saved(uow, install)
+    schedule = replace(make_schedule(install), revision=4)
+    await added(uow, schedule)
+    tenant, iid = install.tenant_id, install.install_id
+    async with uow(autocommit=True) as u:
+        assert await u.schedules.delete(tenant, iid, schedule.id, revision=3) is False
+        await u.commit()
+    assert await get_schedule(uow, schedule) == schedule
+    async with uow(autocommit=True) as u:
+        assert await u.schedules.delete(tenant, iid, schedule.id, revision=4) is True
+        await u.commit()
+    assert await get_schedule(uow, schedule) is None
+
+
+async def test_autocommit_reads_and_writes(uow: UnitOfWorkFactory) -> None:
+    install = make_install()
+    await saved(uow, install)
+    schedule = make_schedule(install)
+    async with uow(autocommit=True) as u:
+        await u.schedules.add(schedule)
+        await u.commit()
+        assert (
+            await u.schedules.get(
+                install.tenant_id, install.install_id, schedule.id, for_update=False
+            )
+            == schedule
+        )
+        assert await u.installs.context(install.install_id) == install.context()
+    assert await get_schedule(uow, schedule) == schedule
+
+
+async def test_a_unit_of_work_without_statements_is_fine(uow: UnitOfWorkFactory) -> None:
+    for autocommit in (False, True):
+        async with uow(autocommit=autocommit) as u:
+            await u.commit()
+        async with uow(autocommit=autocommit):
+            pass

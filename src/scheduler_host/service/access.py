@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import timedelta
 
+from scheduler_host.domain.endpoints import Endpoint
 from scheduler_host.domain.errors import (
     CapabilityNotGranted,
     FieldViolation,
@@ -50,15 +51,19 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 class InstallContextCache:
-    """Install contexts kept for a short, bounded time so every call need not read them.
+    """Install contexts, and the endpoints of their versions, kept for a short, bounded time so
+    every call need not read them.
 
     An admin change is visible to this process after at most `ttl_seconds`; changes made through
-    this process are visible at once (invalidate)."""
+    this process are visible at once (invalidate). Endpoints are kept by (install, version) and
+    expire like contexts, so a call works with a context and endpoints that are at most as stale
+    as a cached context alone was; the dispatcher re-checks the endpoint of every run."""
 
     def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
         self._ttl = ttl_seconds
         self._max = max_entries
         self._entries: OrderedDict[uuid.UUID, tuple[float, InstallContext | None]] = OrderedDict()
+        self._endpoints: OrderedDict[uuid.UUID, tuple[float, str, list[Endpoint]]] = OrderedDict()
 
     def get(self, install_id: uuid.UUID) -> tuple[bool, InstallContext | None]:
         entry = self._entries.get(install_id)
@@ -74,8 +79,26 @@ class InstallContextCache:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
+    def endpoints(self, install_id: uuid.UUID, version_id: str) -> list[Endpoint] | None:
+        entry = self._endpoints.get(install_id)
+        if entry is None or entry[1] != version_id or entry[0] < time.monotonic():
+            return None
+        # A copy: callers may not change what other calls are given.
+        return list(entry[2])
+
+    def keep_endpoints(
+        self, install_id: uuid.UUID, version_id: str, endpoints: list[Endpoint]
+    ) -> None:
+        if self._ttl <= 0:
+            return
+        self._endpoints[install_id] = (time.monotonic() + self._ttl, version_id, list(endpoints))
+        self._endpoints.move_to_end(install_id)
+        while len(self._endpoints) > self._max:
+            self._endpoints.popitem(last=False)
+
     def invalidate(self, install_id: uuid.UUID) -> None:
         self._entries.pop(install_id, None)
+        self._endpoints.pop(install_id, None)
 
 
 async def authorize_install(
@@ -89,7 +112,7 @@ async def authorize_install(
         )
     hit, ctx = cache.get(install_id)
     if not hit:
-        async with uow_factory() as uow:
+        async with uow_factory(autocommit=True) as uow:
             ctx = await uow.installs.context(install_id)
         cache.put(install_id, ctx)
     if ctx is None:
@@ -110,8 +133,11 @@ async def count_call(
     uow_factory: UnitOfWorkFactory,
     clock: Clock,
 ) -> None:
-    """Count one call against a rolling 60 s limit shared by every process, or refuse it."""
-    async with uow_factory() as uow:
+    """Count one call against a rolling 60 s limit shared by every process, or refuse it.
+
+    The hit commits on its own, before the call it counts: a call that reaches the limiter
+    counts whether it then succeeds or fails."""
+    async with uow_factory(autocommit=True) as uow:
         wait = await uow.rate_limits.hit(scope, tenant_id, limit, RATE_WINDOW, clock())
         await uow.commit()
     if wait is not None:
@@ -131,12 +157,13 @@ async def check_quota_early(
     """Refuse a create early when the install is full; the create's transaction re-checks it.
 
     A retry of a create that already succeeded passes, so it can return its first result."""
-    async with uow_factory() as uow:
-        if await uow.schedules.count(ctx.tenant_id, ctx.install_id) < limit:
-            return
-        rid = validate_uuid(request_id, "request_id") if request_id.strip() else None
-        if isinstance(rid, uuid.UUID) and await uow.schedules.find_request(
-            ctx.tenant_id, ctx.install_id, rid, clock() - IDEMPOTENCY_WINDOW
-        ):
-            return
-    raise QuotaExceeded(f"install:{ctx.install_id}", limit)
+    rid = validate_uuid(request_id, "request_id") if request_id.strip() else None
+    async with uow_factory(autocommit=True) as uow:
+        count, earlier = await uow.schedules.usage(
+            ctx.tenant_id,
+            ctx.install_id,
+            rid if isinstance(rid, uuid.UUID) else None,
+            clock() - IDEMPOTENCY_WINDOW,
+        )
+    if count >= limit and earlier is None:
+        raise QuotaExceeded(f"install:{ctx.install_id}", limit)

@@ -32,7 +32,25 @@ class ScheduleRepository(Protocol):
         limit: int,
     ) -> list[Schedule]: ...
 
+    async def page_with_total(
+        self,
+        tenant_id: str,
+        install_id: uuid.UUID,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> tuple[list[Schedule], int]:
+        """list_page and count together, from one snapshot."""
+
     async def count(self, tenant_id: str, install_id: uuid.UUID) -> int: ...
+
+    async def usage(
+        self,
+        tenant_id: str,
+        install_id: uuid.UUID,
+        request_id: uuid.UUID | None,
+        since: datetime,
+    ) -> tuple[int, uuid.UUID | None]:
+        """count, and find_request when `request_id` is set, together."""
 
     async def for_install(self, tenant_id: str, install_id: uuid.UUID) -> list[Schedule]: ...
 
@@ -41,13 +59,39 @@ class ScheduleRepository(Protocol):
     ) -> bool: ...
 
     async def add(self, schedule: Schedule) -> None:
-        """Insert; raises NameInUse when the database's unique name index refuses it."""
+        """Insert; raises NameInUse when the database's unique name index refuses it. The unit
+        of work must then be left: on PostgreSQL its transaction is void."""
+
+    async def add_within_quota(
+        self, schedule: Schedule, limit: int, request_id: uuid.UUID | None, since: datetime
+    ) -> AddOutcome:
+        """A create's checks and writes after the install lock: unless `request_id` names a
+        create since `since` (its schedule is returned, nothing written) or the install already
+        has `limit` schedules, add the schedule and remember the request id. Raises NameInUse
+        like add."""
 
     async def replace(self, schedule: Schedule) -> None:
         """Write every field of an existing schedule; raises NameInUse like add."""
 
-    async def delete(self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID) -> bool:
-        """Remove the schedule with its runs; False when there was none."""
+    async def update_definition(
+        self, schedule: Schedule, expected_revision: int, *, timing: bool
+    ) -> Schedule | None:
+        """Write what a caller may change (endpoint, name, cron, timezone, enabled, payload),
+        the revision and the update time, and next_run_time when `timing`, if the stored
+        revision is still `expected_revision`; the schedule as stored then, or None when it
+        changed or is gone. Fields the dispatcher keeps (last run, next run) are not written
+        otherwise. Raises NameInUse like add_within_quota."""
+
+    async def delete(
+        self,
+        tenant_id: str,
+        install_id: uuid.UUID,
+        schedule_id: uuid.UUID,
+        *,
+        revision: int | None = None,
+    ) -> bool:
+        """Remove the schedule with its runs (only at `revision`, when set); False when there was
+        none to remove."""
 
     async def find_request(
         self, tenant_id: str, install_id: uuid.UUID, request_id: uuid.UUID, since: datetime
@@ -74,7 +118,9 @@ class InstallRepository(Protocol):
 
     async def endpoints(
         self, tenant_id: str, install_id: uuid.UUID, version_id: str
-    ) -> list[Endpoint]: ...
+    ) -> list[Endpoint]:
+        """Ordered by path and method; may come from the EndpointCache the unit of work was
+        given, as stale as the install context it goes with."""
 
     async def save(self, install: Install) -> None:
         """Insert or overwrite the install and the endpoints of its current version."""
@@ -97,11 +143,18 @@ class RateLimiter(Protocol):
         self, scope: str, tenant_id: str, limit: int, window: timedelta, now: datetime
     ) -> timedelta | None:
         """Count one call in `scope`; or, when `limit` calls already fell in the rolling window,
-        count nothing and return how long until the oldest of them leaves it."""
+        count nothing and return how long until the oldest of them leaves it. Atomic on its own
+        across processes: in an autocommit unit of work the hit is committed when it returns."""
 
 
 class UnitOfWork(Protocol):
-    """One transaction: commit() makes the changes visible; leaving without it rolls back."""
+    """One transaction: commit() makes the changes visible; leaving without it rolls back.
+
+    Made with `autocommit=True`, there is no transaction where round trips cost (PostgreSQL):
+    each statement is its own snapshot and commits when it completes; commit() then does
+    nothing. For use cases that need no common snapshot or lock: one-statement reads,
+    conditional (optimistic) writes and the rate limiter. Use cases still call commit() after
+    their writes, since an implementation may run a transaction there all the same (SQLite)."""
 
     @property
     def schedules(self) -> ScheduleRepository: ...
@@ -127,7 +180,27 @@ class UnitOfWork(Protocol):
     async def commit(self) -> None: ...
 
 
-UnitOfWorkFactory = Callable[[], UnitOfWork]
+class UnitOfWorkFactory(Protocol):
+    def __call__(self, *, autocommit: bool = False) -> UnitOfWork: ...
+
+
+@dataclass(frozen=True)
+class AddOutcome:
+    """What add_within_quota did: `added`; or not, because the install is full or because
+    `earlier` (the schedule an earlier create with the same request id made) exists."""
+
+    added: bool
+    earlier: uuid.UUID | None = None
+
+
+class EndpointCache(Protocol):
+    """Endpoints of installs' current versions, kept as long as their install contexts."""
+
+    def endpoints(self, install_id: uuid.UUID, version_id: str) -> list[Endpoint] | None: ...
+
+    def keep_endpoints(
+        self, install_id: uuid.UUID, version_id: str, endpoints: list[Endpoint]
+    ) -> None: ...
 
 
 class PageTokens(Protocol):

@@ -49,7 +49,8 @@ async def list_runs(
     scope = f"runs:{sid}"
     size, before = read_page_request(page_size, page_token, tokens, scope, bad)
     assert iid is not None and sid is not None
-    async with uow_factory() as uow:
+    # Independent reads: no transaction needed.
+    async with uow_factory(autocommit=True) as uow:
         ctx = await uow.installs.context(iid)
         if ctx is None:
             raise InstallNotFound(str(iid))

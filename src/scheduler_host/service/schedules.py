@@ -23,7 +23,6 @@ from scheduler_host.domain.endpoints import (
 from scheduler_host.domain.errors import (
     EtagMismatch,
     FieldViolation,
-    NameInUse,
     QuotaExceeded,
     ScheduleNotFound,
     ValidationFailed,
@@ -46,7 +45,8 @@ MAX_PAGE_SIZE = 100
 DEFAULT_PREVIEW_COUNT = 10
 MAX_PREVIEW_COUNT = 100
 UPDATABLE_FIELDS = frozenset({"endpoint", "cron", "timezone", "enabled", "name", "payload"})
-_NAME_IN_USE = "a schedule with this name already exists in the install"
+# Optimistic tries of an update before it takes the row lock.
+_OPTIMISTIC_UPDATES = 3
 
 
 @dataclass(frozen=True)
@@ -203,26 +203,6 @@ async def create_schedule(
         await uow.installs.lock(ctx.tenant_id, ctx.install_id)
         # Read under the lock, so create times follow commit order and keyset pages miss nothing.
         now = clock()
-        if request_uuid is not None:
-            existing_id = await uow.schedules.find_request(
-                ctx.tenant_id, ctx.install_id, request_uuid, now - IDEMPOTENCY_WINDOW
-            )
-            if existing_id is not None:
-                existing = await uow.schedules.get(
-                    ctx.tenant_id, ctx.install_id, existing_id, for_update=False
-                )
-                if existing is None:
-                    raise ScheduleNotFound(str(existing_id))
-                return existing
-        if (
-            await uow.schedules.count(ctx.tenant_id, ctx.install_id)
-            >= settings.max_schedules_per_install
-        ):
-            raise QuotaExceeded(f"install:{ctx.install_id}", settings.max_schedules_per_install)
-        if checked.name is not None and await uow.schedules.name_taken(
-            ctx.tenant_id, ctx.install_id, checked.name, None
-        ):
-            raise NameInUse(_NAME_IN_USE)
         enabled = True if fields.enabled is None else fields.enabled
         schedule = Schedule(
             id=uuid.uuid4(),
@@ -244,11 +224,19 @@ async def create_schedule(
             update_time=now,
             revision=1,
         )
-        await uow.schedules.add(schedule)
-        if request_uuid is not None:
-            await uow.schedules.remember_request(
-                ctx.tenant_id, ctx.install_id, request_uuid, schedule.id, now
+        # The idempotency check, then the quota, then the name (the unique index): one step.
+        outcome = await uow.schedules.add_within_quota(
+            schedule, settings.max_schedules_per_install, request_uuid, now - IDEMPOTENCY_WINDOW
+        )
+        if outcome.earlier is not None:
+            existing = await uow.schedules.get(
+                ctx.tenant_id, ctx.install_id, outcome.earlier, for_update=False
             )
+            if existing is None:
+                raise ScheduleNotFound(str(outcome.earlier))
+            return existing
+        if not outcome.added:
+            raise QuotaExceeded(f"install:{ctx.install_id}", settings.max_schedules_per_install)
         await uow.commit()
     return schedule
 
@@ -257,7 +245,7 @@ async def get_schedule(
     ctx: InstallContext, schedule_id: str, *, uow_factory: UnitOfWorkFactory
 ) -> Schedule:
     sid = _parse_id(schedule_id, "id")
-    async with uow_factory() as uow:
+    async with uow_factory(autocommit=True) as uow:
         found = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=False)
     if found is None:
         raise ScheduleNotFound(str(sid))
@@ -308,9 +296,10 @@ async def list_schedules(
 ) -> SchedulePage:
     scope = f"schedules:{ctx.install_id}"
     size, after = read_page_request(page_size, page_token, tokens, scope)
-    async with uow_factory() as uow:
-        rows = await uow.schedules.list_page(ctx.tenant_id, ctx.install_id, after, size + 1)
-        total = await uow.schedules.count(ctx.tenant_id, ctx.install_id)
+    async with uow_factory(autocommit=True) as uow:
+        rows, total = await uow.schedules.page_with_total(
+            ctx.tenant_id, ctx.install_id, after, size + 1
+        )
     next_token = ""
     if len(rows) > size:
         rows = rows[:size]
@@ -350,78 +339,110 @@ async def update_schedule(
         names = frozenset(mask) & UPDATABLE_FIELDS
     checked = _check(fields, names, settings, "schedule.")
     checked.violations[:0] = violations
-    now = clock()
-    async with uow_factory() as uow:
-        endpoint = await _resolve_into(uow, ctx, checked)
-        if checked.violations:
-            raise ValidationFailed(checked.violations)
-        assert isinstance(sid, uuid.UUID)
-        current = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=True)
-        if current is None:
-            raise ScheduleNotFound(str(sid))
-        if etag.strip() and etag.strip() != current.etag:
-            raise EtagMismatch("the schedule changed since it was read; read it again and retry")
-        updated = current
-        if endpoint is not None:
-            updated = replace(
-                updated,
-                endpoint_id=endpoint.id,
-                endpoint_method=endpoint.method,
-                endpoint_path=endpoint.path,
+    # Optimistic first: read, then write only if the revision is still the one read (no
+    # transaction, two statements). A lost race reads again; the last try holds the row lock.
+    for attempt in range(_OPTIMISTIC_UPDATES + 1):
+        locked = attempt == _OPTIMISTIC_UPDATES
+        async with uow_factory(autocommit=not locked) as uow:
+            endpoint = await _resolve_into(uow, ctx, checked)
+            if checked.violations:
+                raise ValidationFailed(checked.violations)
+            assert isinstance(sid, uuid.UUID)
+            current = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=locked)
+            if current is None:
+                raise ScheduleNotFound(str(sid))
+            if etag.strip() and etag.strip() != current.etag:
+                raise EtagMismatch(
+                    "the schedule changed since it was read; read it again and retry"
+                )
+            updated = _merged(current, endpoint, checked, fields, names)
+            if updated.enabled and endpoint is None:
+                updated = await _current_endpoint(uow, ctx, updated)
+            if updated == current:
+                return current
+            now = clock()
+            timing = (updated.cron, updated.timezone, updated.enabled) != (
+                current.cron,
+                current.timezone,
+                current.enabled,
             )
-        if "cron" in names:
-            assert checked.cron is not None
-            updated = replace(updated, cron=checked.cron.source)
-        if "timezone" in names:
-            updated = replace(updated, timezone=checked.timezone)
-        if "name" in names:
-            updated = replace(updated, name=checked.name)
-        if "payload" in names:
-            updated = replace(updated, payload=fields.payload)
-        if "enabled" in names:
-            updated = replace(updated, enabled=bool(fields.enabled))
-        if updated.enabled and endpoint is None:
-            updated = await _current_endpoint(uow, ctx, updated)
-        if updated == current:
-            return current
-        if (
-            updated.name is not None
-            and updated.name != current.name
-            and await uow.schedules.name_taken(ctx.tenant_id, ctx.install_id, updated.name, sid)
-        ):
-            raise NameInUse(_NAME_IN_USE)
-        timing = (updated.cron, updated.timezone, updated.enabled)
-        if timing != (current.cron, current.timezone, current.enabled):
-            updated = replace(
-                updated,
-                next_run_time=_next_run(
-                    updated.cron, updated.timezone, updated.enabled, now, settings
-                ),
-            )
-        updated = replace(updated, revision=current.revision + 1, update_time=now)
-        await uow.schedules.replace(updated)
-        await uow.commit()
+            if timing:
+                updated = replace(
+                    updated,
+                    next_run_time=_next_run(
+                        updated.cron, updated.timezone, updated.enabled, now, settings
+                    ),
+                )
+            updated = replace(updated, revision=current.revision + 1, update_time=now)
+            stored = await uow.schedules.update_definition(updated, current.revision, timing=timing)
+            if stored is not None:
+                await uow.commit()
+                return stored
+    raise AssertionError("the locked update found its row changed")
+
+
+def _merged(
+    current: Schedule,
+    endpoint: Endpoint | None,
+    checked: _Checked,
+    fields: ScheduleFields,
+    names: frozenset[str],
+) -> Schedule:
+    """`current` with the fields the update names."""
+    updated = current
+    if endpoint is not None:
+        updated = replace(
+            updated,
+            endpoint_id=endpoint.id,
+            endpoint_method=endpoint.method,
+            endpoint_path=endpoint.path,
+        )
+    if "cron" in names:
+        assert checked.cron is not None
+        updated = replace(updated, cron=checked.cron.source)
+    if "timezone" in names:
+        updated = replace(updated, timezone=checked.timezone)
+    if "name" in names:
+        updated = replace(updated, name=checked.name)
+    if "payload" in names:
+        updated = replace(updated, payload=fields.payload)
+    if "enabled" in names:
+        updated = replace(updated, enabled=bool(fields.enabled))
     return updated
+
+
+def revision_in_etag(etag: str, schedule_id: uuid.UUID) -> int | None:
+    """The revision an etag of this schedule names (Schedule.etag's form); None when the text
+    is no etag of this schedule, so that it matches no state of it."""
+    revision, _, tag = etag.partition("-")
+    if tag != schedule_id.hex[:8] or not revision.isdigit() or len(revision) > 18:
+        return None
+    return int(revision)
 
 
 async def delete_schedule(
     ctx: InstallContext, schedule_id: str, etag: str, *, uow_factory: UnitOfWorkFactory
 ) -> None:
     sid = _parse_id(schedule_id, "id")
-    async with uow_factory() as uow:
-        current = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=True)
-        if current is None:
-            raise ScheduleNotFound(str(sid))
-        if etag.strip() and etag.strip() != current.etag:
-            raise EtagMismatch("the schedule changed since it was read; read it again and retry")
-        await uow.schedules.delete(ctx.tenant_id, ctx.install_id, sid)
-        await uow.commit()
+    wanted = etag.strip()
+    revision = revision_in_etag(wanted, sid) if wanted else None
+    # One conditional statement; only a refusal reads why (gone, or changed since read).
+    async with uow_factory(autocommit=True) as uow:
+        if (not wanted or revision is not None) and await uow.schedules.delete(
+            ctx.tenant_id, ctx.install_id, sid, revision=revision
+        ):
+            await uow.commit()
+            return
+        current = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=False)
+    if current is None:
+        raise ScheduleNotFound(str(sid))
+    raise EtagMismatch("the schedule changed since it was read; read it again and retry")
 
 
 async def get_endpoints(
     ctx: InstallContext, *, uow_factory: UnitOfWorkFactory
 ) -> list[EndpointView]:
-    async with uow_factory() as uow:
+    async with uow_factory(autocommit=True) as uow:
         eps = await uow.installs.endpoints(ctx.tenant_id, ctx.install_id, ctx.version_id)
     return [EndpointView(e, unschedulable_reason(e.method, e.path)) for e in eps]
 

@@ -51,7 +51,11 @@ def is_connectivity_error(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTIVITY_ERRORS)
 
 
-def build_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+# Connections kept per process; as many again may be opened under load (overflow).
+POOL_SIZE = 10
+
+
+def build_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
     if url.startswith("sqlite"):
         # One connection: the embedded default serialises writers instead of failing them with
         # "database is locked".

@@ -22,6 +22,7 @@ from scheduler_host.domain.errors import NameInUse
 from scheduler_host.domain.install import Install, InstallContext
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.domain.schedule import Schedule
+from scheduler_host.service.ports import AddOutcome
 
 _NAME_IN_USE = "a schedule with this name already exists in the install"
 
@@ -106,6 +107,21 @@ def _bound(
 
 
 _SCHEDULE_COLUMNS = [c for c in schedules.c if c.name != "running_run_id"]
+# What UpdateSchedule writes besides next_run_time: the caller's fields, revision, update time.
+_DEFINITION_COLUMNS = frozenset(
+    {
+        "endpoint_id",
+        "endpoint_method",
+        "endpoint_path",
+        "name",
+        "cron",
+        "timezone",
+        "enabled",
+        "payload",
+        "revision",
+        "update_time",
+    }
+)
 
 
 class SqlScheduleRepository:
@@ -142,11 +158,34 @@ class SqlScheduleRepository:
         query = query.order_by(schedules.c.create_time, schedules.c.id).limit(limit)
         return [schedule_from_row(r) for r in await self._conn.execute(query)]
 
+    async def page_with_total(
+        self,
+        tenant_id: str,
+        install_id: uuid.UUID,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> tuple[list[Schedule], int]:
+        # Two statements: in a transaction (SQLite always runs one) they share a snapshot.
+        rows = await self.list_page(tenant_id, install_id, after, limit)
+        return rows, await self.count(tenant_id, install_id)
+
     async def count(self, tenant_id: str, install_id: uuid.UUID) -> int:
         query = sa.select(sa.func.count()).where(
             schedules.c.tenant_id == tenant_id, schedules.c.install_id == install_id
         )
         return int((await self._conn.execute(query)).scalar_one())
+
+    async def usage(
+        self,
+        tenant_id: str,
+        install_id: uuid.UUID,
+        request_id: uuid.UUID | None,
+        since: datetime,
+    ) -> tuple[int, uuid.UUID | None]:
+        count = await self.count(tenant_id, install_id)
+        if request_id is None:
+            return count, None
+        return count, await self.find_request(tenant_id, install_id, request_id, since)
 
     async def for_install(self, tenant_id: str, install_id: uuid.UUID) -> list[Schedule]:
         return await self.list_page(tenant_id, install_id, None, 1_000_000)
@@ -164,42 +203,94 @@ class SqlScheduleRepository:
         return (await self._conn.execute(query.limit(1))).first() is not None
 
     async def add(self, schedule: Schedule) -> None:
+        # No savepoint: a refusal ends the use case (the port says so), saving two statements.
         try:
-            async with self._conn.begin_nested():
-                await self._conn.execute(schedules.insert().values(**_schedule_values(schedule)))
+            await self._conn.execute(schedules.insert().values(**_schedule_values(schedule)))
         except sa.exc.IntegrityError as exc:
             if _is_name_conflict(exc):
                 raise NameInUse(_NAME_IN_USE) from None
             raise
+
+    async def add_within_quota(
+        self, schedule: Schedule, limit: int, request_id: uuid.UUID | None, since: datetime
+    ) -> AddOutcome:
+        tenant_id, install_id = schedule.tenant_id, schedule.install_id
+        count, earlier = await self.usage(tenant_id, install_id, request_id, since)
+        if earlier is not None:
+            return AddOutcome(added=False, earlier=earlier)
+        if count >= limit:
+            return AddOutcome(added=False)
+        await self.add(schedule)
+        if request_id is not None:
+            await self.remember_request(
+                tenant_id, install_id, request_id, schedule.id, schedule.create_time
+            )
+        return AddOutcome(added=True)
+
+    async def update_definition(
+        self, schedule: Schedule, expected_revision: int, *, timing: bool
+    ) -> Schedule | None:
+        values = {
+            key: value
+            for key, value in _schedule_values(schedule).items()
+            if key in _DEFINITION_COLUMNS or (timing and key == "next_run_time")
+        }
+        s = schedules.c
+        try:
+            row = (
+                await self._conn.execute(
+                    schedules.update()
+                    .where(
+                        s.tenant_id == schedule.tenant_id,
+                        s.install_id == schedule.install_id,
+                        s.id == schedule.id,
+                        s.revision == expected_revision,
+                    )
+                    .values(**values)
+                    .returning(*_SCHEDULE_COLUMNS)
+                )
+            ).first()
+        except sa.exc.IntegrityError as exc:
+            if _is_name_conflict(exc):
+                raise NameInUse(_NAME_IN_USE) from None
+            raise
+        return schedule_from_row(row) if row else None
 
     async def replace(self, schedule: Schedule) -> None:
         values = _schedule_values(schedule)
         for key in ("id", "tenant_id", "install_id", "create_time"):
             values.pop(key)
         try:
-            async with self._conn.begin_nested():
-                await self._conn.execute(
-                    schedules.update()
-                    .where(
-                        schedules.c.tenant_id == schedule.tenant_id,
-                        schedules.c.install_id == schedule.install_id,
-                        schedules.c.id == schedule.id,
-                    )
-                    .values(**values)
+            await self._conn.execute(
+                schedules.update()
+                .where(
+                    schedules.c.tenant_id == schedule.tenant_id,
+                    schedules.c.install_id == schedule.install_id,
+                    schedules.c.id == schedule.id,
                 )
+                .values(**values)
+            )
         except sa.exc.IntegrityError as exc:
             if _is_name_conflict(exc):
                 raise NameInUse(_NAME_IN_USE) from None
             raise
 
-    async def delete(self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID) -> bool:
-        result = await self._conn.execute(
-            schedules.delete().where(
-                schedules.c.tenant_id == tenant_id,
-                schedules.c.install_id == install_id,
-                schedules.c.id == schedule_id,
-            )
+    async def delete(
+        self,
+        tenant_id: str,
+        install_id: uuid.UUID,
+        schedule_id: uuid.UUID,
+        *,
+        revision: int | None = None,
+    ) -> bool:
+        query = schedules.delete().where(
+            schedules.c.tenant_id == tenant_id,
+            schedules.c.install_id == install_id,
+            schedules.c.id == schedule_id,
         )
+        if revision is not None:
+            query = query.where(schedules.c.revision == revision)
+        result = await self._conn.execute(query)
         return bool(result.rowcount)
 
     async def find_request(
@@ -395,11 +486,21 @@ class SqlRateLimiter:
         self, scope: str, tenant_id: str, limit: int, window: timedelta, now: datetime
     ) -> timedelta | None:
         if self._conn.dialect.name == "postgresql":
-            # Serialise the check-and-count of one scope across processes for this transaction.
-            await self._conn.execute(
-                sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:scope, 0))"),
-                {"scope": scope},
-            )
+            # One statement (migration 0002): exact on its own, also without a transaction.
+            wait = (
+                await self._conn.execute(
+                    sa.text("SELECT rate_limit_hit(:scope, :tenant_id, :limit, :window, :now)"),
+                    {
+                        "scope": scope,
+                        "tenant_id": tenant_id,
+                        "limit": limit,
+                        "window": window,
+                        "now": now,
+                    },
+                )
+            ).scalar_one()
+            assert wait is None or isinstance(wait, timedelta)
+            return wait
         h = rate_limit_hits.c
         start = now - window
         await self._conn.execute(

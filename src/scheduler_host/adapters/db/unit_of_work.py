@@ -1,4 +1,8 @@
-"""The SQL unit of work: one connection, one transaction, the repositories bound to it."""
+"""The SQL unit of work: one connection, one transaction, the repositories bound to it.
+
+With autocommit, PostgreSQL runs each statement on its own (AUTOCOMMIT isolation: no BEGIN,
+COMMIT or ROLLBACK round trips); SQLite keeps its transaction, which costs no round trip there
+and keeps its multi-statement steps (the rate limiter) atomic."""
 
 from __future__ import annotations
 
@@ -24,15 +28,19 @@ class SqlUnitOfWork:
     runs: SqlRunRepository
     rate_limits: SqlRateLimiter
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, autocommit: bool = False) -> None:
         self._engine = engine
+        self._autocommit = autocommit and engine.dialect.name != "sqlite"
         self._conn: AsyncConnection | None = None
         self._tx: AsyncTransaction | None = None
 
     async def __aenter__(self) -> Self:
         try:
             self._conn = await self._engine.connect()
-            self._tx = await self._conn.begin()
+            if self._autocommit:
+                await self._conn.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                self._tx = await self._conn.begin()
         except Exception as exc:
             await self._close()
             if is_connectivity_error(exc):
@@ -45,8 +53,9 @@ class SqlUnitOfWork:
         return self
 
     async def commit(self) -> None:
-        assert self._tx is not None
-        await self._tx.commit()
+        assert self._conn is not None
+        if self._tx is not None:
+            await self._tx.commit()
 
     async def __aexit__(
         self,
@@ -71,5 +80,5 @@ class SqlUnitOfWorkFactory:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    def __call__(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine)
+    def __call__(self, *, autocommit: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, autocommit=autocommit)

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # The newest revision in versions/; a test checks it against the scripts.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 _SCRIPT_LOCATION = Path(__file__).resolve().parent
 

@@ -1,0 +1,186 @@
+"""A small asyncpg connection pool for the API's PostgreSQL path, and its error mapping.
+
+asyncpg's own Pool resets every connection it takes back (a query round trip per call); the
+units of work here always leave a connection idle (committed or rolled back), so this pool
+takes it back as it is. It is bounded; a connection whose last use failed at the connection
+level, or was cancelled in the middle of a statement, is closed instead of reused. Idle
+connections are not pinged: one the server closed is seen as closed (asyncpg learns it from
+the socket) and dropped when taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+from scheduler_host.adapters.db.engine import is_connectivity_error
+
+QueryLogger = Callable[[Any], None]
+
+
+class PoolTimeout(TimeoutError):
+    """No connection became free in time: every one is busy in a slow database (transient)."""
+
+
+def is_pg_connectivity_error(exc: BaseException) -> bool:
+    """Like engine.is_connectivity_error, for asyncpg's own exceptions."""
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+        return True
+    return is_connectivity_error(exc)
+
+
+async def _setup(conn: Any) -> None:
+    # JSON and JSONB (payloads, capabilities) decode to Python values and encode from them.
+    for type_name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            type_name,
+            encoder=_dumps,
+            decoder=json.loads,
+            schema="pg_catalog",
+        )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class PgPool:
+    """At most `size` connections; idle ones reused newest first (their caches are warm)."""
+
+    def __init__(
+        self,
+        connect_args: Mapping[str, Any],
+        *,
+        size: int,
+        acquire_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 30.0,
+        connection_class: type[Any] | None = None,
+    ) -> None:
+        # asyncpg.connect keywords (host, port, user, password, database, ssl, ...).
+        self._connect_args = dict(connect_args)
+        self._connect_args.pop("async_creator_fn", None)
+        connect_timeout = self._connect_args.pop("timeout", connect_timeout)
+        command_timeout = self._connect_args.pop("command_timeout", command_timeout)
+        self._size = size
+        self._acquire_timeout = acquire_timeout
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._connection_class = connection_class or asyncpg.Connection
+        self._idle: list[Any] = []
+        self._connections: set[Any] = set()  # idle and in use
+        self._open = 0  # idle, in use and being opened
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._loggers: list[QueryLogger] = []
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    def add_query_logger(self, logger: QueryLogger) -> None:
+        """Called (soon after) with each statement's asyncpg LoggedQuery, on every connection."""
+        self._loggers.append(logger)
+        for conn in self._connections:
+            conn.add_query_logger(logger)
+
+    async def acquire(self) -> Any:
+        deadline: float | None = None
+        while True:
+            if self._closed:
+                raise asyncpg.InterfaceError("the pool is closed")
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.is_closed():
+                    self._forget(conn)
+                    continue
+                return conn
+            if self._open < self._size:
+                return await self._connect()
+            if deadline is None:
+                deadline = time.monotonic() + self._acquire_timeout
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PoolTimeout("no database connection became free in time")
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except BaseException as exc:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken as it gave up: pass the turn on
+                if isinstance(exc, TimeoutError):
+                    raise PoolTimeout("no database connection became free in time") from None
+                raise
+
+    async def _connect(self) -> Any:
+        self._open += 1
+        try:
+            conn = await asyncpg.connect(
+                **self._connect_args,
+                timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
+                connection_class=self._connection_class,
+            )
+        except BaseException:
+            self._open -= 1
+            self._wake()
+            raise
+        try:
+            await _setup(conn)
+        except BaseException:
+            conn.terminate()
+            self._open -= 1
+            self._wake()
+            raise
+        for logger in self._loggers:
+            conn.add_query_logger(logger)
+        self._connections.add(conn)
+        return conn
+
+    def _forget(self, conn: Any) -> None:
+        conn.terminate()
+        self._connections.discard(conn)
+        self._open -= 1
+
+    def release(self, conn: Any, *, broken: bool = False) -> None:
+        """Take a connection back; a broken (or closed, or busy) one is closed instead."""
+        if broken or self._closed or conn.is_closed() or conn.is_in_transaction():
+            self._forget(conn)
+        else:
+            self._idle.append(conn)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        """Close the idle connections now; those in use close when they come back."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._connections.discard(conn)
+            self._open -= 1
+            try:
+                await asyncio.wait_for(conn.close(), 2.0)
+            except Exception:
+                conn.terminate()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)

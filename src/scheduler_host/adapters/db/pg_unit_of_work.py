@@ -1,0 +1,152 @@
+"""The raw-asyncpg unit of work: a pooled connection, taken on the first statement.
+
+A transactional unit sends BEGIN with its first statement's connection and COMMIT or ROLLBACK
+at the end; an autocommit unit sends its statements alone (each its own snapshot and
+transaction), so a one-statement read is one round trip. A unit that needs no statement (its
+endpoints were cached) takes no connection at all.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+from scheduler_host.adapters.db.pg_pool import PgPool, is_pg_connectivity_error
+from scheduler_host.adapters.db.pg_repositories import (
+    PgInstallRepository,
+    PgRateLimiter,
+    PgRunRepository,
+    PgScheduleRepository,
+)
+from scheduler_host.domain.errors import DatabaseUnavailable, SchedulerError
+from scheduler_host.service.ports import EndpointCache
+
+
+def _connection_intact(exc: BaseException) -> bool:
+    """Whether the connection is known to be usable after `exc` ended the unit of work: the
+    server refused a statement (it answered), or the use case stopped on a rule of its own.
+    Anything else (cancellation mid-statement, a lost connection, a bug) closes it."""
+    if isinstance(exc, SchedulerError):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and not is_pg_connectivity_error(exc)
+
+
+class PgUnitOfWork:
+    __slots__ = (
+        "_autocommit",
+        "_conn",
+        "_pool",
+        "installs",
+        "rate_limits",
+        "runs",
+        "schedules",
+    )
+
+    def __init__(self, pool: PgPool, cache: EndpointCache | None, *, autocommit: bool) -> None:
+        self._pool = pool
+        self._autocommit = autocommit
+        self._conn: Any = None
+        connect = self._connection
+        self.schedules = PgScheduleRepository(connect)
+        self.installs = PgInstallRepository(connect, cache)
+        self.runs = PgRunRepository(connect)
+        self.rate_limits = PgRateLimiter(connect)
+
+    async def _connection(self) -> Any:
+        conn = self._conn
+        if conn is not None:
+            return conn
+        try:
+            conn = await self._pool.acquire()
+        except Exception as exc:
+            if is_pg_connectivity_error(exc):
+                raise DatabaseUnavailable() from exc
+            raise
+        self._conn = conn
+        if not self._autocommit:
+            await conn.execute("BEGIN")
+        return conn
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def commit(self) -> None:
+        conn = self._conn
+        if conn is not None and not self._autocommit:
+            await conn.execute("COMMIT")
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        intact = exc is None or _connection_intact(exc)
+        if intact and conn.is_in_transaction():
+            # Not committed (or the commit failed): undo. If that fails the connection goes.
+            try:
+                await conn.execute("ROLLBACK")
+            except Exception:
+                intact = False
+        self._pool.release(conn, broken=not intact)
+        if (
+            exc is not None
+            and not isinstance(exc, SchedulerError)
+            and is_pg_connectivity_error(exc)
+        ):
+            raise DatabaseUnavailable() from exc
+
+
+class PgUnitOfWorkFactory:
+    """Units of work on `pool`; endpoint reads go through `endpoint_cache` when given."""
+
+    def __init__(self, pool: PgPool, endpoint_cache: EndpointCache | None = None) -> None:
+        self.pool = pool
+        self._cache = endpoint_cache
+
+    def __call__(self, *, autocommit: bool = False) -> PgUnitOfWork:
+        return PgUnitOfWork(self.pool, self._cache, autocommit=autocommit)
+
+
+def traced_connection_class(tracer: Any, database: str) -> type[Any]:
+    """An asyncpg Connection whose statements are spans of `tracer` (children of the current
+    span, e.g. the RPC's), named and described like the SQLAlchemy engine's."""
+    from opentelemetry.trace import SpanKind
+
+    def span(conn: Any, query: str) -> Any:
+        verb = query.split(None, 1)[0].upper() if query.strip() else "SQL"
+        addr = conn._addr  # (host, port) or a socket path
+        attributes: dict[str, Any] = {
+            "db.system": "postgresql",
+            "db.name": database,
+            "db.statement": query,
+        }
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            attributes["net.peer.name"], attributes["net.peer.port"] = str(addr[0]), addr[1]
+        return tracer.start_as_current_span(
+            f"{verb} {database}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+
+    class TracedConnection(asyncpg.Connection):  # type: ignore[misc]
+        async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            with span(self, query):
+                return await super().execute(query, *args, **kwargs)
+
+        async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            with span(self, query):
+                return await super().fetch(query, *args, **kwargs)
+
+        async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            with span(self, query):
+                return await super().fetchrow(query, *args, **kwargs)
+
+        async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            with span(self, query):
+                return await super().fetchval(query, *args, **kwargs)
+
+    return TracedConnection
