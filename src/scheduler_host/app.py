@@ -158,7 +158,9 @@ async def start_application(
         key = await load_key(engine, PAGE_TOKEN_KEY)
         dispatcher = Dispatcher(
             SqlDispatchStore(engine, RUN_HISTORY_LIMIT),
-            HttpRunnerClient(settings.runner_base_url, MAX_RESPONSE_BYTES),
+            HttpRunnerClient(
+                settings.runner_base_url, MAX_RESPONSE_BYTES, settings.dispatch_max_in_flight
+            ),
             settings,
             clock,
             observe=metrics.record_run,

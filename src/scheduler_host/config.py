@@ -49,6 +49,9 @@ class Settings:
     dispatcher_enabled: bool = True
     dispatch_poll_seconds: float = 1.0
     dispatch_batch_size: int = 100
+    # Runs one process makes at once (each holds a Runner connection); the next batch is
+    # claimed while they are in flight.
+    dispatch_max_in_flight: int = 500
     # Added to the longest a run can take (attempts, timeouts, backoff) to make its claim's lease.
     dispatch_lease_margin_seconds: float = 30.0
     tls_cert: str = ""
@@ -205,6 +208,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dispatcher_enabled=_bool(env, "SCHEDULER_HOST_DISPATCHER", True),
         dispatch_poll_seconds=_float(env, "SCHEDULER_HOST_DISPATCH_POLL_SECONDS", 1.0, 0.01),
         dispatch_batch_size=_int(env, "SCHEDULER_HOST_DISPATCH_BATCH_SIZE", 100, 1),
+        dispatch_max_in_flight=_int(env, "SCHEDULER_HOST_DISPATCH_MAX_IN_FLIGHT", 500, 1),
         dispatch_lease_margin_seconds=_float(
             env, "SCHEDULER_HOST_DISPATCH_LEASE_MARGIN_SECONDS", 30.0, 0.1
         ),

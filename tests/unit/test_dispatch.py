@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +35,7 @@ from scheduler_host.service.ports import (
     ClaimPlan,
     RunnerRequest,
     RunnerResponse,
+    RunOutcome,
     RunTarget,
     SkippedOccurrence,
 )
@@ -237,7 +238,7 @@ def test_request_carries_the_context_and_the_compact_payload() -> None:
         "x-alga-tenant": "tenant-a",
         "x-alga-extension": "ext.registry",
     }
-    json.dumps(request.body)  # what httpx sends must be JSON
+    json.dumps(request.body)  # what the client sends must be JSON
 
 
 @pytest.mark.parametrize(
@@ -300,17 +301,12 @@ class FakeStore:
         self.attempts.append(attempt)
         return attempt < self.keep_claim_until_attempt
 
-    async def finish_run(
-        self,
-        claim: ClaimedRun,
-        status: RunState,
-        error: str | None,
-        attempt: int,
-        now: datetime,
-        disable_error: str | None = None,
-    ) -> ScheduleRun | None:
-        self.finished.append((status, error, attempt))
-        return replace(claim.run, status=status, error=error, attempt=attempt)
+    async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
+        runs: list[ScheduleRun | None] = []
+        for o in outcomes:
+            self.finished.append((o.status, o.error, o.attempt))
+            runs.append(replace(o.claim.run, status=o.status, error=o.error, attempt=o.attempt))
+        return runs
 
 
 @dataclass

@@ -41,6 +41,7 @@ from scheduler_host.service.ports import (
     RunnerClient,
     RunnerRequest,
     RunnerResponse,
+    RunOutcome,
     RunTarget,
     SkippedOccurrence,
 )
@@ -60,6 +61,10 @@ SKIPPED_INSTALL_DISABLED = "Skipped: the install was disabled before the run cou
 # runs of one schedule requested in the same microsecond.
 _MANUAL_TIME_PROBES = 5
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("0f4a4c52-2d55-4a8e-9a57-6c1e3b8e5d21")
+# Finished runs are written together: the first of a group waits this long for others, and
+# those that finish while a write is under way go in the next one.
+FINISH_GATHER_SECONDS = 0.005
+FINISH_BATCH_LIMIT = 500
 
 
 def empty_body_error(http_status: int) -> str:
@@ -167,6 +172,18 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+@lru_cache(maxsize=8192)
+def _next_after(cron: str, timezone: str, after: datetime) -> datetime | None:
+    # Many schedules share an expression and fall due at the same instant: a burst computes
+    # each following occurrence once.
+    return next_occurrence(_cron(cron), _zone(timezone), after)
+
+
+@lru_cache(maxsize=4096)
+def _endpoint_unschedulable(method: str, path: str) -> bool:
+    return bool(unschedulable_reason(method, path))
+
+
 def plan_claim(target: RunTarget, now: datetime, catchup: timedelta) -> ClaimPlan:
     """Decide what a due schedule does now: run, skip, disable or wait for its install.
 
@@ -179,23 +196,24 @@ def plan_claim(target: RunTarget, now: datetime, catchup: timedelta) -> ClaimPla
     if not target.install.enabled:
         # Kept, but off the due index until UpsertInstall enables the install and recomputes it.
         return ClaimPlan(park=True)
-    if not target.endpoint_found or unschedulable_reason(
+    if not target.endpoint_found or _endpoint_unschedulable(
         schedule.endpoint_method, schedule.endpoint_path
     ):
         return ClaimPlan(disable_error=ENDPOINT_MISSING)
     first = schedule.next_run_time
     assert first is not None  # the due query selects only schedules with one
-    expr, tz = _cron(schedule.cron), _zone(schedule.timezone)
     window_start = now - catchup
     skipped: list[SkippedOccurrence] = []
     candidate: datetime | None = first
     if first < window_start:
         skipped.append(SkippedOccurrence(first, SKIPPED_MISSED))
-        candidate = next_occurrence(expr, tz, window_start - timedelta(microseconds=1))
+        candidate = _next_after(
+            schedule.cron, schedule.timezone, window_start - timedelta(microseconds=1)
+        )
     latest: datetime | None = None
     while candidate is not None and candidate <= now:
         latest = candidate
-        candidate = next_occurrence(expr, tz, candidate)
+        candidate = _next_after(schedule.cron, schedule.timezone, candidate)
     if latest is None:
         return ClaimPlan(tuple(skipped), None, candidate)
     if target.run_in_flight:
@@ -247,8 +265,11 @@ class Dispatcher:
         self._clock = clock
         self._sleep = sleep
         self._in_flight: dict[asyncio.Task[ScheduleRun | None], ClaimedRun] = {}
+        self._finished: list[tuple[RunOutcome, asyncio.Future[ScheduleRun | None]]] = []
+        self._recorder: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._reserved = 0  # slots held by claims under way
         self._loop_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -260,7 +281,7 @@ class Dispatcher:
         self, limit: int | None = None
     ) -> list[asyncio.Task[ScheduleRun | None]]:
         """Claim what is due now and start those runs; returns their tasks without waiting."""
-        claims, _ = await self._claim(
+        claims, _, _ = await self._claim(
             self._settings.dispatch_batch_size if limit is None else limit
         )
         return [self._spawn(claim) for claim in claims]
@@ -270,14 +291,15 @@ class Dispatcher:
         finished: list[ScheduleRun] = []
         more_due = True
         while more_due:
-            claims, more_due = await self._claim(self._settings.dispatch_batch_size)
+            claims, more_due, _ = await self._claim(self._settings.dispatch_batch_size)
             results = await asyncio.gather(*(self._spawn(claim) for claim in claims))
             finished.extend(run for run in results if run is not None)
         return finished
 
-    async def _claim(self, limit: int) -> tuple[list[ClaimedRun], bool]:
+    async def _claim(self, limit: int) -> tuple[list[ClaimedRun], bool, datetime | None]:
         """Up to `limit` runs to make now: expired claims of dead processes first, then due
-        occurrences; and whether the batch was full, so that more may be due."""
+        occurrences; whether the batch was full, so that more may be due; and, when it was not,
+        the next time a schedule falls due (None if none does)."""
         now = self._clock()
         lease_until = now + lease_length(self._settings)
         # A clock that jumped must not make this process take over runs it is still making.
@@ -292,7 +314,7 @@ class Dispatcher:
             )
         wanted = limit - len(claims)
         if wanted <= 0:
-            return claims, True
+            return claims, True, None
         catchup = timedelta(seconds=self._settings.catchup_seconds)
         skipped = 0
 
@@ -306,7 +328,7 @@ class Dispatcher:
         if self._observe is not None:
             for _ in range(skipped):
                 self._observe(RunState.SKIPPED.value, None)
-        return claims + batch.runs, batch.schedules == wanted
+        return claims + batch.runs, batch.schedules == wanted, batch.next_due
 
     async def load_target(
         self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID
@@ -343,6 +365,12 @@ class Dispatcher:
             task.cancel()
         if unfinished:
             await asyncio.wait(unfinished)
+        # What the recorder still holds belongs to the runs just cancelled: they are released
+        # below (taken over with the same idempotency key), not recorded half-way.
+        if self._recorder is not None and not self._recorder.done():
+            self._recorder.cancel()
+            await asyncio.wait([self._recorder])
+        self._finished.clear()
         for task in unfinished:
             claim = running[task]
             try:
@@ -398,7 +426,7 @@ class Dispatcher:
                 claim, RunState.SKIPPED, SKIPPED_INSTALL_DISABLED, calls_made, started
             )
         schedule = target.schedule
-        if not target.endpoint_found or unschedulable_reason(
+        if not target.endpoint_found or _endpoint_unschedulable(
             schedule.endpoint_method, schedule.endpoint_path
         ):
             return await self._finish(
@@ -435,8 +463,15 @@ class Dispatcher:
     ) -> ScheduleRun | None:
         run = claim.run
         error = truncate_error(error) if error else None
-        finished = await self._store.finish_run(
-            claim, status, error, attempt, self._clock(), ENDPOINT_MISSING if disable else None
+        finished = await self._record(
+            RunOutcome(
+                claim,
+                status,
+                error,
+                attempt,
+                self._clock(),
+                ENDPOINT_MISSING if disable else None,
+            )
         )
         log.info(
             "run %s schedule=%s install=%s trigger=%s scheduled=%s status=%s attempts=%d "
@@ -460,26 +495,86 @@ class Dispatcher:
             self._observe(finished.status.value, lateness)
         return finished
 
+    async def _record(self, outcome: RunOutcome) -> ScheduleRun | None:
+        """Write the outcome with the others finishing about now; what finish_runs says of it."""
+        future: asyncio.Future[ScheduleRun | None] = asyncio.get_running_loop().create_future()
+        self._finished.append((outcome, future))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(
+                self._write_finished(), name="scheduler-host-run-recorder"
+            )
+        return await future
+
+    async def _write_finished(self) -> None:
+        await asyncio.sleep(FINISH_GATHER_SECONDS)
+        while self._finished:
+            group = self._finished[:FINISH_BATCH_LIMIT]
+            del self._finished[:FINISH_BATCH_LIMIT]
+            try:
+                results = await self._store.finish_runs([outcome for outcome, _ in group])
+            except Exception as exc:
+                # Each run of the group handles it as its own failure (an outage, say).
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(group, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
     async def _loop(self) -> None:
+        # Two claimers: while one transaction is in the database the other plans or waits, so
+        # a burst is not paced by the latency of one claim (SKIP LOCKED keeps them apart as it
+        # keeps processes apart). The second starts half a poll later, which also halves the
+        # wait for a schedule made due by a change.
+        claimers = [
+            asyncio.create_task(self._claim_loop(0.0), name="scheduler-host-claimer-0"),
+            asyncio.create_task(
+                self._claim_loop(self._settings.dispatch_poll_seconds / 2),
+                name="scheduler-host-claimer-1",
+            ),
+        ]
+        try:
+            await asyncio.gather(*claimers)
+        finally:
+            for claimer in claimers:
+                claimer.cancel()
+
+    async def _claim_loop(self, delay: float) -> None:
         poll = self._settings.dispatch_poll_seconds
-        cap = self._settings.dispatch_batch_size
+        batch = self._settings.dispatch_batch_size
+        cap = self._settings.dispatch_max_in_flight
+        # A claim is made for a whole batch, or for all the room left when the cap is lower:
+        # claiming one run per freed slot would spend a transaction on each.
+        room_for_a_claim = min(batch, cap)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
         while not self._stopping.is_set():
-            free = cap - len(self._in_flight)
-            if free <= 0:
+            free = cap - len(self._in_flight) - self._reserved
+            if free < room_for_a_claim:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            wanted = min(batch, free)
+            self._reserved += wanted
             try:
-                claims, more_due = await self._claim(free)
+                claims, more_due, next_due = await self._claim(wanted)
             except Exception as exc:
                 log.warning("dispatch failed, retrying in %.1f s: %s", poll, exc)
-                claims, more_due = [], False
+                claims, more_due, next_due = [], False, None
+            finally:
+                self._reserved -= wanted
+                self._slot_freed.set()  # the other claimer may wait for this room
             for claim in claims:
                 self._spawn(claim)
             if more_due:
-                continue
+                continue  # runs are in flight while the next batch is claimed
+            wait = poll
+            if next_due is not None:
+                # Wake when the next schedule falls due rather than up to a poll later.
+                wait = min(poll, max(0.0, (next_due - self._clock()).total_seconds()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), poll)
+                await asyncio.wait_for(self._stopping.wait(), wait)
 
 
 @dataclass(frozen=True)

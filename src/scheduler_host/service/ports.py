@@ -260,6 +260,24 @@ class ClaimBatch:
 
     schedules: int
     runs: list[ClaimedRun]
+    # When the batch was not full: the earliest next run time after `now` of any other
+    # schedule (None when there is none), so the dispatcher can wake for it instead of polling.
+    next_due: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a claimed run ended, to be recorded on the run and its schedule.
+
+    `disable_error` (if set) also disables the schedule with that last_error.
+    """
+
+    claim: ClaimedRun
+    status: RunState
+    error: str | None
+    attempt: int
+    finish_time: datetime
+    disable_error: str | None = None
 
 
 class DispatchStore(Protocol):
@@ -274,7 +292,7 @@ class DispatchStore(Protocol):
     ) -> ClaimBatch:
         """Lock up to `limit` due schedules no other process holds, apply `plan` to each (run
         records, next run time, history cut to its limit), commit; return the runs to make (those
-        whose run record the unique guard accepted)."""
+        whose run record the unique guard accepted). Set-based: a few statements per batch."""
 
     async def take_over_expired(
         self, now: datetime, limit: int, lease_until: datetime, exclude: Collection[uuid.UUID]
@@ -294,17 +312,10 @@ class DispatchStore(Protocol):
     async def record_attempt(self, claim: ClaimedRun, attempt: int) -> bool:
         """Store the attempt number before a retry; False when the claim was lost."""
 
-    async def finish_run(
-        self,
-        claim: ClaimedRun,
-        status: RunState,
-        error: str | None,
-        attempt: int,
-        now: datetime,
-        disable_error: str | None = None,
-    ) -> ScheduleRun | None:
-        """Record the outcome on the run and its schedule (last run fields; disabled when
-        `disable_error` is set); None when the claim was lost (nothing is written then)."""
+    async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
+        """Record the outcomes, in one transaction, on the runs and their schedules (last run
+        fields; disabled where `disable_error` is set); for each, the finished run, or None when
+        its claim was lost (nothing is written for that one then)."""
 
     async def release(self, claim: ClaimedRun, now: datetime) -> None:
         """Let another process take the run over at once (graceful stop)."""

@@ -2,14 +2,19 @@
 
 A run's `lease_until` is also its fencing token: every write after the claim names the lease it
 holds, so a process whose claim was taken over writes nothing.
+
+Claims and finishes are set-based: a batch of schedules costs a few statements in one
+transaction, not a few per run (executemany and multi-row INSERT ... RETURNING, one round trip
+each on asyncpg).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -19,10 +24,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from scheduler_host.adapters.db.engine import is_connectivity_error
 from scheduler_host.adapters.db.repositories import install_context_from_row, schedule_from_row
-from scheduler_host.adapters.db.tables import endpoints, installs, schedule_runs, schedules
+from scheduler_host.adapters.db.tables import (
+    UtcDateTime,
+    endpoints,
+    installs,
+    schedule_runs,
+    schedules,
+)
 from scheduler_host.domain.errors import DatabaseUnavailable
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
-from scheduler_host.service.ports import ClaimBatch, ClaimedRun, ClaimPlan, RunTarget
+from scheduler_host.service.ports import (
+    ClaimBatch,
+    ClaimedRun,
+    ClaimPlan,
+    RunOutcome,
+    RunTarget,
+)
 
 s, i, r = schedules.c, installs.c, schedule_runs.c
 # Literal predicates, so that PostgreSQL matches the partial indexes ix_schedules_due and
@@ -52,6 +69,108 @@ _TARGET_COLUMNS = (
 )
 _TARGET_FROM = schedules.join(installs, i.id == s.install_id).outerjoin(
     _running, _running.c.id == s.running_run_id
+)
+
+
+_RECORD_COLUMNS = (
+    "id",
+    "tenant_id",
+    "install_id",
+    "schedule_id",
+    "trigger",
+    "scheduled_time",
+    "start_time",
+    "finish_time",
+    "status",
+    "attempt",
+    "error",
+    "lease_until",
+)
+
+
+def _record(run: ScheduleRun, lease_until: datetime | None) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "tenant_id": run.tenant_id,
+        "install_id": run.install_id,
+        "schedule_id": run.schedule_id,
+        "trigger": run.trigger.value,
+        "scheduled_time": run.scheduled_time,
+        "start_time": run.start_time,
+        "finish_time": run.finish_time,
+        "status": run.status.value,
+        "attempt": run.attempt,
+        "error": run.error,
+        "lease_until": lease_until,
+    }
+
+
+def _param(name: str, type_: Any) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=type_)
+
+
+# A claimed schedule's whole new state; one parameter set per schedule of a batch (executemany).
+_SET_SCHEDULE_STATE = (
+    schedules.update()
+    .where(s.tenant_id == sa.bindparam("b_tenant_id"), s.id == sa.bindparam("b_id"))
+    .values(
+        next_run_time=_param("b_next_run_time", UtcDateTime()),
+        enabled=_param("b_enabled", sa.Boolean()),
+        last_run_time=_param("b_last_run_time", UtcDateTime()),
+        last_run_status=_param("b_last_run_status", sa.String()),
+        last_error=_param("b_last_error", sa.Text()),
+        running_run_id=_param("b_running_run_id", sa.Uuid()),
+        revision=_param("b_revision", sa.Integer()),
+        update_time=_param("b_update_time", UtcDateTime()),
+    )
+)
+# A finished run, fenced by the lease it was claimed with.
+_FINISH_RUN = (
+    schedule_runs.update()
+    .where(r.id == sa.bindparam("b_id"), r.lease_until == _param("b_lease", UtcDateTime()))
+    .values(
+        status=sa.bindparam("b_status"),
+        finish_time=_param("b_finish_time", UtcDateTime()),
+        error=sa.bindparam("b_error"),
+        attempt=sa.bindparam("b_attempt"),
+        lease_until=None,
+    )
+)
+_TAKE_OVER_RUN = (
+    schedule_runs.update()
+    .where(r.id == sa.bindparam("b_id"))
+    .values(
+        lease_until=_param("b_lease", UtcDateTime()),
+        attempt=sa.bindparam("b_attempt"),
+        status=RunState.RUNNING.value,
+        start_time=_param("b_start_time", UtcDateTime()),
+    )
+)
+# Its schedule's last run fields; the schedule stops naming it as the run in flight.
+_LAST_RUN_VALUES: dict[str, Any] = {
+    "last_run_time": _param("b_last_run_time", UtcDateTime()),
+    "last_run_status": sa.bindparam("b_status"),
+    "last_error": sa.bindparam("b_error"),
+    "running_run_id": sa.case(
+        (s.running_run_id == _param("b_run_id", sa.Uuid()), sa.null()),
+        else_=s.running_run_id,
+    ),
+}
+_RECORD_LAST_RUN = (
+    schedules.update()
+    .where(s.tenant_id == sa.bindparam("b_tenant_id"), s.id == sa.bindparam("b_schedule_id"))
+    .values(**_LAST_RUN_VALUES)
+)
+_RECORD_LAST_RUN_AND_DISABLE = (
+    schedules.update()
+    .where(s.tenant_id == sa.bindparam("b_tenant_id"), s.id == sa.bindparam("b_schedule_id"))
+    .values(
+        **_LAST_RUN_VALUES,
+        enabled=False,
+        next_run_time=None,
+        revision=s.revision + 1,
+        update_time=_param("b_finish_time", UtcDateTime()),
+    )
 )
 
 
@@ -99,8 +218,7 @@ class SqlDispatchStore:
         self._engine = engine
         self._history_limit = history_limit
         self._postgres = engine.dialect.name == "postgresql"
-        # Many runs finish at once; queueing them here keeps the rest of the pool for API calls
-        # and avoids opening and closing overflow connections for each burst.
+        # Claims, finishes and manual runs queue here, keeping the rest of the pool for API calls.
         self._connections = asyncio.Semaphore(connections)
 
     @asynccontextmanager
@@ -121,7 +239,7 @@ class SqlDispatchStore:
         plan: Callable[[RunTarget], ClaimPlan],
     ) -> ClaimBatch:
         query = (
-            sa.select(*_TARGET_COLUMNS)
+            sa.select(*_TARGET_COLUMNS, s.running_run_id)
             .select_from(_TARGET_FROM)
             .where(_DUE, s.next_run_time <= now)
             .order_by(s.next_run_time)
@@ -129,116 +247,135 @@ class SqlDispatchStore:
             # SQLite ignores this: it runs in one process, where the transaction is enough.
             .with_for_update(of=schedules, skip_locked=True)
         )
-        runs: list[ClaimedRun] = []
         async with self._transaction() as conn:
-            rows = (await conn.execute(query)).all()
-            for row in rows:
-                target = _target(row)
-                claimed = await self._apply(conn, target, plan(target), now, lease_until)
-                if claimed is not None:
-                    runs.append(claimed)
-        return ClaimBatch(len(rows), runs)
+            rows: Sequence[sa.Row[Any]] = (await conn.execute(query)).all()  # type: ignore[assignment]
+            targets = [_target(row) for row in rows]
+            plans = [plan(target) for target in targets]
+            # Every run record of the batch in one INSERT; the unique (schedule, trigger,
+            # scheduled time) guard refuses an occurrence already recorded, by any process.
+            records: list[dict[str, Any]] = []
+            firing: list[ScheduleRun | None] = []
+            for target, decision in zip(targets, plans, strict=True):
+                for skip in decision.skipped:
+                    skipped = _run(
+                        target,
+                        uuid.uuid4(),
+                        RunTrigger.SCHEDULE,
+                        skip.scheduled_time,
+                        RunState.SKIPPED,
+                        finish_time=now,
+                        error=skip.reason,
+                    )
+                    records.append(_record(skipped, None))
+                run = None
+                if decision.fire_at is not None:
+                    run = _run(
+                        target,
+                        uuid.uuid4(),
+                        RunTrigger.SCHEDULE,
+                        decision.fire_at,
+                        RunState.RUNNING,
+                        start_time=now,
+                        attempt=1,
+                    )
+                    records.append(_record(run, lease_until))
+                firing.append(run)
+            inserted = await self._insert_many(conn, records)
+            # Each locked row's new state, computed from the row read under its lock, written
+            # by one executemany for the batch.
+            updates: list[dict[str, Any]] = []
+            touched: list[uuid.UUID] = []
+            claims: list[ClaimedRun] = []
+            for row, target, decision, run in zip(rows, targets, plans, firing, strict=True):
+                schedule = target.schedule
+                state = {
+                    "b_tenant_id": schedule.tenant_id,
+                    "b_id": schedule.id,
+                    "b_next_run_time": None if decision.park else decision.next_run_time,
+                    "b_enabled": schedule.enabled,
+                    "b_last_run_time": schedule.last_run_time,
+                    "b_last_run_status": schedule.last_run_status,
+                    "b_last_error": schedule.last_error,
+                    "b_running_run_id": row._mapping["running_run_id"],
+                    "b_revision": schedule.revision,
+                    "b_update_time": schedule.update_time,
+                }
+                if decision.disable_error is not None:
+                    state.update(
+                        b_enabled=False,
+                        b_next_run_time=None,
+                        b_last_error=decision.disable_error,
+                        b_revision=schedule.revision + 1,
+                        b_update_time=now,
+                    )
+                if decision.skipped:
+                    state.update(
+                        b_last_run_time=now,
+                        b_last_run_status=RunState.SKIPPED.value,
+                        b_last_error=decision.skipped[-1].reason,
+                    )
+                if run is not None and run.id in inserted:
+                    state["b_running_run_id"] = run.id
+                    claims.append(ClaimedRun(run, target, lease_until))
+                if decision.skipped or (run is not None and run.id in inserted):
+                    touched.append(schedule.id)
+                updates.append(state)
+            if updates:
+                await conn.execute(_SET_SCHEDULE_STATE, updates)
+            await self._prune(conn, touched)
+            next_due = None
+            if len(rows) < limit:
+                soonest = sa.select(sa.func.min(s.next_run_time)).where(_DUE, s.next_run_time > now)
+                next_due = (await conn.execute(soonest)).scalar()
+        return ClaimBatch(len(rows), claims, next_due)
 
-    async def _apply(
-        self,
-        conn: AsyncConnection,
-        target: RunTarget,
-        plan: ClaimPlan,
-        now: datetime,
-        lease_until: datetime,
-    ) -> ClaimedRun | None:
-        schedule = target.schedule
-        values: dict[str, Any] = {"next_run_time": plan.next_run_time}
-        if plan.park:
-            values = {"next_run_time": None}
-        elif plan.disable_error is not None:
-            values = {
-                "enabled": False,
-                "next_run_time": None,
-                "last_error": plan.disable_error,
-                "revision": s.revision + 1,
-                "update_time": now,
-            }
-        for skip in plan.skipped:
-            run = _run(
-                target,
-                uuid.uuid4(),
-                RunTrigger.SCHEDULE,
-                skip.scheduled_time,
-                RunState.SKIPPED,
-                finish_time=now,
-                error=skip.reason,
-            )
-            await self._insert(conn, run, None)
-            values.update(last_run_time=now, last_run_status="skipped", last_error=skip.reason)
-        claimed = None
-        if plan.fire_at is not None:
-            run = _run(
-                target,
-                uuid.uuid4(),
-                RunTrigger.SCHEDULE,
-                plan.fire_at,
-                RunState.RUNNING,
-                start_time=now,
-                attempt=1,
-            )
-            # The unique (schedule, trigger, scheduled time) guard: one run per occurrence.
-            if await self._insert(conn, run, lease_until):
-                values["running_run_id"] = run.id
-                claimed = ClaimedRun(run, target, lease_until)
-        await conn.execute(
-            schedules.update()
-            .where(s.tenant_id == schedule.tenant_id, s.id == schedule.id)
-            .values(**values)
-        )
-        if plan.skipped or claimed is not None:
-            await self._prune(conn, schedule.tenant_id, schedule.id)
-        return claimed
-
-    async def _insert(
-        self, conn: AsyncConnection, run: ScheduleRun, lease_until: datetime | None
-    ) -> bool:
+    async def _insert_many(
+        self, conn: AsyncConnection, records: list[dict[str, Any]]
+    ) -> set[uuid.UUID]:
+        """Insert run records, skipping those the unique guard refuses; the ids inserted."""
+        if not records:
+            return set()
         insert = postgresql.insert if self._postgres else sqlite.insert
         statement = (
             insert(schedule_runs)
-            .values(
-                id=run.id,
-                tenant_id=run.tenant_id,
-                install_id=run.install_id,
-                schedule_id=run.schedule_id,
-                trigger=run.trigger.value,
-                scheduled_time=run.scheduled_time,
-                start_time=run.start_time,
-                finish_time=run.finish_time,
-                status=run.status.value,
-                attempt=run.attempt,
-                error=run.error,
-                lease_until=lease_until,
-            )
             .on_conflict_do_nothing(index_elements=["schedule_id", "trigger", "scheduled_time"])
+            .returning(r.id)
         )
-        return bool((await conn.execute(statement)).rowcount)
+        if len(records) == 1:
+            result = await conn.execute(statement.values(records[0]))
+        else:
+            result = await conn.execute(statement, records)
+        return {row[0] for row in result}
 
-    async def _prune(self, conn: AsyncConnection, tenant_id: str, schedule_id: uuid.UUID) -> None:
-        """Keep the newest runs of the schedule (the history limit); open runs are never cut."""
-        beyond = (
-            sa.select(r.id)
-            .where(r.tenant_id == tenant_id, r.schedule_id == schedule_id)
-            .order_by(r.scheduled_time.desc(), r.id.desc())
-            .offset(self._history_limit)
+    async def _prune(self, conn: AsyncConnection, schedule_ids: list[uuid.UUID]) -> None:
+        """Keep the newest runs of each schedule (the history limit); open runs are never cut.
+
+        One statement for all the schedules a batch touched."""
+        if not schedule_ids:
+            return
+        ranked = (
+            sa.select(
+                r.id,
+                r.status,
+                sa.func.row_number()
+                .over(partition_by=r.schedule_id, order_by=(r.scheduled_time.desc(), r.id.desc()))
+                .label("newest"),
+            )
+            .where(r.schedule_id.in_(sa.bindparam("schedule_ids", expanding=True)))
+            .subquery()
+        )
+        beyond = sa.select(ranked.c.id).where(
+            ranked.c.newest > self._history_limit, ranked.c.status.not_in(_OPEN_STATES)
         )
         await conn.execute(
-            schedule_runs.delete().where(
-                r.tenant_id == tenant_id,
-                r.schedule_id == schedule_id,
-                r.id.in_(beyond),
-                r.status.not_in(_OPEN_STATES),
-            )
+            schedule_runs.delete().where(r.id.in_(beyond)), {"schedule_ids": schedule_ids}
         )
 
     async def take_over_expired(
         self, now: datetime, limit: int, lease_until: datetime, exclude: Collection[uuid.UUID]
     ) -> list[ClaimedRun]:
+        # `exclude` is left out in Python: a list of every run in flight in the statement would
+        # make a new statement text (and a new prepared statement) for each count.
         query = (
             sa.select(
                 r.id.label("run_id"),
@@ -251,28 +388,21 @@ class SqlDispatchStore:
             .select_from(schedule_runs.join(_TARGET_FROM, s.id == r.schedule_id))
             .where(_OPEN_RUN, r.lease_until < now)
             .order_by(r.lease_until)
-            .limit(limit)
+            .limit(limit + len(exclude))
             .with_for_update(of=schedule_runs, skip_locked=True)
         )
-        if exclude:
-            query = query.where(r.id.not_in(list(exclude)))
+        excluded = set(exclude)
         claims: list[ClaimedRun] = []
         async with self._transaction() as conn:
-            for row in (await conn.execute(query)).all():
+            rows = [
+                row
+                for row in (await conn.execute(query)).all()
+                if row._mapping["run_id"] not in excluded
+            ][:limit]
+            if not rows:
+                return claims
+            for row in rows:
                 m = row._mapping
-                start_time = m["start_time"] or now
-                # At least one more call, with the same idempotency key, whatever the count was.
-                attempt = m["attempt"] + 1
-                await conn.execute(
-                    schedule_runs.update()
-                    .where(r.id == m["run_id"])
-                    .values(
-                        lease_until=lease_until,
-                        attempt=attempt,
-                        status=RunState.RUNNING.value,
-                        start_time=start_time,
-                    )
-                )
                 target = _target(row)
                 run = _run(
                     target,
@@ -280,10 +410,23 @@ class SqlDispatchStore:
                     RunTrigger(m["trigger"]),
                     m["scheduled_time"],
                     RunState.RUNNING,
-                    start_time=start_time,
-                    attempt=attempt,
+                    start_time=m["start_time"] or now,
+                    # At least one more call, with the same idempotency key, whatever the count.
+                    attempt=m["attempt"] + 1,
                 )
                 claims.append(ClaimedRun(run, target, lease_until))
+            await conn.execute(
+                _TAKE_OVER_RUN,
+                [
+                    {
+                        "b_id": c.run.id,
+                        "b_lease": lease_until,
+                        "b_attempt": c.run.attempt,
+                        "b_start_time": c.run.start_time,
+                    }
+                    for c in claims
+                ],
+            )
         return claims
 
     async def load_target(
@@ -312,7 +455,7 @@ class SqlDispatchStore:
         )
         schedule = target.schedule
         async with self._transaction() as conn:
-            if not await self._insert(conn, run, lease_until):
+            if not await self._insert_many(conn, [_record(run, lease_until)]):
                 return None
             open_run = (
                 sa.select(_running.c.id)
@@ -325,7 +468,7 @@ class SqlDispatchStore:
                 .where(s.tenant_id == schedule.tenant_id, s.id == schedule.id, ~open_run)
                 .values(running_run_id=run.id)
             )
-            await self._prune(conn, schedule.tenant_id, schedule.id)
+            await self._prune(conn, [schedule.id])
         return ClaimedRun(run, target, lease_until)
 
     async def record_attempt(self, claim: ClaimedRun, attempt: int) -> bool:
@@ -337,64 +480,73 @@ class SqlDispatchStore:
             )
         return bool(result.rowcount)
 
-    async def finish_run(
-        self,
-        claim: ClaimedRun,
-        status: RunState,
-        error: str | None,
-        attempt: int,
-        now: datetime,
-        disable_error: str | None = None,
-    ) -> ScheduleRun | None:
-        run = claim.run
+    async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
+        if not outcomes:
+            return []
+        ids = [o.claim.run.id for o in outcomes]
         async with self._transaction() as conn:
-            result = await conn.execute(
-                schedule_runs.update()
-                .where(r.id == run.id, r.lease_until == claim.lease_until)
-                .values(
-                    status=status.value,
-                    finish_time=now,
-                    error=error,
-                    attempt=attempt,
-                    lease_until=None,
-                )
+            # Lock the runs and read their leases: a run whose lease changed was taken over (or
+            # released) and is not written. In id order, so that two writers cannot deadlock.
+            leases = dict(
+                (
+                    await conn.execute(
+                        sa.select(r.id, r.lease_until)
+                        .where(r.id.in_(ids))
+                        .order_by(r.id)
+                        .with_for_update()
+                    )
+                ).all()
             )
-            if not result.rowcount:
-                return None
-            values: dict[str, Any] = {
-                "last_run_time": run.start_time or now,
-                "last_run_status": status.value,
-                "last_error": error,
-                "running_run_id": sa.case(
-                    (s.running_run_id == run.id, sa.null()), else_=s.running_run_id
-                ),
-            }
-            if disable_error is not None:
-                values.update(
-                    enabled=False,
-                    next_run_time=None,
-                    last_error=disable_error,
-                    revision=s.revision + 1,
-                    update_time=now,
+            held = [o for o in outcomes if leases.get(o.claim.run.id) == o.claim.lease_until]
+            if held:
+                await conn.execute(
+                    _FINISH_RUN,
+                    [
+                        {
+                            "b_id": o.claim.run.id,
+                            "b_lease": o.claim.lease_until,
+                            "b_status": o.status.value,
+                            "b_finish_time": o.finish_time,
+                            "b_error": o.error,
+                            "b_attempt": o.attempt,
+                        }
+                        for o in held
+                    ],
                 )
-            await conn.execute(
-                schedules.update()
-                .where(s.tenant_id == run.tenant_id, s.id == run.schedule_id)
-                .values(**values)
+                last_runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+                for o in sorted(held, key=lambda o: o.claim.run.schedule_id):
+                    run = o.claim.run
+                    disable = o.disable_error is not None
+                    last_runs[disable].append(
+                        {
+                            "b_tenant_id": run.tenant_id,
+                            "b_schedule_id": run.schedule_id,
+                            "b_run_id": run.id,
+                            "b_last_run_time": run.start_time or o.finish_time,
+                            "b_status": o.status.value,
+                            "b_error": o.disable_error if disable else o.error,
+                            "b_finish_time": o.finish_time,
+                        }
+                    )
+                for disable, statement in (
+                    (False, _RECORD_LAST_RUN),
+                    (True, _RECORD_LAST_RUN_AND_DISABLE),
+                ):
+                    if last_runs[disable]:
+                        await conn.execute(statement, last_runs[disable])
+        written = {o.claim.run.id for o in held}
+        return [
+            replace(
+                o.claim.run,
+                finish_time=o.finish_time,
+                status=o.status,
+                attempt=o.attempt,
+                error=o.error,
             )
-        return ScheduleRun(
-            id=run.id,
-            tenant_id=run.tenant_id,
-            install_id=run.install_id,
-            schedule_id=run.schedule_id,
-            trigger=run.trigger,
-            scheduled_time=run.scheduled_time,
-            start_time=run.start_time,
-            finish_time=now,
-            status=status,
-            attempt=attempt,
-            error=error,
-        )
+            if o.claim.run.id in written
+            else None
+            for o in outcomes
+        ]
 
     async def release(self, claim: ClaimedRun, now: datetime) -> None:
         async with self._transaction() as conn:
