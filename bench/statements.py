@@ -1,8 +1,10 @@
 """SQL statements per RPC, counted in-process: the app from `start_application`, with SQLAlchemy
-event listeners on its engine, called through real stubs."""
+event listeners on its engine and a query logger on its raw-asyncpg API pool (PostgreSQL),
+called through real stubs."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections import Counter
@@ -23,6 +25,9 @@ from tests.support.server import ADMIN_TOKEN, RUNNER_TOKEN, Stubs
 
 WARM_CALLS = 5
 _TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE)\s+([A-Za-z_][\w.]*)", re.IGNORECASE)
+_WRITE = re.compile(
+    r"(?<!DO )\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+([A-Za-z_][\w.]*)", re.IGNORECASE
+)
 
 
 def shape(statement: str) -> str:
@@ -31,6 +36,13 @@ def shape(statement: str) -> str:
     verb = text.split(" ", 1)[0].upper()
     if "pg_advisory_xact_lock" in text:
         return "SELECT pg_advisory_xact_lock"
+    if "rate_limit_hit(" in text:
+        return "SELECT rate_limit_hit()"
+    if verb == "WITH":
+        # A data-modifying CTE: named by what it writes.
+        writes = _WRITE.findall(text)
+        if writes:
+            return "WITH " + " + ".join(f"{v.split()[0].upper()} {t}" for v, t in writes)
     if verb in {"SAVEPOINT", "RELEASE", "ROLLBACK"}:
         return verb
     match = _TABLE.search(text)
@@ -54,8 +66,8 @@ class Tally:
 class StatementCount:
     rpc: str
     statements: float  # SQL statements per call, install context cached
-    transactions: float
-    checkouts: float  # pool checkouts (each one a pre-ping round trip)
+    transactions: float  # each one a BEGIN and a COMMIT or ROLLBACK round trip
+    checkouts: float  # SQLAlchemy pool checkouts (each one a pre-ping round trip)
     round_trips: float  # statements + BEGIN and COMMIT/ROLLBACK + pings
     cold_statements: int  # the first call after the install context cache was emptied
     shapes: dict[str, float]
@@ -80,6 +92,24 @@ def _listen(sync_engine: Any, tally: Tally) -> None:
     event.listen(sync_engine, "checkout", on_checkout)
 
 
+_TRANSACTION_END = frozenset({"COMMIT", "ROLLBACK", "END"})
+
+
+def _listen_asyncpg(pool: Any, tally: Tally) -> None:
+    """The API pool's statements (no pre-ping there: a checkout is no round trip). BEGIN opens
+    a transaction; COMMIT and ROLLBACK are its second round trip, not statements."""
+
+    def on_query(record: Any) -> None:
+        verb = record.query.lstrip().split(None, 1)[0].upper().rstrip(";")
+        if verb == "BEGIN":
+            tally.transactions += 1
+        elif verb not in _TRANSACTION_END:
+            tally.statements.append(record.query)
+            tally.parameters.append(record.args)
+
+    pool.add_query_logger(on_query)
+
+
 # The SQL (statement, parameters) of one warm call per RPC, to EXPLAIN.
 Samples = dict[str, list[tuple[str, Any]]]
 
@@ -100,6 +130,9 @@ async def count_per_rpc(
     app = await start_application(settings)
     tally = Tally()
     _listen(app.engine.sync_engine, tally)
+    api_pool = getattr(app, "api_pool", None)
+    if api_pool is not None:
+        _listen_asyncpg(api_pool, tally)
     results = []
     samples: Samples = {}
     try:
@@ -130,6 +163,7 @@ async def count_per_rpc(
                 if victim is None:
                     await create()
                     victim = made.pop()
+                    await asyncio.sleep(0)
                     tally.reset()
                 await host.DeleteSchedule(
                     pb.DeleteScheduleRequest(id=victim.id, etag=victim.etag), metadata=creator
@@ -170,14 +204,17 @@ async def count_per_rpc(
                 for install in (fixture.reader.install_id, install_id, fixture.create_installs[0]):
                     if cache is not None:
                         cache.invalidate(uuid.UUID(install))
+                await asyncio.sleep(0)  # asyncpg calls its query loggers soon after
                 tally.reset()
                 await call()
+                await asyncio.sleep(0)
                 cold = len(tally.statements)
                 shapes: Counter[str] = Counter()
                 statements = transactions = checkouts = 0
                 for _ in range(WARM_CALLS):
                     tally.reset()
                     await call()
+                    await asyncio.sleep(0)
                     shapes.update(shape(s) for s in tally.statements)
                     statements += len(tally.statements)
                     samples[rpc] = list(zip(tally.statements, tally.parameters, strict=True))

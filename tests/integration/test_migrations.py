@@ -206,3 +206,34 @@ async def test_unreachable_database_raises_one_line_migration_error() -> None:
 async def test_unknown_revision_raises_migration_error(empty_sqlite_url: str) -> None:
     with pytest.raises(MigrationError, match="9999"):
         await upgrade_database(empty_sqlite_url, "9999")
+
+
+async def _rate_limit_function_exists(url: str) -> bool:
+    def read(connection: sa.Connection) -> bool:
+        return bool(
+            connection.execute(
+                sa.text("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'rate_limit_hit')")
+            ).scalar_one()
+        )
+
+    return await _inspect(url, read)
+
+
+async def test_0002_adds_the_rate_limit_function_and_takes_it_back(empty_pg_url: str) -> None:
+    url = empty_pg_url
+    await upgrade_database(url, "0001")
+    assert await _rate_limit_function_exists(url) is False
+    await upgrade_database(url)
+    assert await current_revision(url) == "0002"
+    assert await _rate_limit_function_exists(url) is True
+    await downgrade_database(url, "0001")
+    assert await current_revision(url) == "0001"
+    assert await _rate_limit_function_exists(url) is False
+    await _assert_schema_matches_tables(url)
+
+
+async def test_0002_is_a_no_op_on_sqlite(empty_sqlite_url: str) -> None:
+    await upgrade_database(empty_sqlite_url)
+    assert await current_revision(empty_sqlite_url) == "0002"
+    await downgrade_database(empty_sqlite_url, "0001")
+    assert await current_revision(empty_sqlite_url) == "0001"

@@ -415,9 +415,11 @@ def revision_in_etag(etag: str, schedule_id: uuid.UUID) -> int | None:
     """The revision an etag of this schedule names (Schedule.etag's form); None when the text
     is no etag of this schedule, so that it matches no state of it."""
     revision, _, tag = etag.partition("-")
-    if tag != schedule_id.hex[:8] or not revision.isdigit() or len(revision) > 18:
+    if tag != schedule_id.hex[:8] or not (revision.isascii() and revision.isdigit()):
         return None
-    return int(revision)
+    value = int(revision)
+    # Revisions are 32-bit integers in the database; a larger number matches none.
+    return value if len(revision) <= 10 and value < 2**31 else None
 
 
 async def delete_schedule(
