@@ -29,8 +29,13 @@ class PoolTimeout(TimeoutError):
 
 
 def is_pg_connectivity_error(exc: BaseException) -> bool:
-    """Like engine.is_connectivity_error, for asyncpg's own exceptions."""
-    if isinstance(exc, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+    """Like engine.is_connectivity_error, for asyncpg's own exceptions. InternalClientError
+    is asyncpg's protocol out of step, seen when the server ends sessions mid-statement (a
+    fast shutdown): that connection is lost like the others."""
+    if isinstance(
+        exc,
+        asyncpg.InterfaceError | asyncpg.PostgresConnectionError | asyncpg.InternalClientError,
+    ):
         return True
     return is_connectivity_error(exc)
 
