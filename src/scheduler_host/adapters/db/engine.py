@@ -84,7 +84,9 @@ def build_engine(url: str, *, pool_size: int = POOL_SIZE) -> AsyncEngine:
         hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No ping round trip per checkout: a connection the server dropped fails its statement
+        # once (UNAVAILABLE, retried by the caller) and SQLAlchemy then discards the whole pool.
+        pool_pre_ping=False,
         pool_timeout=10,
         connect_args={"timeout": 5, "command_timeout": 30},
     )
