@@ -89,7 +89,9 @@ def _listen(sync_engine: Any, tally: Tally) -> None:
 
     event.listen(sync_engine, "after_cursor_execute", on_execute)
     event.listen(sync_engine, "begin", on_begin)
-    event.listen(sync_engine, "checkout", on_checkout)
+    # A checkout costs a round trip only when the pool pings first.
+    if getattr(sync_engine.pool, "_pre_ping", False):
+        event.listen(sync_engine, "checkout", on_checkout)
 
 
 _TRANSACTION_END = frozenset({"COMMIT", "ROLLBACK", "END"})
