@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
@@ -43,10 +43,23 @@ current_install: contextvars.ContextVar[InstallContext] = contextvars.ContextVar
 
 
 def metadata_value(context: Context, key: str) -> str | None:
+    """The first text value of `key` in the call's metadata (read once per call, then looked up)."""
+    info = current_call.get(None)
+    if info is None:
+        return _metadata_of(context).get(key)
+    if info.metadata is None:
+        info.metadata = _metadata_of(context)
+    return info.metadata.get(key)
+
+
+def _metadata_of(context: Context) -> dict[str, str]:
+    found: dict[str, str] = {}
     for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return v if isinstance(v, str) else None
-    return None
+        if isinstance(v, str):
+            found.setdefault(k, v)
+        else:
+            found.setdefault(k, "")  # binary (-bin) values are never a credential or an id
+    return found
 
 
 class _Link:
@@ -128,9 +141,10 @@ class CallInfo:
     """What the log line and metrics of one call say; inner links fill in the install."""
 
     operation: str
-    request_id: str
+    request_id: str = ""
     install_id: str = ""
     tenant_id: str = ""
+    metadata: dict[str, str] | None = None
 
 
 current_call: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("current_call")
@@ -155,11 +169,10 @@ class ErrorBoundary(_Link):
         return tolerant_decode
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
-        info = CallInfo(
-            operation=method.rsplit("/", 1)[-1],
-            request_id=metadata_value(context, "x-request-id") or uuid.uuid4().hex,
-        )
+        info = CallInfo(operation=method.rsplit("/", 1)[-1])
         token = current_call.set(info)
+        # A caller's id is kept; otherwise a random one (uuid4's object costs more than this).
+        info.request_id = metadata_value(context, "x-request-id") or os.urandom(16).hex()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
