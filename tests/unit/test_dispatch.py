@@ -3,6 +3,7 @@ overlap, missing endpoint, disabled install), the request, leases and retries wi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from scheduler_host.config import Settings
+from scheduler_host.domain.errors import DatabaseUnavailable
 from scheduler_host.domain.install import InstallContext
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.domain.schedule import Schedule
@@ -371,3 +373,118 @@ async def test_a_schedule_that_cannot_be_evaluated_is_disabled_not_retried_forev
     store = FakeStore(None, due=[target(timezone="Mars/Olympus_Mons")])
     runs, _ = await dispatch(store, FakeRunner([]))
     assert runs == [] and store.plans == [ClaimPlan(disable_error=UNEVALUABLE)]
+
+
+# --- the pipeline with fakes: claims while runs are in flight, finishes written together -----
+
+
+@dataclass
+class QueueStore:
+    """Due occurrences handed out a batch at a time; records what the dispatcher asked for."""
+
+    due: int
+    next_due: datetime | None = None
+    batches: list[int] = field(default_factory=list)
+    finish_calls: list[int] = field(default_factory=list)
+    fail_finish: Exception | None = None
+
+    async def take_over_expired(
+        self, now: datetime, limit: int, lease_until: datetime, exclude: Collection[uuid.UUID]
+    ) -> list[ClaimedRun]:
+        return []
+
+    async def claim_due(
+        self,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        plan: Callable[[RunTarget], ClaimPlan],
+    ) -> ClaimBatch:
+        taken = min(limit, self.due)
+        self.due -= taken
+        self.batches.append(limit)
+        claims = [claimed_run() for _ in range(taken)]
+        return ClaimBatch(taken, claims, None if taken == limit else self.next_due)
+
+    async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
+        self.finish_calls.append(len(outcomes))
+        if self.fail_finish is not None:
+            raise self.fail_finish
+        return [replace(o.claim.run, status=o.status, attempt=o.attempt) for o in outcomes]
+
+
+@dataclass
+class HeldRunner:
+    """Answers only when released; counts the calls under way."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: int = 0
+    busy: int = 0
+    most_busy: int = 0
+
+    async def execute(self, request: RunnerRequest, timeout_seconds: float) -> RunnerResponse:
+        self.calls += 1
+        self.busy += 1
+        self.most_busy = max(self.most_busy, self.busy)
+        try:
+            await self.release.wait()
+        finally:
+            self.busy -= 1
+        return RunnerResponse(200, b"{}")
+
+    async def close(self) -> None:
+        pass
+
+
+async def until(condition: Callable[[], bool], within: float = 5) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not within the time"
+        await asyncio.sleep(0.005)
+
+
+async def test_finishes_of_many_runs_are_written_in_one_call() -> None:
+    store = QueueStore(due=7)
+    runner = FakeRunner([RunnerResponse(200, b"{}")] * 7)
+    dispatcher = Dispatcher(store, runner, Settings(), lambda: T0)  # type: ignore[arg-type]
+    runs = await dispatcher.run_once()
+    assert len(runs) == 7 and store.finish_calls == [7]
+
+
+async def test_an_outage_when_finishing_leaves_the_runs_unrecorded_and_leased() -> None:
+    store = QueueStore(due=3, fail_finish=DatabaseUnavailable())
+    runner = FakeRunner([RunnerResponse(200, b"{}")] * 3)
+    dispatcher = Dispatcher(store, runner, Settings(), lambda: T0)  # type: ignore[arg-type]
+    assert await dispatcher.run_once() == []
+    assert store.finish_calls == [3]
+
+
+async def test_the_loop_claims_more_while_runs_are_in_flight_up_to_the_cap() -> None:
+    store = QueueStore(due=40)
+    runner = HeldRunner()
+    settings = Settings(dispatch_batch_size=4, dispatch_max_in_flight=10, dispatch_poll_seconds=5)
+    dispatcher = Dispatcher(store, runner, settings, lambda: T0)  # type: ignore[arg-type]
+    dispatcher.start()
+    try:
+        # Two batches of 4 claimed without waiting for a run; room for 2 is not a batch.
+        await until(lambda: runner.calls == 8)
+        await asyncio.sleep(0.05)
+        assert runner.calls == 8 and store.batches == [4, 4]
+        runner.release.set()
+        await until(lambda: store.due == 0 and runner.busy == 0)
+        assert runner.most_busy <= 10 and runner.calls == 40
+        assert all(limit <= 4 for limit in store.batches)
+    finally:
+        await dispatcher.stop(1)
+
+
+async def test_the_loop_wakes_when_the_next_schedule_falls_due_not_a_poll_later() -> None:
+    store = QueueStore(due=0, next_due=T0 + timedelta(milliseconds=200))
+    settings = Settings(dispatch_poll_seconds=30)
+    dispatcher = Dispatcher(store, HeldRunner(), settings, lambda: T0)  # type: ignore[arg-type]
+    dispatcher.start()
+    try:
+        await until(lambda: len(store.batches) == 1)
+        await until(lambda: len(store.batches) == 2, within=2)  # 0.2 s, not 30
+    finally:
+        await dispatcher.stop(1)

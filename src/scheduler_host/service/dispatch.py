@@ -65,6 +65,7 @@ _IDEMPOTENCY_NAMESPACE = uuid.UUID("0f4a4c52-2d55-4a8e-9a57-6c1e3b8e5d21")
 # those that finish while a write is under way go in the next one.
 FINISH_GATHER_SECONDS = 0.005
 FINISH_BATCH_LIMIT = 500
+CLAIMERS = 3  # claim transactions one process keeps under way in a burst
 
 
 def empty_body_error(http_status: int) -> str:
@@ -270,6 +271,8 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._reserved = 0  # slots held by claims under way
+        self._recording = 0  # runs in flight whose outcome waits to be written
+        self._takeover_checked: float | None = None  # time.monotonic() of the last look
         self._loop_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -302,9 +305,16 @@ class Dispatcher:
         the next time a schedule falls due (None if none does)."""
         now = self._clock()
         lease_until = now + lease_length(self._settings)
-        # A clock that jumped must not make this process take over runs it is still making.
-        own = [claim.run.id for claim in self._in_flight.values()]
-        claims = await self._store.take_over_expired(now, limit, lease_until, own)
+        claims: list[ClaimedRun] = []
+        tick = time.monotonic()
+        # Expired leases are rare (a process died): looked for once a poll interval, not before
+        # every batch of a burst, and again at once while they fill whole batches.
+        last = self._takeover_checked
+        if last is None or tick - last >= self._settings.dispatch_poll_seconds:
+            # A clock that jumped must not make this process take over runs it is still making.
+            own = [claim.run.id for claim in self._in_flight.values()]
+            claims = await self._store.take_over_expired(now, limit, lease_until, own)
+            self._takeover_checked = None if len(claims) >= limit else tick
         for claim in claims:
             log.info(
                 "taking over run %s of schedule %s (attempt %d)",
@@ -503,7 +513,13 @@ class Dispatcher:
             self._recorder = asyncio.create_task(
                 self._write_finished(), name="scheduler-host-run-recorder"
             )
-        return await future
+        # Done with the Runner: its place counts for claiming while the outcome is written.
+        self._recording += 1
+        self._slot_freed.set()
+        try:
+            return await future
+        finally:
+            self._recording -= 1
 
     async def _write_finished(self) -> None:
         await asyncio.sleep(FINISH_GATHER_SECONDS)
@@ -523,16 +539,16 @@ class Dispatcher:
                     future.set_result(result)
 
     async def _loop(self) -> None:
-        # Two claimers: while one transaction is in the database the other plans or waits, so
-        # a burst is not paced by the latency of one claim (SKIP LOCKED keeps them apart as it
-        # keeps processes apart). The second starts half a poll later, which also halves the
-        # wait for a schedule made due by a change.
+        # Several claimers: while one transaction waits on the database the others plan or
+        # wait too, so a burst is not paced by the latency of one claim (SKIP LOCKED keeps them
+        # apart as it keeps processes apart). Their polls are spread over the interval, which
+        # also shortens the wait for a schedule made due by a change.
+        poll = self._settings.dispatch_poll_seconds
         claimers = [
-            asyncio.create_task(self._claim_loop(0.0), name="scheduler-host-claimer-0"),
             asyncio.create_task(
-                self._claim_loop(self._settings.dispatch_poll_seconds / 2),
-                name="scheduler-host-claimer-1",
-            ),
+                self._claim_loop(poll * n / CLAIMERS), name=f"scheduler-host-claimer-{n}"
+            )
+            for n in range(CLAIMERS)
         ]
         try:
             await asyncio.gather(*claimers)
@@ -550,7 +566,7 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
         while not self._stopping.is_set():
-            free = cap - len(self._in_flight) - self._reserved
+            free = cap - (len(self._in_flight) - self._recording) - self._reserved
             if free < room_for_a_claim:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()

@@ -214,12 +214,19 @@ def _run(
 
 
 class SqlDispatchStore:
-    def __init__(self, engine: AsyncEngine, history_limit: int, connections: int = 4) -> None:
+    def __init__(self, engine: AsyncEngine, history_limit: int, connections: int = 6) -> None:
         self._engine = engine
         self._history_limit = history_limit
         self._postgres = engine.dialect.name == "postgresql"
         # Claims, finishes and manual runs queue here, keeping the rest of the pool for API calls.
         self._connections = asyncio.Semaphore(connections)
+
+    def _among(self, column: sa.ColumnElement[uuid.UUID], name: str) -> sa.ColumnElement[bool]:
+        """`column` is one of the ids in parameter `name`. On PostgreSQL one array parameter:
+        the statement's text, and so its prepared statement, is the same for every count."""
+        if self._postgres:
+            return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(sa.Uuid())))
+        return column.in_(sa.bindparam(name, expanding=True))
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -361,7 +368,7 @@ class SqlDispatchStore:
                 .over(partition_by=r.schedule_id, order_by=(r.scheduled_time.desc(), r.id.desc()))
                 .label("newest"),
             )
-            .where(r.schedule_id.in_(sa.bindparam("schedule_ids", expanding=True)))
+            .where(self._among(r.schedule_id, "schedule_ids"))
             .subquery()
         )
         beyond = sa.select(ranked.c.id).where(
@@ -491,9 +498,10 @@ class SqlDispatchStore:
                 (
                     await conn.execute(
                         sa.select(r.id, r.lease_until)
-                        .where(r.id.in_(ids))
+                        .where(self._among(r.id, "ids"))
                         .order_by(r.id)
-                        .with_for_update()
+                        .with_for_update(),
+                        {"ids": ids},
                     )
                 ).all()
             )
