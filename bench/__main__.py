@@ -2,7 +2,8 @@
 
 Prints one table, writes bench/out/results.json and, for a full run (default sizes),
 bench/RESULTS.md. Settings (environment): BENCH_SECONDS (per point, 6), BENCH_WARMUP (1),
-BENCH_ROWS (1000000), BENCH_SMALL_ROWS (1000), BENCH_DUE (10000), BENCH_PROFILE_SECONDS (10).
+BENCH_ROWS (1000000), BENCH_SMALL_ROWS (1000), BENCH_DUE (10000, the dispatcher's rate burst),
+BENCH_DUE_SMALL (1000, its lateness burst), BENCH_PROFILE_SECONDS (10).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ DEFAULTS = {
     "BENCH_ROWS": 1_000_000,
     "BENCH_SMALL_ROWS": 1_000,
     "BENCH_DUE": 10_000,
+    "BENCH_DUE_SMALL": 1_000,
     "BENCH_PROFILE_SECONDS": 10.0,
 }
 CONCURRENCIES = (1, 32)
@@ -206,6 +208,7 @@ def main() -> int:
     seconds, warmup = setting("BENCH_SECONDS"), setting("BENCH_WARMUP")
     big, small = int(setting("BENCH_ROWS")), int(setting("BENCH_SMALL_ROWS"))
     due, profile_seconds = int(setting("BENCH_DUE")), setting("BENCH_PROFILE_SECONDS")
+    due_small = int(setting("BENCH_DUE_SMALL"))
     full_run = all(setting(k) >= v for k, v in DEFAULTS.items() if k not in {"BENCH_WARMUP"})
     OUT.mkdir(parents=True, exist_ok=True)
     workdir = OUT / "h2load"
@@ -222,6 +225,7 @@ def main() -> int:
             "big_rows": big,
             "small_rows": small,
             "due": due,
+            "due_small": due_small,
             "layout_32": f"{connections} connections x {streams} streams (h2load) or "
             f"{connections} processes x {streams} tasks (py-client)",
         },
@@ -299,6 +303,14 @@ def main() -> int:
                     )
                 )
             results["dispatch"] = burst.to_json()
+            if due_small > 0:
+                with phase(f"dispatcher: {due_small:,} due at once"):
+                    small_burst = asyncio.run(
+                        dispatch.measure(
+                            dsn_big, url_big, due_small, OUT / "dispatch-small-service.log", None
+                        )
+                    )
+                results["dispatch_small"] = small_burst.to_json()
             with phase("due query plan after the burst"):
                 results["due_plan_after_burst"] = asyncio.run(
                     scale.explain_due_query(url_big)
