@@ -305,3 +305,22 @@ async def test_https_with_the_given_trust(pool_for: Callable[..., Http1Pool]) ->
         untrusted = pool_for(server.url)  # the system's trust store does not know this CA
         with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
             await post(untrusted)
+
+
+async def test_a_line_break_in_a_header_value_is_refused_before_sending(
+    pool_for: Callable[..., Http1Pool],
+) -> None:
+    async with ScriptedServer(answer) as server:
+        client = HttpRunnerClient(server.url, CAP)
+        try:
+            response = await client.execute(
+                RunnerRequest({}, {"x-alga-tenant": "t\r\nx-injected: 1"}), 5
+            )
+            unicode = await client.execute(RunnerRequest({}, {"x-alga-tenant": "tenant-ü"}), 5)
+        finally:
+            await client.close()
+    assert response.transport_error == (
+        "LocalProtocolError: Illegal character in a request header."
+    )
+    assert unicode.http_status == 200
+    assert len(server.requests) == 1 and "x-alga-tenant: tenant-ü" in server.requests[0].decode()

@@ -38,6 +38,10 @@ class RemoteProtocolError(TransportError):
     kind = "RemoteProtocolError"
 
 
+class LocalProtocolError(TransportError):
+    kind = "LocalProtocolError"
+
+
 class ReadError(TransportError):
     kind = "ReadError"
 
@@ -112,7 +116,11 @@ class Http1Pool:
             f"Content-Length: {len(body)}",
         ]
         head.extend(f"{name}: {value}" for name, value in headers.items())
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        fields = "".join(headers) + "".join(headers.values())
+        if "\r" in fields or "\n" in fields or "\x00" in fields:
+            # A line break in a value would start a header (or a request) of its own.
+            raise LocalProtocolError("Illegal character in a request header.")
+        request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         async with self._slots:
             while True:
                 connection, reused = await self._checkout()
