@@ -244,14 +244,35 @@ async def test_a_connection_that_failed_mid_use_is_not_reused(pool: PgPool) -> N
     assert pool.open_connections == 0
     assert await backend_pid(factory) != pid
 
-    # Cancelled in the middle of a statement (a deadline): closed, not given to the next call.
+
+@pytest.mark.parametrize("autocommit", [True, False])
+async def test_a_cancelled_statement_ends_server_side_before_its_connection_is_reused(
+    pool: PgPool, engine: AsyncEngine, autocommit: bool
+) -> None:
+    factory = PgUnitOfWorkFactory(pool)
     pid = await backend_pid(factory)
+    # Cancelled in the middle of a statement (a deadline).
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.2), factory(autocommit=True) as u:
+        async with asyncio.timeout(0.3), factory(autocommit=autocommit) as u:
             conn = await u._connection()
-            await conn.execute("SELECT pg_sleep(5)")
-    assert pool.open_connections == 0
-    assert await backend_pid(factory) != pid
+            await conn.execute("SELECT pg_sleep(30)")
+    monitor = await asyncpg.connect(**connect_args(engine))
+    try:
+        for _ in range(100):
+            state = await monitor.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid)
+            if state == "idle":
+                break
+            await asyncio.sleep(0.05)
+        assert state == "idle", "the statement was not cancelled (or its transaction not ended)"
+    finally:
+        await monitor.close()
+    # Then (and only then) the connection serves again.
+    for _ in range(100):
+        if not pool.settling:
+            break
+        await asyncio.sleep(0.05)
+    assert await backend_pid(factory) == pid
+    assert pool.open_connections == 1
 
 
 async def test_a_refused_statement_keeps_the_connection(pool: PgPool) -> None:

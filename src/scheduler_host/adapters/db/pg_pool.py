@@ -3,9 +3,10 @@
 asyncpg's own Pool resets every connection it takes back (a query round trip per call); the
 units of work here always leave a connection idle (committed or rolled back), so this pool
 takes it back as it is. It is bounded; a connection whose last use failed at the connection
-level, or was cancelled in the middle of a statement, is closed instead of reused. Idle
-connections are not pinged: one the server closed is seen as closed (asyncpg learns it from
-the socket) and dropped when taken.
+level is closed instead of reused. One whose statement was cancelled (a deadline) is settled
+first: asyncpg's cancel request must reach the server, or the session would keep running the
+statement and holding its locks. Idle connections are not pinged: one the server closed is
+seen as closed (asyncpg learns it from the socket) and dropped when taken.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]
 from scheduler_host.adapters.db.engine import is_connectivity_error
 
 QueryLogger = Callable[[Any], None]
+# How long a cancelled statement may take to end before its connection is closed instead.
+SETTLE_SECONDS = 5.0
 
 
 class PoolTimeout(TimeoutError):
@@ -83,6 +86,7 @@ class PgPool:
         self._open = 0  # idle, in use and being opened
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._loggers: list[QueryLogger] = []
+        self._settling: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
@@ -92,6 +96,11 @@ class PgPool:
     @property
     def open_connections(self) -> int:
         return self._open
+
+    @property
+    def settling(self) -> int:
+        """Connections waiting for a cancelled statement to end (see settle)."""
+        return len(self._settling)
 
     def add_query_logger(self, logger: QueryLogger) -> None:
         """Called (soon after) with each statement's asyncpg LoggedQuery, on every connection."""
@@ -168,6 +177,29 @@ class PgPool:
             self._idle.append(conn)
         self._wake()
 
+    def settle(self, conn: Any) -> None:
+        """Take back a connection whose statement was cancelled, in the background: once the
+        cancel request ended the statement server-side, ROLLBACK ends any transaction and the
+        connection is reused; it is closed if that fails or takes over SETTLE_SECONDS."""
+        task = asyncio.get_running_loop().create_task(self._settle(conn))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, conn: Any) -> None:
+        try:
+            async with asyncio.timeout(SETTLE_SECONDS):
+                # asyncpg runs this only after the cancellation in progress completed.
+                await conn.execute("ROLLBACK")
+        except asyncio.CancelledError:
+            self._forget(conn)
+            self._wake()
+            raise
+        except Exception:
+            self._forget(conn)
+            self._wake()
+            return
+        self.release(conn)
+
     def _wake(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -178,6 +210,9 @@ class PgPool:
     async def close(self) -> None:
         """Close the idle connections now; those in use close when they come back."""
         self._closed = True
+        for task in list(self._settling):
+            task.cancel()
+        await asyncio.gather(*self._settling, return_exceptions=True)
         idle, self._idle = self._idle, []
         for conn in idle:
             self._connections.discard(conn)

@@ -8,6 +8,7 @@ endpoints were cached) takes no connection at all.
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,7 +28,7 @@ from scheduler_host.service.ports import EndpointCache
 def _connection_intact(exc: BaseException) -> bool:
     """Whether the connection is known to be usable after `exc` ended the unit of work: the
     server refused a statement (it answered), or the use case stopped on a rule of its own.
-    Anything else (cancellation mid-statement, a lost connection, a bug) closes it."""
+    Anything else (a lost connection, a bug) closes it."""
     if isinstance(exc, SchedulerError):
         return True
     return isinstance(exc, asyncpg.PostgresError) and not is_pg_connectivity_error(exc)
@@ -85,6 +86,13 @@ class PgUnitOfWork:
     ) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
+            return
+        if isinstance(exc, asyncio.CancelledError | TimeoutError) and not conn.is_closed():
+            # Cancelled mid-statement (a deadline, the command timeout): asyncpg asks the server
+            # to cancel it; the pool waits for that before the connection is used again.
+            self._pool.settle(conn)
+            if isinstance(exc, TimeoutError):
+                raise DatabaseUnavailable() from exc
             return
         intact = exc is None or _connection_intact(exc)
         if intact and conn.is_in_transaction():
