@@ -72,22 +72,6 @@ _TARGET_FROM = schedules.join(installs, i.id == s.install_id).outerjoin(
 )
 
 
-_RECORD_COLUMNS = (
-    "id",
-    "tenant_id",
-    "install_id",
-    "schedule_id",
-    "trigger",
-    "scheduled_time",
-    "start_time",
-    "finish_time",
-    "status",
-    "attempt",
-    "error",
-    "lease_until",
-)
-
-
 def _record(run: ScheduleRun, lease_until: datetime | None) -> dict[str, Any]:
     return {
         "id": run.id,
@@ -218,7 +202,8 @@ class SqlDispatchStore:
         self._engine = engine
         self._history_limit = history_limit
         self._postgres = engine.dialect.name == "postgresql"
-        # Claims, finishes and manual runs queue here, keeping the rest of the pool for API calls.
+        # The claimers, the writer of finished runs and manual runs queue here, keeping the rest
+        # of the engine's pool for the health watch and API calls.
         self._connections = asyncio.Semaphore(connections)
 
     def _among(self, column: sa.ColumnElement[uuid.UUID], name: str) -> sa.ColumnElement[bool]:
