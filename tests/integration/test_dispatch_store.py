@@ -344,3 +344,24 @@ async def test_manual_and_taken_over_runs_go_through_the_same_records(fx: Fixtur
     (result,) = await fx.store.finish_runs([RunOutcome(taken, RunState.SUCCESS, None, 2, expired)])
     assert result is not None and result.attempt == 2
     assert (await fx.row(sid)).running_run_id is None
+
+
+async def test_two_runs_of_one_schedule_finishing_together_are_both_recorded(fx: Fixture) -> None:
+    sid = await fx.schedule("0 3 * * *", T + timedelta(hours=10))
+    target = await fx.store.load_target(fx.tenant_id, fx.install_id, sid)
+    assert target is not None
+    first = await fx.store.start_manual_run(target, T, T, LEASE)
+    second = await fx.store.start_manual_run(target, T + timedelta(microseconds=1), T, LEASE)
+    assert first is not None and second is not None
+    assert (await fx.row(sid)).running_run_id == first.run.id  # the first counts as in flight
+    done = T + timedelta(seconds=1)
+    results = await fx.store.finish_runs(
+        [
+            RunOutcome(first, RunState.SUCCESS, None, 1, done),
+            RunOutcome(second, RunState.ERROR, "Runner returned status 500", 1, done),
+        ]
+    )
+    assert [r.status if r else None for r in results] == [RunState.SUCCESS, RunState.ERROR]
+    assert [r.status for r in await fx.runs(sid)] == ["success", "error"]
+    row = await fx.row(sid)
+    assert row.running_run_id is None and row.last_run_status in ("success", "error")

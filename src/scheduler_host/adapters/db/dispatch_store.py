@@ -158,6 +158,85 @@ _RECORD_LAST_RUN_AND_DISABLE = (
 )
 
 
+# PostgreSQL: the same writes as one statement over arrays (UNNEST), sent through the driver
+# (no per-row parameter processing); the text is the same for every batch size. Each names its
+# parameters in the order of the column list beside it.
+_PG_INSERT_RUNS = (
+    "INSERT INTO schedule_runs (id, tenant_id, install_id, schedule_id, trigger, scheduled_time, "
+    "start_time, finish_time, status, attempt, error, lease_until) "
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], "
+    "$6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::integer[], "
+    "$11::text[], $12::timestamptz[]) "
+    "ON CONFLICT (schedule_id, trigger, scheduled_time) DO NOTHING RETURNING id"
+)
+_PG_INSERT_RUNS_COLUMNS = (
+    "id",
+    "tenant_id",
+    "install_id",
+    "schedule_id",
+    "trigger",
+    "scheduled_time",
+    "start_time",
+    "finish_time",
+    "status",
+    "attempt",
+    "error",
+    "lease_until",
+)
+_PG_SET_SCHEDULE_STATE = (
+    "UPDATE schedules AS s SET next_run_time = v.next_run_time, enabled = v.enabled, "
+    "last_run_time = v.last_run_time, last_run_status = v.last_run_status, "
+    "last_error = v.last_error, running_run_id = v.running_run_id, revision = v.revision, "
+    "update_time = v.update_time "
+    "FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::boolean[], $5::timestamptz[], "
+    "$6::text[], $7::text[], $8::uuid[], $9::integer[], $10::timestamptz[]) "
+    "AS v(tenant_id, id, next_run_time, enabled, last_run_time, last_run_status, last_error, "
+    "running_run_id, revision, update_time) "
+    "WHERE s.tenant_id = v.tenant_id AND s.id = v.id"
+)
+_PG_SET_SCHEDULE_STATE_COLUMNS = (
+    "b_tenant_id",
+    "b_id",
+    "b_next_run_time",
+    "b_enabled",
+    "b_last_run_time",
+    "b_last_run_status",
+    "b_last_error",
+    "b_running_run_id",
+    "b_revision",
+    "b_update_time",
+)
+_PG_FINISH_RUNS = (
+    "UPDATE schedule_runs AS r SET status = v.status, finish_time = v.finish_time, "
+    "error = v.error, attempt = v.attempt, lease_until = NULL "
+    "FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::timestamptz[], $5::text[], "
+    "$6::integer[]) AS v(id, lease, status, finish_time, error, attempt) "
+    "WHERE r.id = v.id AND r.lease_until = v.lease"
+)
+_PG_FINISH_RUNS_COLUMNS = ("b_id", "b_lease", "b_status", "b_finish_time", "b_error", "b_attempt")
+# Only for a batch naming each schedule once: an UPDATE ... FROM applies one source row per row.
+_PG_RECORD_LAST_RUNS = (
+    "UPDATE schedules AS s SET last_run_time = v.last_run_time, last_run_status = v.status, "
+    "last_error = v.error, running_run_id = CASE WHEN s.running_run_id = v.run_id THEN NULL "
+    "ELSE s.running_run_id END "
+    "FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[]) "
+    "AS v(tenant_id, schedule_id, run_id, last_run_time, status, error) "
+    "WHERE s.tenant_id = v.tenant_id AND s.id = v.schedule_id"
+)
+_PG_RECORD_LAST_RUNS_COLUMNS = (
+    "b_tenant_id",
+    "b_schedule_id",
+    "b_run_id",
+    "b_last_run_time",
+    "b_status",
+    "b_error",
+)
+
+
+def _arrays(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> tuple[list[Any], ...]:
+    return tuple([row[c] for row in rows] for c in columns)
+
+
 def _target(row: sa.Row[Any]) -> RunTarget:
     m = row._mapping
     schedule = schedule_from_row(row)
@@ -274,7 +353,7 @@ class SqlDispatchStore:
                 firing.append(run)
             inserted = await self._insert_many(conn, records)
             # Each locked row's new state, computed from the row read under its lock, written
-            # by one executemany for the batch.
+            # by one statement for the batch.
             updates: list[dict[str, Any]] = []
             touched: list[uuid.UUID] = []
             claims: list[ClaimedRun] = []
@@ -312,7 +391,11 @@ class SqlDispatchStore:
                 if decision.skipped or (run is not None and run.id in inserted):
                     touched.append(schedule.id)
                 updates.append(state)
-            if updates:
+            if updates and self._postgres:
+                await conn.exec_driver_sql(
+                    _PG_SET_SCHEDULE_STATE, _arrays(updates, _PG_SET_SCHEDULE_STATE_COLUMNS)
+                )
+            elif updates:
                 await conn.execute(_SET_SCHEDULE_STATE, updates)
             await self._prune(conn, touched)
             next_due = None
@@ -327,9 +410,13 @@ class SqlDispatchStore:
         """Insert run records, skipping those the unique guard refuses; the ids inserted."""
         if not records:
             return set()
-        insert = postgresql.insert if self._postgres else sqlite.insert
+        if self._postgres:
+            result = await conn.exec_driver_sql(
+                _PG_INSERT_RUNS, _arrays(records, _PG_INSERT_RUNS_COLUMNS)
+            )
+            return {row[0] for row in result}
         statement = (
-            insert(schedule_runs)
+            sqlite.insert(schedule_runs)
             .on_conflict_do_nothing(index_elements=["schedule_id", "trigger", "scheduled_time"])
             .returning(r.id)
         )
@@ -492,20 +579,23 @@ class SqlDispatchStore:
             )
             held = [o for o in outcomes if leases.get(o.claim.run.id) == o.claim.lease_until]
             if held:
-                await conn.execute(
-                    _FINISH_RUN,
-                    [
-                        {
-                            "b_id": o.claim.run.id,
-                            "b_lease": o.claim.lease_until,
-                            "b_status": o.status.value,
-                            "b_finish_time": o.finish_time,
-                            "b_error": o.error,
-                            "b_attempt": o.attempt,
-                        }
-                        for o in held
-                    ],
-                )
+                finished = [
+                    {
+                        "b_id": o.claim.run.id,
+                        "b_lease": o.claim.lease_until,
+                        "b_status": o.status.value,
+                        "b_finish_time": o.finish_time,
+                        "b_error": o.error,
+                        "b_attempt": o.attempt,
+                    }
+                    for o in held
+                ]
+                if self._postgres:
+                    await conn.exec_driver_sql(
+                        _PG_FINISH_RUNS, _arrays(finished, _PG_FINISH_RUNS_COLUMNS)
+                    )
+                else:
+                    await conn.execute(_FINISH_RUN, finished)
                 last_runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
                 for o in sorted(held, key=lambda o: o.claim.run.schedule_id):
                     run = o.claim.run
@@ -521,12 +611,19 @@ class SqlDispatchStore:
                             "b_finish_time": o.finish_time,
                         }
                     )
-                for disable, statement in (
-                    (False, _RECORD_LAST_RUN),
-                    (True, _RECORD_LAST_RUN_AND_DISABLE),
+                plain = last_runs[False]
+                if (
+                    self._postgres
+                    and plain
+                    and len({row["b_schedule_id"] for row in plain}) == len(plain)
                 ):
-                    if last_runs[disable]:
-                        await conn.execute(statement, last_runs[disable])
+                    await conn.exec_driver_sql(
+                        _PG_RECORD_LAST_RUNS, _arrays(plain, _PG_RECORD_LAST_RUNS_COLUMNS)
+                    )
+                elif plain:
+                    await conn.execute(_RECORD_LAST_RUN, plain)
+                if last_runs[True]:
+                    await conn.execute(_RECORD_LAST_RUN_AND_DISABLE, last_runs[True])
         written = {o.claim.run.id for o in held}
         return [
             replace(
