@@ -365,3 +365,44 @@ async def test_two_runs_of_one_schedule_finishing_together_are_both_recorded(fx:
     assert [r.status for r in await fx.runs(sid)] == ["success", "error"]
     row = await fx.row(sid)
     assert row.running_run_id is None and row.last_run_status in ("success", "error")
+
+
+@pytest.fixture
+async def fx_pg(empty_pg_url: str) -> AsyncIterator[Fixture]:
+    await upgrade_database(empty_pg_url)
+    engine = build_engine(empty_pg_url)
+    fixture = Fixture(engine, SqlDispatchStore(engine, 100), uuid.uuid4(), "tenant-a")
+    fixture.install_id = await fixture.install()
+    try:
+        yield fixture
+    finally:
+        await engine.dispose()
+
+
+async def test_a_finish_locks_the_schedule_before_its_run_as_a_delete_does(fx_pg: Fixture) -> None:
+    # A schedule's DELETE locks the row, then its runs (cascade). A finish that locked the run
+    # first and then waited for the schedule would deadlock with it.
+    fx = fx_pg
+    sid = await fx.schedule()
+    (claim,) = (await fx.store.claim_due(T, 10, LEASE, plan_at(T))).runs
+    async with fx.engine.connect() as deleter:
+        await deleter.begin()
+        await deleter.execute(
+            sa.select(schedules.c.id).where(schedules.c.id == sid).with_for_update()
+        )
+        finishing = asyncio.create_task(
+            fx.store.finish_runs([RunOutcome(claim, RunState.SUCCESS, None, 1, T)])
+        )
+        await asyncio.sleep(0.3)
+        assert not finishing.done()  # waits for the schedule ...
+        async with fx.engine.connect() as probe:
+            await probe.begin()
+            await probe.execute(  # ... holding no lock on the run (NOWAIT would fail)
+                sa.select(schedule_runs.c.id)
+                .where(schedule_runs.c.id == claim.run.id)
+                .with_for_update(nowait=True)
+            )
+            await probe.rollback()
+        await deleter.execute(schedules.delete().where(schedules.c.id == sid))
+        await deleter.commit()
+    assert await asyncio.wait_for(finishing, 10) == [None]  # gone with its schedule

@@ -211,7 +211,10 @@ _PG_FINISH_RUNS = (
     "error = v.error, attempt = v.attempt, lease_until = NULL "
     "FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::timestamptz[], $5::text[], "
     "$6::integer[]) AS v(id, lease, status, finish_time, error, attempt) "
-    "WHERE r.id = v.id AND r.lease_until = v.lease"
+    "WHERE r.id = v.id AND r.lease_until = v.lease RETURNING r.id"
+)
+_PG_LOCK_SCHEDULES = (
+    "SELECT id FROM schedules WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE"
 )
 _PG_FINISH_RUNS_COLUMNS = ("b_id", "b_lease", "b_status", "b_finish_time", "b_error", "b_attempt")
 # Only for a batch naming each schedule once: an UPDATE ... FROM applies one source row per row.
@@ -562,69 +565,73 @@ class SqlDispatchStore:
     async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
         if not outcomes:
             return []
-        ids = [o.claim.run.id for o in outcomes]
+        finished = [
+            {
+                "b_id": o.claim.run.id,
+                "b_lease": o.claim.lease_until,
+                "b_status": o.status.value,
+                "b_finish_time": o.finish_time,
+                "b_error": o.error,
+                "b_attempt": o.attempt,
+            }
+            for o in outcomes
+        ]
         async with self._transaction() as conn:
-            # Lock the runs and read their leases: a run whose lease changed was taken over (or
-            # released) and is not written. In id order, so that two writers cannot deadlock.
-            leases = dict(
-                (
-                    await conn.execute(
-                        sa.select(r.id, r.lease_until)
-                        .where(self._among(r.id, "ids"))
-                        .order_by(r.id)
-                        .with_for_update(),
-                        {"ids": ids},
-                    )
-                ).all()
-            )
-            held = [o for o in outcomes if leases.get(o.claim.run.id) == o.claim.lease_until]
-            if held:
-                finished = [
-                    {
-                        "b_id": o.claim.run.id,
-                        "b_lease": o.claim.lease_until,
-                        "b_status": o.status.value,
-                        "b_finish_time": o.finish_time,
-                        "b_error": o.error,
-                        "b_attempt": o.attempt,
-                    }
-                    for o in held
+            if self._postgres:
+                # Schedules first, then their runs, in id order: the order of a schedule's
+                # DELETE (the row, then its runs by cascade) and of a claim, so that neither
+                # they nor another process's finishes can deadlock with this transaction.
+                await conn.exec_driver_sql(
+                    _PG_LOCK_SCHEDULES, (sorted({o.claim.run.schedule_id for o in outcomes}),)
+                )
+                # Fenced by the lease: a run taken over (or released) is not written.
+                result = await conn.exec_driver_sql(
+                    _PG_FINISH_RUNS, _arrays(finished, _PG_FINISH_RUNS_COLUMNS)
+                )
+                written = {row[0] for row in result}
+            else:
+                leases = dict(
+                    (
+                        await conn.execute(
+                            sa.select(r.id, r.lease_until).where(self._among(r.id, "ids")),
+                            {"ids": [o.claim.run.id for o in outcomes]},
+                        )
+                    ).all()
+                )
+                fenced = [
+                    row
+                    for row, o in zip(finished, outcomes, strict=True)
+                    if leases.get(o.claim.run.id) == o.claim.lease_until
                 ]
-                if self._postgres:
-                    await conn.exec_driver_sql(
-                        _PG_FINISH_RUNS, _arrays(finished, _PG_FINISH_RUNS_COLUMNS)
-                    )
-                else:
-                    await conn.execute(_FINISH_RUN, finished)
-                last_runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-                for o in sorted(held, key=lambda o: o.claim.run.schedule_id):
-                    run = o.claim.run
-                    disable = o.disable_error is not None
-                    last_runs[disable].append(
-                        {
-                            "b_tenant_id": run.tenant_id,
-                            "b_schedule_id": run.schedule_id,
-                            "b_run_id": run.id,
-                            "b_last_run_time": run.start_time or o.finish_time,
-                            "b_status": o.status.value,
-                            "b_error": o.disable_error if disable else o.error,
-                            "b_finish_time": o.finish_time,
-                        }
-                    )
-                plain = last_runs[False]
-                if (
-                    self._postgres
-                    and plain
-                    and len({row["b_schedule_id"] for row in plain}) == len(plain)
-                ):
-                    await conn.exec_driver_sql(
-                        _PG_RECORD_LAST_RUNS, _arrays(plain, _PG_RECORD_LAST_RUNS_COLUMNS)
-                    )
-                elif plain:
-                    await conn.execute(_RECORD_LAST_RUN, plain)
-                if last_runs[True]:
-                    await conn.execute(_RECORD_LAST_RUN_AND_DISABLE, last_runs[True])
-        written = {o.claim.run.id for o in held}
+                if fenced:
+                    await conn.execute(_FINISH_RUN, fenced)
+                written = {row["b_id"] for row in fenced}
+            last_runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+            for o in sorted(outcomes, key=lambda o: o.claim.run.schedule_id):
+                run = o.claim.run
+                if run.id not in written:
+                    continue
+                disable = o.disable_error is not None
+                last_runs[disable].append(
+                    {
+                        "b_tenant_id": run.tenant_id,
+                        "b_schedule_id": run.schedule_id,
+                        "b_run_id": run.id,
+                        "b_last_run_time": run.start_time or o.finish_time,
+                        "b_status": o.status.value,
+                        "b_error": o.disable_error if disable else o.error,
+                        "b_finish_time": o.finish_time,
+                    }
+                )
+            plain = last_runs[False]
+            if self._postgres and plain and len({r["b_schedule_id"] for r in plain}) == len(plain):
+                await conn.exec_driver_sql(
+                    _PG_RECORD_LAST_RUNS, _arrays(plain, _PG_RECORD_LAST_RUNS_COLUMNS)
+                )
+            elif plain:
+                await conn.execute(_RECORD_LAST_RUN, plain)
+            if last_runs[True]:
+                await conn.execute(_RECORD_LAST_RUN_AND_DISABLE, last_runs[True])
         return [
             replace(
                 o.claim.run,
