@@ -580,15 +580,17 @@ class Dispatcher:
                 claims, more_due, next_due = [], False, None
             finally:
                 self._reserved -= wanted
-                self._slot_freed.set()  # the other claimer may wait for this room
+                self._slot_freed.set()  # other claimers may wait for this room
             for claim in claims:
                 self._spawn(claim)
             if more_due:
                 continue  # runs are in flight while the next batch is claimed
             wait = poll
             if next_due is not None:
-                # Wake when the next schedule falls due rather than up to a poll later.
-                wait = min(poll, max(0.0, (next_due - self._clock()).total_seconds()))
+                # Wake when the next schedule falls due rather than up to a poll later (a
+                # millisecond after: a timer may fire a little early).
+                until_due = (next_due - self._clock()).total_seconds()
+                wait = min(poll, max(0.0, until_due) + 0.001)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), wait)
 
