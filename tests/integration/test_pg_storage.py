@@ -318,3 +318,27 @@ async def test_an_unreachable_database_is_database_unavailable() -> None:
         assert pool.open_connections == 0
     finally:
         await pool.close()
+
+
+async def test_waiters_are_served_in_order_before_newcomers(engine: AsyncEngine) -> None:
+    pool = PgPool(connect_args(engine), size=1, acquire_timeout=5)
+    served: list[str] = []
+
+    async def use(name: str) -> None:
+        conn = await pool.acquire()
+        served.append(name)
+        await asyncio.sleep(0.01)
+        pool.release(conn)
+
+    try:
+        held = await pool.acquire()
+        waiting = [asyncio.ensure_future(use(f"waiter-{n}")) for n in range(3)]
+        await asyncio.sleep(0.05)
+        pool.release(held)
+        # Arrives while the waiters are being served: it queues behind them.
+        late = asyncio.ensure_future(use("newcomer"))
+        await asyncio.gather(*waiting, late)
+        assert served == ["waiter-0", "waiter-1", "waiter-2", "newcomer"]
+        assert pool.open_connections == 1
+    finally:
+        await pool.close()

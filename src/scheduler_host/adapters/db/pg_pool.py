@@ -84,7 +84,8 @@ class PgPool:
         self._idle: list[Any] = []
         self._connections: set[Any] = set()  # idle and in use
         self._open = 0  # idle, in use and being opened
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Each waiter's future is given a released connection, or None when a slot came free.
+        self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._loggers: list[QueryLogger] = []
         self._settling: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -109,35 +110,49 @@ class PgPool:
             conn.add_query_logger(logger)
 
     async def acquire(self) -> Any:
-        deadline: float | None = None
-        while True:
-            if self._closed:
-                raise asyncpg.InterfaceError("the pool is closed")
+        """A connection: an idle one, a new one while below `size`, or the next one released,
+        first come first served; PoolTimeout after `acquire_timeout` seconds of waiting."""
+        if self._closed:
+            raise asyncpg.InterfaceError("the pool is closed")
+        if not self._waiters:  # those already waiting are served first
             while self._idle:
                 conn = self._idle.pop()
-                if conn.is_closed():
-                    self._forget(conn)
-                    continue
-                return conn
+                if not conn.is_closed():
+                    return conn
+                self._forget(conn)
             if self._open < self._size:
                 return await self._connect()
-            if deadline is None:
-                deadline = time.monotonic() + self._acquire_timeout
+        deadline = time.monotonic() + self._acquire_timeout
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PoolTimeout("no database connection became free in time")
-            waiter = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, remaining)
+                handed = await asyncio.wait_for(waiter, remaining)
             except BaseException as exc:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
                 elif waiter.done() and not waiter.cancelled():
-                    self._wake()  # woken as it gave up: pass the turn on
+                    # Served as it gave up: pass the connection (or the free slot) on.
+                    if waiter.result() is not None:
+                        self.release(waiter.result())
+                    else:
+                        self._wake()
                 if isinstance(exc, TimeoutError):
                     raise PoolTimeout("no database connection became free in time") from None
                 raise
+            if self._closed:
+                if handed is not None:
+                    self._forget(handed)
+                raise asyncpg.InterfaceError("the pool is closed")
+            if handed is not None:
+                if not handed.is_closed():
+                    return handed
+                self._forget(handed)
+            if self._open < self._size:  # a slot came free
+                return await self._connect()
 
     async def _connect(self) -> Any:
         self._open += 1
@@ -170,12 +185,18 @@ class PgPool:
         self._open -= 1
 
     def release(self, conn: Any, *, broken: bool = False) -> None:
-        """Take a connection back; a broken (or closed, or busy) one is closed instead."""
+        """Take a connection back: to the first waiter, else idle; a broken (or closed, or busy)
+        one is closed instead, and its slot offered to the first waiter."""
         if broken or self._closed or conn.is_closed() or conn.is_in_transaction():
             self._forget(conn)
-        else:
-            self._idle.append(conn)
-        self._wake()
+            self._wake()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
 
     def settle(self, conn: Any) -> None:
         """Take back a connection whose statement was cancelled, in the background: once the
@@ -201,6 +222,7 @@ class PgPool:
         self.release(conn)
 
     def _wake(self) -> None:
+        """Tell the first waiter that a slot came free (it opens a connection)."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
