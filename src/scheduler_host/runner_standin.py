@@ -74,7 +74,8 @@ class StandInRunner:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = await asyncio.start_server(self._connection, host, port)
+        # A dispatcher's burst opens many connections at once; asyncio's default queue is 100.
+        self._server = await asyncio.start_server(self._connection, host, port, backlog=1024)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

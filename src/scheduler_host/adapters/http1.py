@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 # Longest status line plus headers accepted; a Runner sends a handful of short headers.
 MAX_HEAD_BYTES = 64 * 1024
 _STREAM_LIMIT = MAX_HEAD_BYTES + 1024
+# Connections opened at the same time (the others wait, and may get one given back meanwhile).
+MAX_CONNECTING = 16
 
 
 class TransportError(Exception):
@@ -104,6 +106,7 @@ class Http1Pool:
         self._ssl = (ssl_context or ssl.create_default_context()) if self._https else None
         self._idle: deque[_Connection] = deque()
         self._slots = asyncio.Semaphore(max_connections)
+        self._connecting = asyncio.Semaphore(MAX_CONNECTING)
         self._closed = False
 
     async def post(
@@ -152,22 +155,35 @@ class Http1Pool:
             with contextlib.suppress(Exception):
                 await connection.writer.wait_closed()
 
-    async def _checkout(self) -> tuple[_Connection, bool]:
+    def _take_idle(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()  # the most recently used: least likely timed out
             if connection.usable():
-                return connection, True
+                return connection
             connection.close()
-        try:
-            reader, writer = await asyncio.open_connection(
-                self._host,
-                self._port,
-                ssl=self._ssl,
-                server_hostname=self._host if self._ssl else None,
-                limit=_STREAM_LIMIT,
-            )
-        except OSError as exc:
-            raise ConnectError(str(exc) or type(exc).__name__) from exc
+        return None
+
+    async def _checkout(self) -> tuple[_Connection, bool]:
+        connection = self._take_idle()
+        if connection is not None:
+            return connection, True
+        # A burst must not open hundreds of connections at once: a server's accept queue
+        # overflows and the dropped connects wait a second for the SYN to be sent again.
+        # Those that waited first look again for a connection another call has given back.
+        async with self._connecting:
+            connection = self._take_idle()
+            if connection is not None:
+                return connection, True
+            try:
+                reader, writer = await asyncio.open_connection(
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                    limit=_STREAM_LIMIT,
+                )
+            except OSError as exc:
+                raise ConnectError(str(exc) or type(exc).__name__) from exc
         return _Connection(reader, writer), False
 
     async def _exchange(
