@@ -29,14 +29,11 @@ _AREAS = (
     ("opentelemetry", "/opentelemetry/"),
     ("prometheus_client", "/prometheus_client/"),
     ("logging", "/logging/"),
-    ("httpx/httpcore/anyio", "/httpx/"),
-    ("httpx/httpcore/anyio", "/httpcore/"),
-    ("httpx/httpcore/anyio", "/anyio/"),
+    ("uvloop", "/uvloop/"),
     ("json", "/json/"),
     ("asyncio", "/asyncio/"),
     ("event loop wait (epoll)", "/selectors.py"),
-    ("zoneinfo/croniter", "/zoneinfo/"),
-    ("zoneinfo/croniter", "/croniter/"),
+    ("zoneinfo", "/zoneinfo/"),
 )
 
 
