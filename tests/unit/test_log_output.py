@@ -1,4 +1,5 @@
-"""Log lines are written in batches, in order, and none is lost on close."""
+"""Log output: lines are written in batches, in order, none lost on close; the text format is
+the standard one."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import io
 import logging
 import time
 
-from scheduler_host.telemetry import BatchedLineHandler
+from scheduler_host.telemetry import BatchedLineHandler, TextFormatter
 
 
 class CountingStream(io.StringIO):
@@ -76,3 +77,14 @@ def test_close_writes_what_is_left() -> None:
     log.info("last words")
     handler.close()
     assert stream.getvalue() == "last words\n"
+
+
+def test_the_text_format_matches_the_standard_formatter_across_seconds() -> None:
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    ours, standard = TextFormatter(fmt), logging.Formatter(fmt)
+    start = time.time()
+    for offset in (0.0, 0.001, 0.999, 1.0, 1.5, 61.25, 3600.0):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("a",), None)
+        record.created = start + offset
+        record.msecs = (record.created - int(record.created)) * 1000
+        assert ours.format(record) == standard.format(record)
