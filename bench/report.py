@@ -323,10 +323,12 @@ def _statements_md(counts: list[dict[str, Any]]) -> list[str]:
         for c in counts
     ]
     return [
-        "Counted in-process (`start_application`, an `after_cursor_execute` listener on "
-        "`app.engine.sync_engine`, real stubs), averaged over 5 calls with the install context "
-        'cached; "cold" is the first call after the install cache was emptied. Round trips = '
-        "statements + BEGIN and COMMIT/ROLLBACK per transaction + one pre-ping per pool checkout.",
+        "Counted in-process (`start_application`, real stubs): the API's PostgreSQL statements "
+        "through a query logger on its asyncpg pool (`app.api_pool`), anything through SQLAlchemy "
+        "by an `after_cursor_execute` listener on `app.engine.sync_engine`; averaged over 5 calls "
+        'with the install context cached; "cold" is the first call after the install cache was '
+        "emptied. Round trips = statements + BEGIN and COMMIT/ROLLBACK per transaction + a ping "
+        "per pool checkout where the pool pings (neither pool does any more, so checkouts are 0).",
         "",
         markdown_table(
             [
