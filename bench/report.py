@@ -379,6 +379,76 @@ def _burst_md(burst: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _per_call(point: dict[str, Any]) -> str:
+    rps = point.get("rps") or 0
+    return f"{point['server_cpu'] / rps * 1e6:,.0f} us" if rps else "-"
+
+
+# The c=32 points the throughput targets name, with the label of their row in the results.
+_TARGET_POINTS = (
+    "GetSchedule",
+    "ListSchedules",
+    "GetEndpoints",
+    "CreateSchedule+DeleteSchedule",
+    "UpdateSchedule",
+)
+
+
+def _bounds_md(results: dict[str, Any]) -> list[str]:
+    """What bounds each target ratio: the server's CPU per call against echo's. If the server
+    were the only limit, with echo's cores, the ratio could reach echo's CPU per call over the
+    RPC's; a measured ratio below that bound means the server was not saturated (the database
+    and the load generator share the machine's cores)."""
+    echo = next(
+        (
+            p
+            for p in results.get("echo", [])
+            if p["concurrency"] == 32 and p["generator"] == "h2load" and p.get("rps")
+        ),
+        None,
+    )
+    api = {p["name"]: p for p in results.get("api", []) if p["concurrency"] == 32}
+    if echo is None or not api:
+        return []
+    echo_call = echo["server_cpu"] / echo["rps"]
+    body = []
+    for name in _TARGET_POINTS:
+        p = api.get(name)
+        if p is None or not p.get("rps") or not p.get("server_cpu"):
+            continue
+        call = p["server_cpu"] / p["rps"]
+        body.append(
+            [
+                name,
+                f"{call * 1e6:,.0f} us",
+                f"{echo_call * 1e6:,.0f} us",
+                f"{echo_call / call:.2f}",
+                f"{p['rps'] / echo['rps']:.2f}",
+                f"{p['server_cpu']:.2f} / {echo['server_cpu']:.2f}",
+            ]
+        )
+    return [
+        "What bounds the ratios at c=32: if the server's CPU were the only limit and it got "
+        "echo's cores, an RPC's throughput ratio could reach echo's CPU per call divided by the "
+        "RPC's. A measured ratio near that bound means the server's own work per call is the "
+        "limit; one well below it means the server was not saturated and the machine was (the "
+        "PostgreSQL backends and the load generator share its two cores).",
+        "",
+        markdown_table(
+            [
+                "RPC (c=32)",
+                "server CPU per call",
+                "echo's",
+                "bound on the ratio",
+                "measured ratio",
+                "server cores / echo's",
+            ],
+            body,
+        ),
+        "",
+    ]
+
+
 def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> None:
     m = results["machine"]
     cfg = results["config"]
@@ -428,16 +498,26 @@ def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> No
         "",
         markdown_table(HEADER, (_cells(r) for r in rows)),
         "",
-        "Generator and server CPU during each point (cores, averaged over the window):",
+        "Generator and server CPU during each point (cores, averaged over the window; server "
+        "CPU per call = server cores / req/s):",
         "",
         markdown_table(
-            ["point", "generator", "generator CPU", "server CPU", "requests", "errors"],
+            [
+                "point",
+                "generator",
+                "generator CPU",
+                "server CPU",
+                "server CPU per call",
+                "requests",
+                "errors",
+            ],
             (
                 [
                     f"{p['name']} c={p['concurrency']}",
                     p["generator"],
                     f"{p['generator_cpu']:.2f}",
                     f"{p['server_cpu']:.2f}",
+                    _per_call(p),
                     f"{p['requests']}",
                     f"{p['errors']}",
                 ]
@@ -449,6 +529,7 @@ def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> No
             ),
         ),
         "",
+        *_bounds_md(results),
         "## How it is measured",
         "",
         "- Echo baseline: `bench/echo_server.py`, a grpc.aio server in its own process with the "
