@@ -122,6 +122,13 @@ def configure_logging(log_format: str, level: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Fields no format here prints, which logging would otherwise gather for every line (the
+    # caller's file and line by walking the stack, thread and process names): the knobs the
+    # logging HOWTO's "Optimization" section names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
