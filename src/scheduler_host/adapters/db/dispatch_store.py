@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from scheduler_host.adapters.db.engine import is_connectivity_error
-from scheduler_host.adapters.db.repositories import install_context_from_row, schedule_from_row
+from scheduler_host.adapters.db.rows import install_context_from_row, schedule_from_row
 from scheduler_host.adapters.db.tables import (
     UtcDateTime,
     endpoints,
@@ -242,8 +242,8 @@ def _arrays(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> tuple[lis
 
 def _target(row: sa.Row[Any]) -> RunTarget:
     m = row._mapping
-    schedule = schedule_from_row(row)
-    install = install_context_from_row(row, enabled_key="install_enabled")
+    schedule = schedule_from_row(m)
+    install = install_context_from_row(m, enabled_key="install_enabled")
     return RunTarget(
         schedule=schedule,
         install=install,

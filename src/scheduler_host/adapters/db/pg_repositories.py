@@ -8,18 +8,20 @@ function of migration 0002. The schema is the one of tables.py (the migrations c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
+from scheduler_host.adapters.db.rows import install_context_from_row, install_from_row, run_from_row
 from scheduler_host.domain.endpoints import Endpoint
 from scheduler_host.domain.errors import NameInUse
 from scheduler_host.domain.install import Install, InstallContext
-from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
+from scheduler_host.domain.runs import ScheduleRun
 from scheduler_host.domain.schedule import Schedule
 from scheduler_host.service.ports import AddOutcome, EndpointCache
 
@@ -212,8 +214,15 @@ def _schedule_args(s: Schedule) -> tuple[Any, ...]:
     )
 
 
-def _name_conflict(exc: asyncpg.UniqueViolationError) -> bool:
-    return getattr(exc, "constraint_name", None) == _NAME_INDEX
+@contextlib.contextmanager
+def _taken_name_is_name_in_use() -> Iterator[None]:
+    """A write the schedule name index refuses raises NameInUse; other violations pass."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if getattr(exc, "constraint_name", None) == _NAME_INDEX:
+            raise NameInUse(_NAME_IN_USE) from None
+        raise
 
 
 class PgScheduleRepository:
@@ -285,44 +294,32 @@ class PgScheduleRepository:
 
     async def add(self, schedule: Schedule) -> None:
         conn = await self._connect()
-        try:
+        with _taken_name_is_name_in_use():
             await conn.execute(_ADD, *_schedule_args(schedule))
-        except asyncpg.UniqueViolationError as exc:
-            if _name_conflict(exc):
-                raise NameInUse(_NAME_IN_USE) from None
-            raise
 
     async def add_within_quota(
         self, schedule: Schedule, limit: int, request_id: uuid.UUID | None, since: datetime
     ) -> AddOutcome:
         conn = await self._connect()
-        try:
+        with _taken_name_is_name_in_use():
             row = await conn.fetchrow(
                 _ADD_WITHIN_QUOTA, *_schedule_args(schedule), request_id, _aware(since), limit
             )
-        except asyncpg.UniqueViolationError as exc:
-            if _name_conflict(exc):
-                raise NameInUse(_NAME_IN_USE) from None
-            raise
         return AddOutcome(added=row[0], earlier=row[1])
 
     async def replace(self, schedule: Schedule) -> None:
         conn = await self._connect()
         s = schedule
         values = [getattr(s, name) for name in _WRITABLE]
-        try:
+        with _taken_name_is_name_in_use():
             await conn.execute(_REPLACE, s.tenant_id, s.install_id, s.id, *values)
-        except asyncpg.UniqueViolationError as exc:
-            if _name_conflict(exc):
-                raise NameInUse(_NAME_IN_USE) from None
-            raise
 
     async def update_definition(
         self, schedule: Schedule, expected_revision: int, *, timing: bool
     ) -> Schedule | None:
         conn = await self._connect()
         s = schedule
-        try:
+        with _taken_name_is_name_in_use():
             row = await conn.fetchrow(
                 _UPDATE_DEFINITION,
                 s.tenant_id,
@@ -342,10 +339,6 @@ class PgScheduleRepository:
                 _aware(s.next_run_time),
                 expected_revision,
             )
-        except asyncpg.UniqueViolationError as exc:
-            if _name_conflict(exc):
-                raise NameInUse(_NAME_IN_USE) from None
-            raise
         return Schedule(*row) if row is not None else None
 
     async def delete(
@@ -390,34 +383,15 @@ class PgInstallRepository:
         row = await conn.fetchrow(_CONTEXT, install_id)
         if row is None:
             return None
-        return InstallContext(
-            install_id=row[0],
-            tenant_id=row[1],
-            registry_id=row[2],
-            version_id=row[3],
-            content_hash=row[4],
-            enabled=row[5],
-            capabilities=frozenset(row[6]),
-        )
+        return install_context_from_row(row, install_id_key="id")
 
     async def get(self, install_id: uuid.UUID) -> Install | None:
         conn = await self._connect()
         row = await conn.fetchrow(_INSTALL, install_id)
         if row is None:
             return None
-        eps = await self._read_endpoints(conn, row[1], install_id, row[3])
-        return Install(
-            install_id=row[0],
-            tenant_id=row[1],
-            registry_id=row[2],
-            version_id=row[3],
-            content_hash=row[4],
-            enabled=row[5],
-            granted_capabilities=tuple(row[6]),
-            endpoints=tuple(eps),
-            create_time=row[7],
-            update_time=row[8],
-        )
+        eps = await self._read_endpoints(conn, row["tenant_id"], install_id, row["version_id"])
+        return install_from_row(row, eps)
 
     async def lock(self, tenant_id: str, install_id: uuid.UUID) -> bool:
         conn = await self._connect()
@@ -497,22 +471,7 @@ class PgRunRepository:
             rows = await conn.fetch(
                 _RUNS_BEFORE, tenant_id, schedule_id, limit, _aware(before[0]), before[1]
             )
-        return [
-            ScheduleRun(
-                id=r[0],
-                tenant_id=r[1],
-                install_id=r[2],
-                schedule_id=r[3],
-                trigger=RunTrigger(r[4]),
-                scheduled_time=r[5],
-                start_time=r[6],
-                finish_time=r[7],
-                status=RunState(r[8]),
-                attempt=r[9],
-                error=r[10],
-            )
-            for r in rows
-        ]
+        return [run_from_row(r) for r in rows]
 
 
 class PgRateLimiter:

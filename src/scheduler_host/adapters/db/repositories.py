@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from scheduler_host.adapters.db.rows import (
+    install_context_from_row,
+    install_from_row,
+    run_from_row,
+    schedule_from_row,
+)
 from scheduler_host.adapters.db.tables import (
     endpoints,
     idempotency_keys,
@@ -20,52 +28,11 @@ from scheduler_host.adapters.db.tables import (
 from scheduler_host.domain.endpoints import Endpoint
 from scheduler_host.domain.errors import NameInUse
 from scheduler_host.domain.install import Install, InstallContext
-from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
+from scheduler_host.domain.runs import ScheduleRun
 from scheduler_host.domain.schedule import Schedule
 from scheduler_host.service.ports import AddOutcome
 
 _NAME_IN_USE = "a schedule with this name already exists in the install"
-
-
-def install_context_from_row(
-    row: sa.Row[Any], *, install_id_key: str = "install_id", enabled_key: str = "enabled"
-) -> InstallContext:
-    """An InstallContext from a row holding the installs columns (alone or in a join)."""
-    m = row._mapping
-    return InstallContext(
-        install_id=m[install_id_key],
-        tenant_id=m["tenant_id"],
-        registry_id=m["registry_id"],
-        version_id=m["version_id"],
-        content_hash=m["content_hash"],
-        enabled=m[enabled_key],
-        capabilities=frozenset(m["granted_capabilities"]),
-    )
-
-
-def schedule_from_row(row: sa.Row[Any]) -> Schedule:
-    """A Schedule from a row holding the schedules columns (alone or in a join)."""
-    m = row._mapping
-    return Schedule(
-        id=m["id"],
-        install_id=m["install_id"],
-        tenant_id=m["tenant_id"],
-        endpoint_id=m["endpoint_id"],
-        endpoint_method=m["endpoint_method"],
-        endpoint_path=m["endpoint_path"],
-        name=m["name"],
-        cron=m["cron"],
-        timezone=m["timezone"],
-        enabled=m["enabled"],
-        payload=m["payload"],
-        next_run_time=m["next_run_time"],
-        last_run_time=m["last_run_time"],
-        last_run_status=m["last_run_status"],
-        last_error=m["last_error"],
-        create_time=m["create_time"],
-        update_time=m["update_time"],
-        revision=m["revision"],
-    )
 
 
 def _schedule_values(s: Schedule) -> dict[str, Any]:
@@ -92,9 +59,16 @@ def _schedule_values(s: Schedule) -> dict[str, Any]:
     }
 
 
-def _is_name_conflict(exc: sa.exc.IntegrityError) -> bool:
-    text = str(exc.orig)
-    return "uq_schedules_install_name" in text or "schedules.install_id, schedules.name" in text
+@contextlib.contextmanager
+def _taken_name_is_name_in_use() -> Iterator[None]:
+    """A write the schedule name index refuses raises NameInUse; other violations pass."""
+    try:
+        yield
+    except sa.exc.IntegrityError as exc:
+        text = str(exc.orig)
+        if "uq_schedules_install_name" in text or "schedules.install_id, schedules.name" in text:
+            raise NameInUse(_NAME_IN_USE) from None
+        raise
 
 
 def _bound(
@@ -139,7 +113,7 @@ class SqlScheduleRepository:
         if for_update:
             query = query.with_for_update()
         row = (await self._conn.execute(query)).first()
-        return schedule_from_row(row) if row else None
+        return schedule_from_row(row._mapping) if row else None
 
     async def list_page(
         self,
@@ -156,7 +130,7 @@ class SqlScheduleRepository:
                 sa.tuple_(schedules.c.create_time, schedules.c.id) > _bound(after, schedules.c)
             )
         query = query.order_by(schedules.c.create_time, schedules.c.id).limit(limit)
-        return [schedule_from_row(r) for r in await self._conn.execute(query)]
+        return [schedule_from_row(r._mapping) for r in await self._conn.execute(query)]
 
     async def page_with_total(
         self,
@@ -204,12 +178,8 @@ class SqlScheduleRepository:
 
     async def add(self, schedule: Schedule) -> None:
         # No savepoint: a refusal ends the use case (the port says so), saving two statements.
-        try:
+        with _taken_name_is_name_in_use():
             await self._conn.execute(schedules.insert().values(**_schedule_values(schedule)))
-        except sa.exc.IntegrityError as exc:
-            if _is_name_conflict(exc):
-                raise NameInUse(_NAME_IN_USE) from None
-            raise
 
     async def add_within_quota(
         self, schedule: Schedule, limit: int, request_id: uuid.UUID | None, since: datetime
@@ -236,7 +206,7 @@ class SqlScheduleRepository:
             if key in _DEFINITION_COLUMNS or (timing and key == "next_run_time")
         }
         s = schedules.c
-        try:
+        with _taken_name_is_name_in_use():
             row = (
                 await self._conn.execute(
                     schedules.update()
@@ -250,17 +220,13 @@ class SqlScheduleRepository:
                     .returning(*_SCHEDULE_COLUMNS)
                 )
             ).first()
-        except sa.exc.IntegrityError as exc:
-            if _is_name_conflict(exc):
-                raise NameInUse(_NAME_IN_USE) from None
-            raise
-        return schedule_from_row(row) if row else None
+        return schedule_from_row(row._mapping) if row else None
 
     async def replace(self, schedule: Schedule) -> None:
         values = _schedule_values(schedule)
         for key in ("id", "tenant_id", "install_id", "create_time"):
             values.pop(key)
-        try:
+        with _taken_name_is_name_in_use():
             await self._conn.execute(
                 schedules.update()
                 .where(
@@ -270,10 +236,6 @@ class SqlScheduleRepository:
                 )
                 .values(**values)
             )
-        except sa.exc.IntegrityError as exc:
-            if _is_name_conflict(exc):
-                raise NameInUse(_NAME_IN_USE) from None
-            raise
 
     async def delete(
         self,
@@ -341,7 +303,7 @@ class SqlInstallRepository:
         ).first()
         if row is None:
             return None
-        return install_context_from_row(row, install_id_key="id")
+        return install_context_from_row(row._mapping, install_id_key="id")
 
     async def get(self, install_id: uuid.UUID) -> Install | None:
         row = (
@@ -351,18 +313,7 @@ class SqlInstallRepository:
             return None
         m = row._mapping
         eps = await self.endpoints(m["tenant_id"], install_id, m["version_id"])
-        return Install(
-            install_id=m["id"],
-            tenant_id=m["tenant_id"],
-            registry_id=m["registry_id"],
-            version_id=m["version_id"],
-            content_hash=m["content_hash"],
-            enabled=m["enabled"],
-            granted_capabilities=tuple(m["granted_capabilities"]),
-            endpoints=tuple(eps),
-            create_time=m["create_time"],
-            update_time=m["update_time"],
-        )
+        return install_from_row(m, eps)
 
     async def lock(self, tenant_id: str, install_id: uuid.UUID) -> bool:
         query = (
@@ -458,22 +409,7 @@ class SqlRunRepository:
                 < _bound(before, schedule_runs.c, "scheduled_time")
             )
         query = query.order_by(r.scheduled_time.desc(), r.id.desc()).limit(limit)
-        return [
-            ScheduleRun(
-                id=row.id,
-                tenant_id=row.tenant_id,
-                install_id=row.install_id,
-                schedule_id=row.schedule_id,
-                trigger=RunTrigger(row.trigger),
-                scheduled_time=row.scheduled_time,
-                start_time=row.start_time,
-                finish_time=row.finish_time,
-                status=RunState(row.status),
-                attempt=row.attempt,
-                error=row.error,
-            )
-            for row in await self._conn.execute(query)
-        ]
+        return [run_from_row(row._mapping) for row in await self._conn.execute(query)]
 
 
 class SqlRateLimiter:
