@@ -798,6 +798,18 @@ async def test_rate_limit_scopes_are_independent(uow: UnitOfWorkFactory) -> None
     assert await hit(uow, T0, scope="mutations:b", limit=2) is None
 
 
+async def test_a_caller_whose_clock_lags_a_stored_hit_counts_from_that_hit(
+    uow: UnitOfWorkFactory, engine: AsyncEngine
+) -> None:
+    # Two processes: one read its clock later but reached the database first.
+    assert await hit(uow, T0 + SECOND, limit=2) is None
+    assert await hit(uow, T0, limit=2) is None
+    # Hit times never go back, so the window's order is the order the hits were counted in.
+    assert await stored_hits(engine, "mutations:a") == [T0 + SECOND, T0 + SECOND]
+    # A refusal's wait never exceeds the window, whatever the lag of the caller's clock.
+    assert await hit(uow, T0, limit=2) == WINDOW
+
+
 async def test_an_uncommitted_hit_does_not_count(uow: UnitOfWorkFactory) -> None:
     async with uow() as u:
         assert await u.rate_limits.hit("mutations:a", "tenant-a", 1, WINDOW, T0) is None

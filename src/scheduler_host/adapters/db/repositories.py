@@ -438,6 +438,13 @@ class SqlRateLimiter:
             assert wait is None or isinstance(wait, timedelta)
             return wait
         h = rate_limit_hits.c
+        # As the function does: a hit stored with a later clock reading than `now` (its caller
+        # came second to the clock but first to the database) moves `now` up to it.
+        newest = (
+            await self._conn.execute(sa.select(sa.func.max(h.hit_time)).where(h.scope == scope))
+        ).scalar_one_or_none()
+        if newest is not None and newest > now:
+            now = newest
         start = now - window
         await self._conn.execute(
             rate_limit_hits.delete().where(h.scope == scope, h.hit_time <= start)

@@ -30,19 +30,25 @@ CREATE FUNCTION rate_limit_hit(
 ) RETURNS interval
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    window_start timestamptz := p_now - p_window;
+    now_ timestamptz;
+    window_start timestamptz;
     freeing timestamptz;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended(p_scope, 0));
+    -- Hits are counted in lock order. A caller whose clock reads earlier than a hit already
+    -- stored (another process read its clock later but took the lock first) counts from that
+    -- hit's time: hit times never go back, and no wait exceeds the window.
+    SELECT greatest(p_now, max(hit_time)) INTO now_ FROM rate_limit_hits WHERE scope = p_scope;
+    window_start := now_ - p_window;
     DELETE FROM rate_limit_hits WHERE scope = p_scope AND hit_time <= window_start;
     -- The limit-th newest hit in the window is the one whose departure frees a slot.
     SELECT hit_time INTO freeing FROM rate_limit_hits
     WHERE scope = p_scope AND hit_time > window_start
     ORDER BY hit_time DESC OFFSET p_limit - 1 LIMIT 1;
     IF freeing IS NOT NULL THEN
-        RETURN greatest(freeing + p_window - p_now, interval '1 millisecond');
+        RETURN greatest(freeing + p_window - now_, interval '1 millisecond');
     END IF;
-    INSERT INTO rate_limit_hits (scope, tenant_id, hit_time) VALUES (p_scope, p_tenant_id, p_now);
+    INSERT INTO rate_limit_hits (scope, tenant_id, hit_time) VALUES (p_scope, p_tenant_id, now_);
     RETURN NULL;
 END
 $$
