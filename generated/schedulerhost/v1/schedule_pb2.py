@@ -27,23 +27,23 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fschedulerhost/v1/schedule.proto\x12\x10schedulerhost.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x04\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x17\n\x0f\x65ndpoint_method\x18\x03 \x01(\t\x12\x15\n\rendpoint_path\x18\x04 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x0c\n\x04\x63ron\x18\x07 \x01(\t\x12\x10\n\x08timezone\x18\x08 \x01(\t\x12\x14\n\x07\x65nabled\x18\t \x01(\x08H\x00\x88\x01\x01\x12\'\n\x07payload\x18\n \x01(\x0b\x32\x16.google.protobuf.Value\x12\x31\n\rnext_run_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_run_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0flast_run_status\x18\r \x01(\x0e\x32\x1b.schedulerhost.v1.RunStatus\x12\x12\n\nlast_error\x18\x0e \x01(\t\x12/\n\x0b\x63reate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x11 \x01(\tB\n\n\x08_enabled\"x\n\x08\x45ndpoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0f\n\x07handler\x18\x04 \x01(\t\x12\x13\n\x0bschedulable\x18\x05 \x01(\x08\x12\x1c\n\x14unschedulable_reason\x18\x06 \x01(\t\"\xeb\x02\n\x0bScheduleRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bschedule_id\x18\x02 \x01(\t\x12-\n\x07trigger\x18\x03 \x01(\x0e\x32\x1c.schedulerhost.v1.RunTrigger\x12\x32\n\x0escheduled_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06status\x18\x07 \x01(\x0e\x32\x1a.schedulerhost.v1.RunState\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\r\n\x05\x65rror\x18\t \x01(\t\x12+\n\x08lateness\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration*m\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_SUCCESS\x10\x01\x12\x14\n\x10RUN_STATUS_ERROR\x10\x02\x12\x16\n\x12RUN_STATUS_SKIPPED\x10\x03*[\n\nRunTrigger\x12\x1b\n\x17RUN_TRIGGER_UNSPECIFIED\x10\x00\x12\x18\n\x14RUN_TRIGGER_SCHEDULE\x10\x01\x12\x16\n\x12RUN_TRIGGER_MANUAL\x10\x02*\x96\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x15\n\x11RUN_STATE_SUCCESS\x10\x03\x12\x13\n\x0fRUN_STATE_ERROR\x10\x04\x12\x15\n\x11RUN_STATE_SKIPPED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fschedulerhost/v1/schedule.proto\x12\x10schedulerhost.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x05\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x17\n\x0f\x65ndpoint_method\x18\x03 \x01(\t\x12\x15\n\rendpoint_path\x18\x04 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x0c\n\x04\x63ron\x18\x07 \x01(\t\x12\x10\n\x08timezone\x18\x08 \x01(\t\x12\x14\n\x07\x65nabled\x18\t \x01(\x08H\x00\x88\x01\x01\x12\'\n\x07payload\x18\n \x01(\x0b\x32\x16.google.protobuf.Value\x12\x31\n\rnext_run_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_run_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0flast_run_status\x18\r \x01(\x0e\x32\x1b.schedulerhost.v1.RunStatus\x12\x12\n\nlast_error\x18\x0e \x01(\t\x12/\n\x0b\x63reate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x11 \x01(\t\x12*\n\x06run_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06jitter\x18\x15 \x01(\x0b\x32\x19.google.protobuf.DurationB\n\n\x08_enabled\"x\n\x08\x45ndpoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0f\n\x07handler\x18\x04 \x01(\t\x12\x13\n\x0bschedulable\x18\x05 \x01(\x08\x12\x1c\n\x14unschedulable_reason\x18\x06 \x01(\t\"\xeb\x02\n\x0bScheduleRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bschedule_id\x18\x02 \x01(\t\x12-\n\x07trigger\x18\x03 \x01(\x0e\x32\x1c.schedulerhost.v1.RunTrigger\x12\x32\n\x0escheduled_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06status\x18\x07 \x01(\x0e\x32\x1a.schedulerhost.v1.RunState\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\r\n\x05\x65rror\x18\t \x01(\t\x12+\n\x08lateness\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration*m\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_SUCCESS\x10\x01\x12\x14\n\x10RUN_STATUS_ERROR\x10\x02\x12\x16\n\x12RUN_STATUS_SKIPPED\x10\x03*[\n\nRunTrigger\x12\x1b\n\x17RUN_TRIGGER_UNSPECIFIED\x10\x00\x12\x18\n\x14RUN_TRIGGER_SCHEDULE\x10\x01\x12\x16\n\x12RUN_TRIGGER_MANUAL\x10\x02*\x96\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x15\n\x11RUN_STATE_SUCCESS\x10\x03\x12\x13\n\x0fRUN_STATE_ERROR\x10\x04\x12\x15\n\x11RUN_STATE_SKIPPED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'schedulerhost.v1.schedule_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=1157
-  _globals['_RUNSTATUS']._serialized_end=1266
-  _globals['_RUNTRIGGER']._serialized_start=1268
-  _globals['_RUNTRIGGER']._serialized_end=1359
-  _globals['_RUNSTATE']._serialized_start=1362
-  _globals['_RUNSTATE']._serialized_end=1512
+  _globals['_RUNSTATUS']._serialized_start=1338
+  _globals['_RUNSTATUS']._serialized_end=1447
+  _globals['_RUNTRIGGER']._serialized_start=1449
+  _globals['_RUNTRIGGER']._serialized_end=1540
+  _globals['_RUNSTATE']._serialized_start=1543
+  _globals['_RUNSTATE']._serialized_end=1693
   _globals['_SCHEDULE']._serialized_start=149
-  _globals['_SCHEDULE']._serialized_end=667
-  _globals['_ENDPOINT']._serialized_start=669
-  _globals['_ENDPOINT']._serialized_end=789
-  _globals['_SCHEDULERUN']._serialized_start=792
-  _globals['_SCHEDULERUN']._serialized_end=1155
+  _globals['_SCHEDULE']._serialized_end=848
+  _globals['_ENDPOINT']._serialized_start=850
+  _globals['_ENDPOINT']._serialized_end=970
+  _globals['_SCHEDULERUN']._serialized_start=973
+  _globals['_SCHEDULERUN']._serialized_end=1336
 # @@protoc_insertion_point(module_scope)

@@ -110,7 +110,9 @@ Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 @_typing.final
 class Schedule(_message.Message):
-    """A recurring call of one endpoint of an extension install, on a cron expression in a time zone."""
+    """A call of one endpoint of an extension install: recurring on a cron expression in a time zone,
+    or once at `run_at`; optionally bounded in time and spread by a jitter.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -131,6 +133,10 @@ class Schedule(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    RUN_AT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    JITTER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned UUID. Output only."""
     endpoint: _builtins.str
@@ -149,7 +155,9 @@ class Schedule(_message.Message):
     name: _builtins.str
     """Optional human name, unique per install (case-sensitive); empty means unset."""
     cron: _builtins.str
-    """Five-field cron expression (`m h dom mon dow`) or a macro such as `@hourly`."""
+    """Five-field cron expression (`m h dom mon dow`) or a macro such as `@hourly`. Exactly one of
+    `cron` and `run_at` is set; empty for a one-time schedule.
+    """
     timezone: _builtins.str
     """IANA time zone name the cron expression is evaluated in; default `UTC`."""
     enabled: _builtins.bool
@@ -168,11 +176,15 @@ class Schedule(_message.Message):
 
     @_builtins.property
     def next_run_time(self) -> _timestamp_pb2.Timestamp:
-        """Next time the schedule fires; unset while disabled. Output only."""
+        """Next time the schedule fires (with its jitter); unset while disabled, past `end_time`, and once
+        a one-time schedule has fired. Output only.
+        """
 
     @_builtins.property
     def last_run_time(self) -> _timestamp_pb2.Timestamp:
-        """Scheduled time of the most recent finished run. Output only."""
+        """When the most recent finished run started (for a skipped occurrence, when it was recorded).
+        Output only.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -181,6 +193,29 @@ class Schedule(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the schedule was last changed. Output only."""
+
+    @_builtins.property
+    def run_at(self) -> _timestamp_pb2.Timestamp:
+        """A one-time schedule: the instant of its single run, in the future and at most 366 days ahead
+        when created or re-enabled. After it fires the schedule stays stored, disabled, with no
+        `next_run_time`; it counts toward the quota until deleted.
+        """
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional: no occurrence fires before this instant."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional: no occurrence fires after this instant; must be after `start_time`."""
+
+    @_builtins.property
+    def jitter(self) -> _duration_pb2.Duration:
+        """Optional: each occurrence fires at its instant plus an offset in [0, jitter), derived from the
+        schedule id and the occurrence, so that many schedules on one expression do not all fire in
+        the same second. Whole milliseconds; at most 1 hour and at most half the expression's
+        shortest interval. `next_run_time` and previews include it.
+        """
 
     def __init__(
         self,
@@ -202,10 +237,14 @@ class Schedule(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        run_at: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        jitter: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "enabled", b"enabled", "last_run_time", b"last_run_time", "next_run_time", b"next_run_time", "payload", b"payload", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "enabled", b"enabled", "end_time", b"end_time", "jitter", b"jitter", "last_run_time", b"last_run_time", "next_run_time", b"next_run_time", "payload", b"payload", "run_at", b"run_at", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "cron", b"cron", "enabled", b"enabled", "endpoint", b"endpoint", "endpoint_id", b"endpoint_id", "endpoint_method", b"endpoint_method", "endpoint_path", b"endpoint_path", "etag", b"etag", "id", b"id", "last_error", b"last_error", "last_run_status", b"last_run_status", "last_run_time", b"last_run_time", "name", b"name", "next_run_time", b"next_run_time", "payload", b"payload", "timezone", b"timezone", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "cron", b"cron", "enabled", b"enabled", "end_time", b"end_time", "endpoint", b"endpoint", "endpoint_id", b"endpoint_id", "endpoint_method", b"endpoint_method", "endpoint_path", b"endpoint_path", "etag", b"etag", "id", b"id", "jitter", b"jitter", "last_error", b"last_error", "last_run_status", b"last_run_status", "last_run_time", b"last_run_time", "name", b"name", "next_run_time", b"next_run_time", "payload", b"payload", "run_at", b"run_at", "start_time", b"start_time", "timezone", b"timezone", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015

@@ -192,7 +192,10 @@ class UpdateScheduleRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: any of `endpoint`, `cron`, `timezone`, `enabled`, `name`, `payload`."""
+        """Fields to change: any of `endpoint`, `cron`, `timezone`, `enabled`, `name`, `payload`,
+        `run_at`, `start_time`, `end_time`, `jitter`. Naming `cron` and `run_at` switches a schedule
+        between recurring and one-time; the result is validated as a whole.
+        """
 
     def __init__(
         self,
@@ -326,12 +329,18 @@ class PreviewScheduleRequest(_message.Message):
     TIMEZONE_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     cron: _builtins.str
-    """Cron expression to evaluate, validated as for CreateSchedule."""
+    """Cron expression to evaluate, validated as for CreateSchedule; empty with `schedule_id`."""
     timezone: _builtins.str
-    """IANA time zone; default `UTC`."""
+    """IANA time zone; default `UTC`; empty with `schedule_id`."""
     count: _builtins.int
     """Number of run times to return: 0 means 10, at most 100."""
+    schedule_id: _builtins.str
+    """Optional UUID of one of the install's schedules: preview it as stored (cron or one-time run,
+    time zone, time bounds and jitter), exactly as the dispatcher will fire it. When set, `cron`
+    and `timezone` must be empty.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Run times strictly after this instant are returned; default now."""
@@ -343,10 +352,11 @@ class PreviewScheduleRequest(_message.Message):
         timezone: _builtins.str = ...,
         count: _builtins.int = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        schedule_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "cron", b"cron", "start_time", b"start_time", "timezone", b"timezone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "cron", b"cron", "schedule_id", b"schedule_id", "start_time", b"start_time", "timezone", b"timezone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -362,11 +372,13 @@ class PreviewScheduleResponse(_message.Message):
     MIN_INTERVAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run_times(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
-        """The next run times, strictly increasing."""
+        """The next run times, strictly increasing (fewer than `count` when the schedule ends)."""
 
     @_builtins.property
     def min_interval(self) -> _duration_pb2.Duration:
-        """Shortest gap between two consecutive occurrences, computed from the cron fields."""
+        """Shortest gap between two consecutive occurrences, computed from the cron fields; zero for a
+        one-time schedule.
+        """
 
     def __init__(
         self,
@@ -381,3 +393,61 @@ class PreviewScheduleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PreviewScheduleResponse: _TypeAlias = PreviewScheduleResponse  # noqa: Y015
+
+@_typing.final
+class SchedulerHostListScheduleRunsRequest(_message.Message):
+    """Request of SchedulerHost.ListScheduleRuns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """UUID of one of the install's schedules; another install's schedule is NOT_FOUND."""
+    page_size: _builtins.int
+    """Page size: 0 means 50, values above 100 mean 100, negative values are invalid."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "schedule_id", b"schedule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulerHostListScheduleRunsRequest: _TypeAlias = SchedulerHostListScheduleRunsRequest  # noqa: Y015
+
+@_typing.final
+class SchedulerHostListScheduleRunsResponse(_message.Message):
+    """Response of SchedulerHost.ListScheduleRuns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[_schedule_pb2.ScheduleRun]:
+        """One page of runs, newest first."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[_schedule_pb2.ScheduleRun] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulerHostListScheduleRunsResponse: _TypeAlias = SchedulerHostListScheduleRunsResponse  # noqa: Y015

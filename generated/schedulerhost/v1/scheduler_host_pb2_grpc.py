@@ -72,6 +72,11 @@ class SchedulerHostStub:
                 request_serializer=schedulerhost_dot_v1_dot_scheduler__host__pb2.PreviewScheduleRequest.SerializeToString,
                 response_deserializer=schedulerhost_dot_v1_dot_scheduler__host__pb2.PreviewScheduleResponse.FromString,
                 _registered_method=True)
+        self.ListScheduleRuns = channel.unary_unary(
+                '/schedulerhost.v1.SchedulerHost/ListScheduleRuns',
+                request_serializer=schedulerhost_dot_v1_dot_scheduler__host__pb2.SchedulerHostListScheduleRunsRequest.SerializeToString,
+                response_deserializer=schedulerhost_dot_v1_dot_scheduler__host__pb2.SchedulerHostListScheduleRunsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerHostServicer:
@@ -123,7 +128,15 @@ class SchedulerHostServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PreviewSchedule(self, request, context):
-        """Returns the next run times of a cron expression in a time zone, exactly as they will fire.
+        """Returns the next run times of a cron expression in a time zone, or of a stored schedule
+        (`schedule_id`), exactly as they will fire.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListScheduleRuns(self, request, context):
+        """Lists the runs of one of the install's schedules, newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +179,11 @@ def add_SchedulerHostServicer_to_server(servicer, server):
                     servicer.PreviewSchedule,
                     request_deserializer=schedulerhost_dot_v1_dot_scheduler__host__pb2.PreviewScheduleRequest.FromString,
                     response_serializer=schedulerhost_dot_v1_dot_scheduler__host__pb2.PreviewScheduleResponse.SerializeToString,
+            ),
+            'ListScheduleRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListScheduleRuns,
+                    request_deserializer=schedulerhost_dot_v1_dot_scheduler__host__pb2.SchedulerHostListScheduleRunsRequest.FromString,
+                    response_serializer=schedulerhost_dot_v1_dot_scheduler__host__pb2.SchedulerHostListScheduleRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +378,33 @@ class SchedulerHost:
             '/schedulerhost.v1.SchedulerHost/PreviewSchedule',
             schedulerhost_dot_v1_dot_scheduler__host__pb2.PreviewScheduleRequest.SerializeToString,
             schedulerhost_dot_v1_dot_scheduler__host__pb2.PreviewScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListScheduleRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedulerhost.v1.SchedulerHost/ListScheduleRuns',
+            schedulerhost_dot_v1_dot_scheduler__host__pb2.SchedulerHostListScheduleRunsRequest.SerializeToString,
+            schedulerhost_dot_v1_dot_scheduler__host__pb2.SchedulerHostListScheduleRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

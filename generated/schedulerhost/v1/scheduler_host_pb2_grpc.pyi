@@ -49,7 +49,11 @@ class SchedulerHostStub:
     GetEndpoints: _grpc.UnaryUnaryMultiCallable[_scheduler_host_pb2.GetEndpointsRequest, _scheduler_host_pb2.GetEndpointsResponse]
     """Lists the endpoints of the install's current version, each marked schedulable or not."""
     PreviewSchedule: _grpc.UnaryUnaryMultiCallable[_scheduler_host_pb2.PreviewScheduleRequest, _scheduler_host_pb2.PreviewScheduleResponse]
-    """Returns the next run times of a cron expression in a time zone, exactly as they will fire."""
+    """Returns the next run times of a cron expression in a time zone, or of a stored schedule
+    (`schedule_id`), exactly as they will fire.
+    """
+    ListScheduleRuns: _grpc.UnaryUnaryMultiCallable[_scheduler_host_pb2.SchedulerHostListScheduleRunsRequest, _scheduler_host_pb2.SchedulerHostListScheduleRunsResponse]
+    """Lists the runs of one of the install's schedules, newest first."""
 
 @_typing.type_check_only
 class SchedulerHostAsyncStub(SchedulerHostStub):
@@ -72,7 +76,11 @@ class SchedulerHostAsyncStub(SchedulerHostStub):
     GetEndpoints: _aio.UnaryUnaryMultiCallable[_scheduler_host_pb2.GetEndpointsRequest, _scheduler_host_pb2.GetEndpointsResponse]  # type: ignore[assignment]
     """Lists the endpoints of the install's current version, each marked schedulable or not."""
     PreviewSchedule: _aio.UnaryUnaryMultiCallable[_scheduler_host_pb2.PreviewScheduleRequest, _scheduler_host_pb2.PreviewScheduleResponse]  # type: ignore[assignment]
-    """Returns the next run times of a cron expression in a time zone, exactly as they will fire."""
+    """Returns the next run times of a cron expression in a time zone, or of a stored schedule
+    (`schedule_id`), exactly as they will fire.
+    """
+    ListScheduleRuns: _aio.UnaryUnaryMultiCallable[_scheduler_host_pb2.SchedulerHostListScheduleRunsRequest, _scheduler_host_pb2.SchedulerHostListScheduleRunsResponse]  # type: ignore[assignment]
+    """Lists the runs of one of the install's schedules, newest first."""
 
 class SchedulerHostServicer(metaclass=_abc_1.ABCMeta):
     """Install-scoped schedule management, called by the Runner on behalf of one extension install.
@@ -134,6 +142,16 @@ class SchedulerHostServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_host_pb2.PreviewScheduleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_host_pb2.PreviewScheduleResponse, _abc.Awaitable[_scheduler_host_pb2.PreviewScheduleResponse]]:
-        """Returns the next run times of a cron expression in a time zone, exactly as they will fire."""
+        """Returns the next run times of a cron expression in a time zone, or of a stored schedule
+        (`schedule_id`), exactly as they will fire.
+        """
+
+    @_abc_1.abstractmethod
+    def ListScheduleRuns(
+        self,
+        request: _scheduler_host_pb2.SchedulerHostListScheduleRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_host_pb2.SchedulerHostListScheduleRunsResponse, _abc.Awaitable[_scheduler_host_pb2.SchedulerHostListScheduleRunsResponse]]:
+        """Lists the runs of one of the install's schedules, newest first."""
 
 def add_SchedulerHostServicer_to_server(servicer: SchedulerHostServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

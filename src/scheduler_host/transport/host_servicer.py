@@ -8,7 +8,7 @@ import grpc
 from schedulerhost.v1 import scheduler_host_pb2 as pb
 from schedulerhost.v1 import scheduler_host_pb2_grpc
 
-from scheduler_host.service import schedules
+from scheduler_host.service import runs, schedules
 from scheduler_host.service.deps import UseCaseDeps
 from scheduler_host.transport import messages
 from scheduler_host.transport.interceptors import current_install
@@ -114,4 +114,19 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
         return pb.PreviewScheduleResponse(
             run_times=[messages.timestamp(t) for t in preview.run_times],
             min_interval=messages.duration(preview.min_interval.total_seconds()),
+        )
+
+    async def ListScheduleRuns(
+        self, request: pb.SchedulerHostListScheduleRunsRequest, context: Context
+    ) -> pb.SchedulerHostListScheduleRunsResponse:
+        page = await runs.list_runs(
+            str(current_install.get().install_id),
+            request.schedule_id,
+            request.page_size,
+            request.page_token,
+            uow_factory=self._deps.uow_factory,
+            tokens=self._deps.page_tokens,
+        )
+        return pb.SchedulerHostListScheduleRunsResponse(
+            runs=[messages.run_message(r) for r in page.runs], next_page_token=page.next_page_token
         )

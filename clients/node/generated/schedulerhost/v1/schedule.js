@@ -189,6 +189,10 @@ function createBaseSchedule() {
         createTime: undefined,
         updateTime: undefined,
         etag: "",
+        runAt: undefined,
+        startTime: undefined,
+        endTime: undefined,
+        jitter: undefined,
     };
 }
 exports.Schedule = {
@@ -243,6 +247,18 @@ exports.Schedule = {
         }
         if (message.etag !== "") {
             writer.uint32(138).string(message.etag);
+        }
+        if (message.runAt !== undefined) {
+            timestamp_1.Timestamp.encode(toTimestamp(message.runAt), writer.uint32(146).fork()).join();
+        }
+        if (message.startTime !== undefined) {
+            timestamp_1.Timestamp.encode(toTimestamp(message.startTime), writer.uint32(154).fork()).join();
+        }
+        if (message.endTime !== undefined) {
+            timestamp_1.Timestamp.encode(toTimestamp(message.endTime), writer.uint32(162).fork()).join();
+        }
+        if (message.jitter !== undefined) {
+            duration_1.Duration.encode(message.jitter, writer.uint32(170).fork()).join();
         }
         return writer;
     },
@@ -378,6 +394,34 @@ exports.Schedule = {
                         message.etag = reader.string();
                         continue;
                     }
+                    case 18: {
+                        if (tag !== 146) {
+                            break;
+                        }
+                        message.runAt = fromTimestamp(timestamp_1.Timestamp.decode(reader, reader.uint32()));
+                        continue;
+                    }
+                    case 19: {
+                        if (tag !== 154) {
+                            break;
+                        }
+                        message.startTime = fromTimestamp(timestamp_1.Timestamp.decode(reader, reader.uint32()));
+                        continue;
+                    }
+                    case 20: {
+                        if (tag !== 162) {
+                            break;
+                        }
+                        message.endTime = fromTimestamp(timestamp_1.Timestamp.decode(reader, reader.uint32()));
+                        continue;
+                    }
+                    case 21: {
+                        if (tag !== 170) {
+                            break;
+                        }
+                        message.jitter = duration_1.Duration.decode(reader, reader.uint32());
+                        continue;
+                    }
                 }
                 if ((tag & 7) === 4 || tag === 0) {
                     break;
@@ -445,6 +489,22 @@ exports.Schedule = {
                     ? fromJsonTimestamp(object.update_time)
                     : undefined,
             etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
+            runAt: isSet(object.runAt)
+                ? fromJsonTimestamp(object.runAt)
+                : isSet(object.run_at)
+                    ? fromJsonTimestamp(object.run_at)
+                    : undefined,
+            startTime: isSet(object.startTime)
+                ? fromJsonTimestamp(object.startTime)
+                : isSet(object.start_time)
+                    ? fromJsonTimestamp(object.start_time)
+                    : undefined,
+            endTime: isSet(object.endTime)
+                ? fromJsonTimestamp(object.endTime)
+                : isSet(object.end_time)
+                    ? fromJsonTimestamp(object.end_time)
+                    : undefined,
+            jitter: isSet(object.jitter) ? duration_1.Duration.fromJSON(object.jitter) : undefined,
         };
     },
     toJSON(message) {
@@ -500,6 +560,18 @@ exports.Schedule = {
         if (message.etag !== "") {
             obj.etag = message.etag;
         }
+        if (message.runAt !== undefined) {
+            obj.runAt = message.runAt.toISOString();
+        }
+        if (message.startTime !== undefined) {
+            obj.startTime = message.startTime.toISOString();
+        }
+        if (message.endTime !== undefined) {
+            obj.endTime = message.endTime.toISOString();
+        }
+        if (message.jitter !== undefined) {
+            obj.jitter = duration_1.Duration.toJSON(message.jitter);
+        }
         return obj;
     },
     create(base) {
@@ -524,6 +596,12 @@ exports.Schedule = {
         message.createTime = object.createTime ?? undefined;
         message.updateTime = object.updateTime ?? undefined;
         message.etag = object.etag ?? "";
+        message.runAt = object.runAt ?? undefined;
+        message.startTime = object.startTime ?? undefined;
+        message.endTime = object.endTime ?? undefined;
+        message.jitter = (object.jitter !== undefined && object.jitter !== null)
+            ? duration_1.Duration.fromPartial(object.jitter)
+            : undefined;
         return message;
     },
 };

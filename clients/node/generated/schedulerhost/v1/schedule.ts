@@ -171,7 +171,10 @@ export function runStateToJSON(object: RunState): string {
   }
 }
 
-/** A recurring call of one endpoint of an extension install, on a cron expression in a time zone. */
+/**
+ * A call of one endpoint of an extension install: recurring on a cron expression in a time zone,
+ * or once at `run_at`; optionally bounded in time and spread by a jitter.
+ */
 export interface Schedule {
   /** Server-assigned UUID. Output only. */
   id: string;
@@ -192,7 +195,10 @@ export interface Schedule {
   endpointId: string;
   /** Optional human name, unique per install (case-sensitive); empty means unset. */
   name: string;
-  /** Five-field cron expression (`m h dom mon dow`) or a macro such as `@hourly`. */
+  /**
+   * Five-field cron expression (`m h dom mon dow`) or a macro such as `@hourly`. Exactly one of
+   * `cron` and `run_at` is set; empty for a one-time schedule.
+   */
   cron: string;
   /** IANA time zone name the cron expression is evaluated in; default `UTC`. */
   timezone: string;
@@ -204,11 +210,17 @@ export interface Schedule {
   payload:
     | any
     | undefined;
-  /** Next time the schedule fires; unset while disabled. Output only. */
+  /**
+   * Next time the schedule fires (with its jitter); unset while disabled, past `end_time`, and once
+   * a one-time schedule has fired. Output only.
+   */
   nextRunTime:
     | Date
     | undefined;
-  /** Scheduled time of the most recent finished run. Output only. */
+  /**
+   * When the most recent finished run started (for a skipped occurrence, when it was recorded).
+   * Output only.
+   */
   lastRunTime:
     | Date
     | undefined;
@@ -229,6 +241,29 @@ export interface Schedule {
    * fail with ABORTED instead of overwriting a concurrent change.
    */
   etag: string;
+  /**
+   * A one-time schedule: the instant of its single run, in the future and at most 366 days ahead
+   * when created or re-enabled. After it fires the schedule stays stored, disabled, with no
+   * `next_run_time`; it counts toward the quota until deleted.
+   */
+  runAt:
+    | Date
+    | undefined;
+  /** Optional: no occurrence fires before this instant. */
+  startTime:
+    | Date
+    | undefined;
+  /** Optional: no occurrence fires after this instant; must be after `start_time`. */
+  endTime:
+    | Date
+    | undefined;
+  /**
+   * Optional: each occurrence fires at its instant plus an offset in [0, jitter), derived from the
+   * schedule id and the occurrence, so that many schedules on one expression do not all fire in
+   * the same second. Whole milliseconds; at most 1 hour and at most half the expression's
+   * shortest interval. `next_run_time` and previews include it.
+   */
+  jitter: Duration | undefined;
 }
 
 /** An HTTP endpoint of the install's current extension version. */
@@ -296,6 +331,10 @@ function createBaseSchedule(): Schedule {
     createTime: undefined,
     updateTime: undefined,
     etag: "",
+    runAt: undefined,
+    startTime: undefined,
+    endTime: undefined,
+    jitter: undefined,
   };
 }
 
@@ -351,6 +390,18 @@ export const Schedule: MessageFns<Schedule> = {
     }
     if (message.etag !== "") {
       writer.uint32(138).string(message.etag);
+    }
+    if (message.runAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.runAt), writer.uint32(146).fork()).join();
+    }
+    if (message.startTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.startTime), writer.uint32(154).fork()).join();
+    }
+    if (message.endTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.endTime), writer.uint32(162).fork()).join();
+    }
+    if (message.jitter !== undefined) {
+      Duration.encode(message.jitter, writer.uint32(170).fork()).join();
     }
     return writer;
   },
@@ -504,6 +555,38 @@ export const Schedule: MessageFns<Schedule> = {
             message.etag = reader.string();
             continue;
           }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.runAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.startTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.endTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.jitter = Duration.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -571,6 +654,22 @@ export const Schedule: MessageFns<Schedule> = {
         ? fromJsonTimestamp(object.update_time)
         : undefined,
       etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
+      runAt: isSet(object.runAt)
+        ? fromJsonTimestamp(object.runAt)
+        : isSet(object.run_at)
+        ? fromJsonTimestamp(object.run_at)
+        : undefined,
+      startTime: isSet(object.startTime)
+        ? fromJsonTimestamp(object.startTime)
+        : isSet(object.start_time)
+        ? fromJsonTimestamp(object.start_time)
+        : undefined,
+      endTime: isSet(object.endTime)
+        ? fromJsonTimestamp(object.endTime)
+        : isSet(object.end_time)
+        ? fromJsonTimestamp(object.end_time)
+        : undefined,
+      jitter: isSet(object.jitter) ? Duration.fromJSON(object.jitter) : undefined,
     };
   },
 
@@ -627,6 +726,18 @@ export const Schedule: MessageFns<Schedule> = {
     if (message.etag !== "") {
       obj.etag = message.etag;
     }
+    if (message.runAt !== undefined) {
+      obj.runAt = message.runAt.toISOString();
+    }
+    if (message.startTime !== undefined) {
+      obj.startTime = message.startTime.toISOString();
+    }
+    if (message.endTime !== undefined) {
+      obj.endTime = message.endTime.toISOString();
+    }
+    if (message.jitter !== undefined) {
+      obj.jitter = Duration.toJSON(message.jitter);
+    }
     return obj;
   },
 
@@ -652,6 +763,12 @@ export const Schedule: MessageFns<Schedule> = {
     message.createTime = object.createTime ?? undefined;
     message.updateTime = object.updateTime ?? undefined;
     message.etag = object.etag ?? "";
+    message.runAt = object.runAt ?? undefined;
+    message.startTime = object.startTime ?? undefined;
+    message.endTime = object.endTime ?? undefined;
+    message.jitter = (object.jitter !== undefined && object.jitter !== null)
+      ? Duration.fromPartial(object.jitter)
+      : undefined;
     return message;
   },
 };

@@ -5,7 +5,7 @@
 //   protoc               unknown
 // source: schedulerhost/v1/scheduler_host.proto
 Object.defineProperty(exports, "__esModule", { value: true });
-exports.SchedulerHostClient = exports.SchedulerHostService = exports.PreviewScheduleResponse = exports.PreviewScheduleRequest = exports.GetEndpointsResponse = exports.GetEndpointsRequest = exports.DeleteScheduleResponse = exports.DeleteScheduleRequest = exports.UpdateScheduleResponse = exports.UpdateScheduleRequest = exports.ListSchedulesResponse = exports.ListSchedulesRequest = exports.GetScheduleResponse = exports.GetScheduleRequest = exports.CreateScheduleResponse = exports.CreateScheduleRequest = exports.protobufFileName = exports.protobufPackage = void 0;
+exports.SchedulerHostClient = exports.SchedulerHostService = exports.SchedulerHostListScheduleRunsResponse = exports.SchedulerHostListScheduleRunsRequest = exports.PreviewScheduleResponse = exports.PreviewScheduleRequest = exports.GetEndpointsResponse = exports.GetEndpointsRequest = exports.DeleteScheduleResponse = exports.DeleteScheduleRequest = exports.UpdateScheduleResponse = exports.UpdateScheduleRequest = exports.ListSchedulesResponse = exports.ListSchedulesRequest = exports.GetScheduleResponse = exports.GetScheduleRequest = exports.CreateScheduleResponse = exports.CreateScheduleRequest = exports.protobufFileName = exports.protobufPackage = void 0;
 /* eslint-disable */
 const wire_1 = require("@bufbuild/protobuf/wire");
 const grpc_js_1 = require("@grpc/grpc-js");
@@ -860,7 +860,7 @@ exports.GetEndpointsResponse = {
     },
 };
 function createBasePreviewScheduleRequest() {
-    return { cron: "", timezone: "", count: 0, startTime: undefined };
+    return { cron: "", timezone: "", count: 0, startTime: undefined, scheduleId: "" };
 }
 exports.PreviewScheduleRequest = {
     encode(message, writer = new wire_1.BinaryWriter()) {
@@ -875,6 +875,9 @@ exports.PreviewScheduleRequest = {
         }
         if (message.startTime !== undefined) {
             timestamp_1.Timestamp.encode(toTimestamp(message.startTime), writer.uint32(34).fork()).join();
+        }
+        if (message.scheduleId !== "") {
+            writer.uint32(42).string(message.scheduleId);
         }
         return writer;
     },
@@ -919,6 +922,13 @@ exports.PreviewScheduleRequest = {
                         message.startTime = fromTimestamp(timestamp_1.Timestamp.decode(reader, reader.uint32()));
                         continue;
                     }
+                    case 5: {
+                        if (tag !== 42) {
+                            break;
+                        }
+                        message.scheduleId = reader.string();
+                        continue;
+                    }
                 }
                 if ((tag & 7) === 4 || tag === 0) {
                     break;
@@ -941,6 +951,11 @@ exports.PreviewScheduleRequest = {
                 : isSet(object.start_time)
                     ? fromJsonTimestamp(object.start_time)
                     : undefined,
+            scheduleId: isSet(object.scheduleId)
+                ? globalThis.String(object.scheduleId)
+                : isSet(object.schedule_id)
+                    ? globalThis.String(object.schedule_id)
+                    : "",
         };
     },
     toJSON(message) {
@@ -957,6 +972,9 @@ exports.PreviewScheduleRequest = {
         if (message.startTime !== undefined) {
             obj.startTime = message.startTime.toISOString();
         }
+        if (message.scheduleId !== "") {
+            obj.scheduleId = message.scheduleId;
+        }
         return obj;
     },
     create(base) {
@@ -968,6 +986,7 @@ exports.PreviewScheduleRequest = {
         message.timezone = object.timezone ?? "";
         message.count = object.count ?? 0;
         message.startTime = object.startTime ?? undefined;
+        message.scheduleId = object.scheduleId ?? "";
         return message;
     },
 };
@@ -1059,6 +1078,193 @@ exports.PreviewScheduleResponse = {
         return message;
     },
 };
+function createBaseSchedulerHostListScheduleRunsRequest() {
+    return { scheduleId: "", pageSize: 0, pageToken: "" };
+}
+exports.SchedulerHostListScheduleRunsRequest = {
+    encode(message, writer = new wire_1.BinaryWriter()) {
+        if (message.scheduleId !== "") {
+            writer.uint32(10).string(message.scheduleId);
+        }
+        if (message.pageSize !== 0) {
+            writer.uint32(16).int32(message.pageSize);
+        }
+        if (message.pageToken !== "") {
+            writer.uint32(26).string(message.pageToken);
+        }
+        return writer;
+    },
+    decode(input, length) {
+        const reader = input instanceof wire_1.BinaryReader ? input : new wire_1.BinaryReader(input);
+        const previousRecursionDepth = reader.__tsProtoDecodeDepth ?? 0;
+        if (previousRecursionDepth >= 100) {
+            throw new globalThis.Error("protobuf decode recursion limit exceeded");
+        }
+        reader.__tsProtoDecodeDepth = previousRecursionDepth + 1;
+        try {
+            const end = length === undefined ? reader.len : reader.pos + length;
+            const message = createBaseSchedulerHostListScheduleRunsRequest();
+            while (reader.pos < end) {
+                const tag = reader.uint32();
+                switch (tag >>> 3) {
+                    case 1: {
+                        if (tag !== 10) {
+                            break;
+                        }
+                        message.scheduleId = reader.string();
+                        continue;
+                    }
+                    case 2: {
+                        if (tag !== 16) {
+                            break;
+                        }
+                        message.pageSize = reader.int32();
+                        continue;
+                    }
+                    case 3: {
+                        if (tag !== 26) {
+                            break;
+                        }
+                        message.pageToken = reader.string();
+                        continue;
+                    }
+                }
+                if ((tag & 7) === 4 || tag === 0) {
+                    break;
+                }
+                reader.skip(tag & 7);
+            }
+            return message;
+        }
+        finally {
+            reader.__tsProtoDecodeDepth = previousRecursionDepth;
+        }
+    },
+    fromJSON(object) {
+        return {
+            scheduleId: isSet(object.scheduleId)
+                ? globalThis.String(object.scheduleId)
+                : isSet(object.schedule_id)
+                    ? globalThis.String(object.schedule_id)
+                    : "",
+            pageSize: isSet(object.pageSize)
+                ? globalThis.Number(object.pageSize)
+                : isSet(object.page_size)
+                    ? globalThis.Number(object.page_size)
+                    : 0,
+            pageToken: isSet(object.pageToken)
+                ? globalThis.String(object.pageToken)
+                : isSet(object.page_token)
+                    ? globalThis.String(object.page_token)
+                    : "",
+        };
+    },
+    toJSON(message) {
+        const obj = {};
+        if (message.scheduleId !== "") {
+            obj.scheduleId = message.scheduleId;
+        }
+        if (message.pageSize !== 0) {
+            obj.pageSize = Math.round(message.pageSize);
+        }
+        if (message.pageToken !== "") {
+            obj.pageToken = message.pageToken;
+        }
+        return obj;
+    },
+    create(base) {
+        return exports.SchedulerHostListScheduleRunsRequest.fromPartial(base ?? {});
+    },
+    fromPartial(object) {
+        const message = createBaseSchedulerHostListScheduleRunsRequest();
+        message.scheduleId = object.scheduleId ?? "";
+        message.pageSize = object.pageSize ?? 0;
+        message.pageToken = object.pageToken ?? "";
+        return message;
+    },
+};
+function createBaseSchedulerHostListScheduleRunsResponse() {
+    return { runs: [], nextPageToken: "" };
+}
+exports.SchedulerHostListScheduleRunsResponse = {
+    encode(message, writer = new wire_1.BinaryWriter()) {
+        for (const v of message.runs) {
+            schedule_1.ScheduleRun.encode(v, writer.uint32(10).fork()).join();
+        }
+        if (message.nextPageToken !== "") {
+            writer.uint32(18).string(message.nextPageToken);
+        }
+        return writer;
+    },
+    decode(input, length) {
+        const reader = input instanceof wire_1.BinaryReader ? input : new wire_1.BinaryReader(input);
+        const previousRecursionDepth = reader.__tsProtoDecodeDepth ?? 0;
+        if (previousRecursionDepth >= 100) {
+            throw new globalThis.Error("protobuf decode recursion limit exceeded");
+        }
+        reader.__tsProtoDecodeDepth = previousRecursionDepth + 1;
+        try {
+            const end = length === undefined ? reader.len : reader.pos + length;
+            const message = createBaseSchedulerHostListScheduleRunsResponse();
+            while (reader.pos < end) {
+                const tag = reader.uint32();
+                switch (tag >>> 3) {
+                    case 1: {
+                        if (tag !== 10) {
+                            break;
+                        }
+                        message.runs.push(schedule_1.ScheduleRun.decode(reader, reader.uint32()));
+                        continue;
+                    }
+                    case 2: {
+                        if (tag !== 18) {
+                            break;
+                        }
+                        message.nextPageToken = reader.string();
+                        continue;
+                    }
+                }
+                if ((tag & 7) === 4 || tag === 0) {
+                    break;
+                }
+                reader.skip(tag & 7);
+            }
+            return message;
+        }
+        finally {
+            reader.__tsProtoDecodeDepth = previousRecursionDepth;
+        }
+    },
+    fromJSON(object) {
+        return {
+            runs: globalThis.Array.isArray(object?.runs) ? object.runs.map((e) => schedule_1.ScheduleRun.fromJSON(e)) : [],
+            nextPageToken: isSet(object.nextPageToken)
+                ? globalThis.String(object.nextPageToken)
+                : isSet(object.next_page_token)
+                    ? globalThis.String(object.next_page_token)
+                    : "",
+        };
+    },
+    toJSON(message) {
+        const obj = {};
+        if (message.runs?.length) {
+            obj.runs = message.runs.map((e) => schedule_1.ScheduleRun.toJSON(e));
+        }
+        if (message.nextPageToken !== "") {
+            obj.nextPageToken = message.nextPageToken;
+        }
+        return obj;
+    },
+    create(base) {
+        return exports.SchedulerHostListScheduleRunsResponse.fromPartial(base ?? {});
+    },
+    fromPartial(object) {
+        const message = createBaseSchedulerHostListScheduleRunsResponse();
+        message.runs = object.runs?.map((e) => schedule_1.ScheduleRun.fromPartial(e)) || [];
+        message.nextPageToken = object.nextPageToken ?? "";
+        return message;
+    },
+};
 exports.SchedulerHostService = {
     /** Creates a schedule. Retrying with the same `request_id` returns the first result. */
     createSchedule: {
@@ -1120,7 +1326,10 @@ exports.SchedulerHostService = {
         responseSerialize: (value) => Buffer.from(exports.GetEndpointsResponse.encode(value).finish()),
         responseDeserialize: (value) => exports.GetEndpointsResponse.decode(value),
     },
-    /** Returns the next run times of a cron expression in a time zone, exactly as they will fire. */
+    /**
+     * Returns the next run times of a cron expression in a time zone, or of a stored schedule
+     * (`schedule_id`), exactly as they will fire.
+     */
     previewSchedule: {
         path: "/schedulerhost.v1.SchedulerHost/PreviewSchedule",
         requestStream: false,
@@ -1129,6 +1338,16 @@ exports.SchedulerHostService = {
         requestDeserialize: (value) => exports.PreviewScheduleRequest.decode(value),
         responseSerialize: (value) => Buffer.from(exports.PreviewScheduleResponse.encode(value).finish()),
         responseDeserialize: (value) => exports.PreviewScheduleResponse.decode(value),
+    },
+    /** Lists the runs of one of the install's schedules, newest first. */
+    listScheduleRuns: {
+        path: "/schedulerhost.v1.SchedulerHost/ListScheduleRuns",
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: (value) => Buffer.from(exports.SchedulerHostListScheduleRunsRequest.encode(value).finish()),
+        requestDeserialize: (value) => exports.SchedulerHostListScheduleRunsRequest.decode(value),
+        responseSerialize: (value) => Buffer.from(exports.SchedulerHostListScheduleRunsResponse.encode(value).finish()),
+        responseDeserialize: (value) => exports.SchedulerHostListScheduleRunsResponse.decode(value),
     },
 };
 exports.SchedulerHostClient = (0, grpc_js_1.makeGenericClientConstructor)(exports.SchedulerHostService, "schedulerhost.v1.SchedulerHost");

@@ -21,7 +21,7 @@ import {
 import { Duration } from "../../google/protobuf/duration";
 import { FieldMask } from "../../google/protobuf/field_mask";
 import { Timestamp } from "../../google/protobuf/timestamp";
-import { Endpoint, Schedule } from "./schedule";
+import { Endpoint, Schedule, ScheduleRun } from "./schedule";
 
 export const protobufPackage = "schedulerhost.v1";
 
@@ -79,7 +79,11 @@ export interface UpdateScheduleRequest {
   schedule:
     | Schedule
     | undefined;
-  /** Fields to change: any of `endpoint`, `cron`, `timezone`, `enabled`, `name`, `payload`. */
+  /**
+   * Fields to change: any of `endpoint`, `cron`, `timezone`, `enabled`, `name`, `payload`,
+   * `run_at`, `start_time`, `end_time`, `jitter`. Naming `cron` and `run_at` switches a schedule
+   * between recurring and one-time; the result is validated as a whole.
+   */
   updateMask: string[] | undefined;
 }
 
@@ -113,22 +117,51 @@ export interface GetEndpointsResponse {
 
 /** Request of PreviewSchedule. */
 export interface PreviewScheduleRequest {
-  /** Cron expression to evaluate, validated as for CreateSchedule. */
+  /** Cron expression to evaluate, validated as for CreateSchedule; empty with `schedule_id`. */
   cron: string;
-  /** IANA time zone; default `UTC`. */
+  /** IANA time zone; default `UTC`; empty with `schedule_id`. */
   timezone: string;
   /** Number of run times to return: 0 means 10, at most 100. */
   count: number;
   /** Run times strictly after this instant are returned; default now. */
-  startTime: Date | undefined;
+  startTime:
+    | Date
+    | undefined;
+  /**
+   * Optional UUID of one of the install's schedules: preview it as stored (cron or one-time run,
+   * time zone, time bounds and jitter), exactly as the dispatcher will fire it. When set, `cron`
+   * and `timezone` must be empty.
+   */
+  scheduleId: string;
 }
 
 /** Response of PreviewSchedule. */
 export interface PreviewScheduleResponse {
-  /** The next run times, strictly increasing. */
+  /** The next run times, strictly increasing (fewer than `count` when the schedule ends). */
   runTimes: Date[];
-  /** Shortest gap between two consecutive occurrences, computed from the cron fields. */
+  /**
+   * Shortest gap between two consecutive occurrences, computed from the cron fields; zero for a
+   * one-time schedule.
+   */
   minInterval: Duration | undefined;
+}
+
+/** Request of SchedulerHost.ListScheduleRuns. */
+export interface SchedulerHostListScheduleRunsRequest {
+  /** UUID of one of the install's schedules; another install's schedule is NOT_FOUND. */
+  scheduleId: string;
+  /** Page size: 0 means 50, values above 100 mean 100, negative values are invalid. */
+  pageSize: number;
+  /** Token from a previous response's `next_page_token`; empty for the first page. */
+  pageToken: string;
+}
+
+/** Response of SchedulerHost.ListScheduleRuns. */
+export interface SchedulerHostListScheduleRunsResponse {
+  /** One page of runs, newest first. */
+  runs: ScheduleRun[];
+  /** Token for the next page; empty on the last page. */
+  nextPageToken: string;
 }
 
 function createBaseCreateScheduleRequest(): CreateScheduleRequest {
@@ -1052,7 +1085,7 @@ export const GetEndpointsResponse: MessageFns<GetEndpointsResponse> = {
 };
 
 function createBasePreviewScheduleRequest(): PreviewScheduleRequest {
-  return { cron: "", timezone: "", count: 0, startTime: undefined };
+  return { cron: "", timezone: "", count: 0, startTime: undefined, scheduleId: "" };
 }
 
 export const PreviewScheduleRequest: MessageFns<PreviewScheduleRequest> = {
@@ -1068,6 +1101,9 @@ export const PreviewScheduleRequest: MessageFns<PreviewScheduleRequest> = {
     }
     if (message.startTime !== undefined) {
       Timestamp.encode(toTimestamp(message.startTime), writer.uint32(34).fork()).join();
+    }
+    if (message.scheduleId !== "") {
+      writer.uint32(42).string(message.scheduleId);
     }
     return writer;
   },
@@ -1117,6 +1153,14 @@ export const PreviewScheduleRequest: MessageFns<PreviewScheduleRequest> = {
             message.startTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.scheduleId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1139,6 +1183,11 @@ export const PreviewScheduleRequest: MessageFns<PreviewScheduleRequest> = {
         : isSet(object.start_time)
         ? fromJsonTimestamp(object.start_time)
         : undefined,
+      scheduleId: isSet(object.scheduleId)
+        ? globalThis.String(object.scheduleId)
+        : isSet(object.schedule_id)
+        ? globalThis.String(object.schedule_id)
+        : "",
     };
   },
 
@@ -1156,6 +1205,9 @@ export const PreviewScheduleRequest: MessageFns<PreviewScheduleRequest> = {
     if (message.startTime !== undefined) {
       obj.startTime = message.startTime.toISOString();
     }
+    if (message.scheduleId !== "") {
+      obj.scheduleId = message.scheduleId;
+    }
     return obj;
   },
 
@@ -1168,6 +1220,7 @@ export const PreviewScheduleRequest: MessageFns<PreviewScheduleRequest> = {
     message.timezone = object.timezone ?? "";
     message.count = object.count ?? 0;
     message.startTime = object.startTime ?? undefined;
+    message.scheduleId = object.scheduleId ?? "";
     return message;
   },
 };
@@ -1267,6 +1320,216 @@ export const PreviewScheduleResponse: MessageFns<PreviewScheduleResponse> = {
   },
 };
 
+function createBaseSchedulerHostListScheduleRunsRequest(): SchedulerHostListScheduleRunsRequest {
+  return { scheduleId: "", pageSize: 0, pageToken: "" };
+}
+
+export const SchedulerHostListScheduleRunsRequest: MessageFns<SchedulerHostListScheduleRunsRequest> = {
+  encode(message: SchedulerHostListScheduleRunsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.scheduleId !== "") {
+      writer.uint32(10).string(message.scheduleId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SchedulerHostListScheduleRunsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSchedulerHostListScheduleRunsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.scheduleId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SchedulerHostListScheduleRunsRequest {
+    return {
+      scheduleId: isSet(object.scheduleId)
+        ? globalThis.String(object.scheduleId)
+        : isSet(object.schedule_id)
+        ? globalThis.String(object.schedule_id)
+        : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: SchedulerHostListScheduleRunsRequest): unknown {
+    const obj: any = {};
+    if (message.scheduleId !== "") {
+      obj.scheduleId = message.scheduleId;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SchedulerHostListScheduleRunsRequest>, I>>(
+    base?: I,
+  ): SchedulerHostListScheduleRunsRequest {
+    return SchedulerHostListScheduleRunsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SchedulerHostListScheduleRunsRequest>, I>>(
+    object: I,
+  ): SchedulerHostListScheduleRunsRequest {
+    const message = createBaseSchedulerHostListScheduleRunsRequest();
+    message.scheduleId = object.scheduleId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseSchedulerHostListScheduleRunsResponse(): SchedulerHostListScheduleRunsResponse {
+  return { runs: [], nextPageToken: "" };
+}
+
+export const SchedulerHostListScheduleRunsResponse: MessageFns<SchedulerHostListScheduleRunsResponse> = {
+  encode(message: SchedulerHostListScheduleRunsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.runs) {
+      ScheduleRun.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SchedulerHostListScheduleRunsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSchedulerHostListScheduleRunsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.runs.push(ScheduleRun.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SchedulerHostListScheduleRunsResponse {
+    return {
+      runs: globalThis.Array.isArray(object?.runs) ? object.runs.map((e: any) => ScheduleRun.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: SchedulerHostListScheduleRunsResponse): unknown {
+    const obj: any = {};
+    if (message.runs?.length) {
+      obj.runs = message.runs.map((e) => ScheduleRun.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SchedulerHostListScheduleRunsResponse>, I>>(
+    base?: I,
+  ): SchedulerHostListScheduleRunsResponse {
+    return SchedulerHostListScheduleRunsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SchedulerHostListScheduleRunsResponse>, I>>(
+    object: I,
+  ): SchedulerHostListScheduleRunsResponse {
+    const message = createBaseSchedulerHostListScheduleRunsResponse();
+    message.runs = object.runs?.map((e) => ScheduleRun.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
 /**
  * Install-scoped schedule management, called by the Runner on behalf of one extension install.
  * Every call carries the metadata `x-runner-auth` (a Runner service token) and `x-install-id` (the
@@ -1342,7 +1605,10 @@ export const SchedulerHostService = {
       Buffer.from(GetEndpointsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetEndpointsResponse => GetEndpointsResponse.decode(value),
   },
-  /** Returns the next run times of a cron expression in a time zone, exactly as they will fire. */
+  /**
+   * Returns the next run times of a cron expression in a time zone, or of a stored schedule
+   * (`schedule_id`), exactly as they will fire.
+   */
   previewSchedule: {
     path: "/schedulerhost.v1.SchedulerHost/PreviewSchedule" as const,
     requestStream: false as const,
@@ -1353,6 +1619,20 @@ export const SchedulerHostService = {
     responseSerialize: (value: PreviewScheduleResponse): Buffer =>
       Buffer.from(PreviewScheduleResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PreviewScheduleResponse => PreviewScheduleResponse.decode(value),
+  },
+  /** Lists the runs of one of the install's schedules, newest first. */
+  listScheduleRuns: {
+    path: "/schedulerhost.v1.SchedulerHost/ListScheduleRuns" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SchedulerHostListScheduleRunsRequest): Buffer =>
+      Buffer.from(SchedulerHostListScheduleRunsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SchedulerHostListScheduleRunsRequest =>
+      SchedulerHostListScheduleRunsRequest.decode(value),
+    responseSerialize: (value: SchedulerHostListScheduleRunsResponse): Buffer =>
+      Buffer.from(SchedulerHostListScheduleRunsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SchedulerHostListScheduleRunsResponse =>
+      SchedulerHostListScheduleRunsResponse.decode(value),
   },
 } as const;
 
@@ -1369,8 +1649,13 @@ export interface SchedulerHostServer extends UntypedServiceImplementation {
   deleteSchedule: handleUnaryCall<DeleteScheduleRequest, DeleteScheduleResponse>;
   /** Lists the endpoints of the install's current version, each marked schedulable or not. */
   getEndpoints: handleUnaryCall<GetEndpointsRequest, GetEndpointsResponse>;
-  /** Returns the next run times of a cron expression in a time zone, exactly as they will fire. */
+  /**
+   * Returns the next run times of a cron expression in a time zone, or of a stored schedule
+   * (`schedule_id`), exactly as they will fire.
+   */
   previewSchedule: handleUnaryCall<PreviewScheduleRequest, PreviewScheduleResponse>;
+  /** Lists the runs of one of the install's schedules, newest first. */
+  listScheduleRuns: handleUnaryCall<SchedulerHostListScheduleRunsRequest, SchedulerHostListScheduleRunsResponse>;
 }
 
 export interface SchedulerHostClient extends Client {
@@ -1470,7 +1755,10 @@ export interface SchedulerHostClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetEndpointsResponse) => void,
   ): ClientUnaryCall;
-  /** Returns the next run times of a cron expression in a time zone, exactly as they will fire. */
+  /**
+   * Returns the next run times of a cron expression in a time zone, or of a stored schedule
+   * (`schedule_id`), exactly as they will fire.
+   */
   previewSchedule(
     request: PreviewScheduleRequest,
     callback: (error: ServiceError | null, response: PreviewScheduleResponse) => void,
@@ -1485,6 +1773,22 @@ export interface SchedulerHostClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PreviewScheduleResponse) => void,
+  ): ClientUnaryCall;
+  /** Lists the runs of one of the install's schedules, newest first. */
+  listScheduleRuns(
+    request: SchedulerHostListScheduleRunsRequest,
+    callback: (error: ServiceError | null, response: SchedulerHostListScheduleRunsResponse) => void,
+  ): ClientUnaryCall;
+  listScheduleRuns(
+    request: SchedulerHostListScheduleRunsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SchedulerHostListScheduleRunsResponse) => void,
+  ): ClientUnaryCall;
+  listScheduleRuns(
+    request: SchedulerHostListScheduleRunsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SchedulerHostListScheduleRunsResponse) => void,
   ): ClientUnaryCall;
 }
 
