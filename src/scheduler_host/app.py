@@ -25,12 +25,7 @@ from scheduler_host.adapters.db.unit_of_work import SqlUnitOfWorkFactory
 from scheduler_host.adapters.runner_http import HttpRunnerClient
 from scheduler_host.config import Settings
 from scheduler_host.service.access import InstallContextCache
-from scheduler_host.service.dispatch import (
-    MAX_RESPONSE_BYTES,
-    RUN_HISTORY_LIMIT,
-    DispatchDeps,
-    Dispatcher,
-)
+from scheduler_host.service.dispatch import RUN_HISTORY_LIMIT, DispatchDeps, Dispatcher
 from scheduler_host.service.page_tokens import SignedPageTokens
 from scheduler_host.service.ports import Clock, UnitOfWorkFactory
 from scheduler_host.telemetry import (
@@ -158,9 +153,7 @@ async def start_application(
         key = await load_key(engine, PAGE_TOKEN_KEY)
         dispatcher = Dispatcher(
             SqlDispatchStore(engine, RUN_HISTORY_LIMIT),
-            HttpRunnerClient(
-                settings.runner_base_url, MAX_RESPONSE_BYTES, settings.dispatch_max_in_flight
-            ),
+            HttpRunnerClient(settings.runner_base_url, settings.dispatch_max_in_flight),
             settings,
             clock,
             observe=metrics.record_run,

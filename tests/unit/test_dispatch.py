@@ -1,11 +1,9 @@
-"""Dispatcher rules without a database: the verdict on a Runner answer, the claim plan (misfires,
-overlap, missing endpoint, disabled install), the request, leases and retries with fakes."""
+"""Dispatcher rules without a database: the claim plan (misfires, overlap, missing endpoint,
+disabled install), leases and retries with fakes."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,18 +23,16 @@ from scheduler_host.service.dispatch import (
     UNEVALUABLE,
     Dispatcher,
     idempotency_key,
-    judge_response,
     lease_length,
     plan_claim,
     retry_delay,
-    runner_request,
 )
 from scheduler_host.service.ports import (
+    CallOutcome,
     ClaimBatch,
     ClaimedRun,
     ClaimPlan,
-    RunnerRequest,
-    RunnerResponse,
+    RunnerCall,
     RunOutcome,
     RunTarget,
     SkippedOccurrence,
@@ -92,60 +88,6 @@ def target(
         capabilities=frozenset({"cap:scheduler.manage", "cap:http.fetch"}),
     )
     return RunTarget(schedule, install, endpoint_found, run_in_flight)
-
-
-# --- the verdict on an answer -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("response", "ok", "error", "retryable"),
-    [
-        (RunnerResponse(200, b'{"status":200}'), True, None, False),
-        (RunnerResponse(201, b"{}"), True, None, False),
-        (RunnerResponse(200, b"[1, 2]"), True, None, False),
-        (RunnerResponse(200, b'{"status": true}'), True, None, False),
-        (RunnerResponse(200, b'{"status": 399}'), True, None, False),
-        (RunnerResponse(200, b'{"status": 404}'), False, "Runner returned status 404", False),
-        (RunnerResponse(200, b'{"status": 500}'), False, "Runner returned status 500", False),
-        (RunnerResponse(503, b'{"error":"x"}'), False, "Runner returned status 503", True),
-        (RunnerResponse(502, b'{"status": 504}'), False, "Runner returned status 504", True),
-        (RunnerResponse(400, b'{"error":"x"}'), False, "Runner returned status 400", False),
-        (RunnerResponse(404, b'{"status": 200}'), False, "Runner returned status 404", False),
-        (RunnerResponse(429, b""), False, "Runner returned empty body (http 429)", True),
-        (RunnerResponse(204, b""), False, "Runner returned empty body (http 204)", False),
-        (RunnerResponse(200, b" \n"), False, "Runner returned empty body (http 200)", False),
-        (
-            RunnerResponse(200, b"<html/>"),
-            False,
-            "Runner returned non-JSON response (http 200)",
-            False,
-        ),
-        (RunnerResponse(500, b"oops"), False, "Runner returned non-JSON response (http 500)", True),
-        (
-            RunnerResponse(200, b"\xff\xfe"),
-            False,
-            "Runner returned non-JSON response (http 200)",
-            False,
-        ),
-        (
-            RunnerResponse(200, b"{", oversize=True),
-            False,
-            "Runner response larger than 262144 bytes (http 200)",
-            False,
-        ),
-        (
-            RunnerResponse(transport_error="ConnectError: refused"),
-            False,
-            "ConnectError: refused",
-            True,
-        ),
-    ],
-)
-def test_judge_response(
-    response: RunnerResponse, ok: bool, error: str | None, retryable: bool
-) -> None:
-    verdict = judge_response(response)
-    assert (verdict.ok, verdict.error, verdict.retryable) == (ok, error, retryable)
 
 
 # --- what a claimed due schedule does ---------------------------------------------------------
@@ -212,47 +154,6 @@ def test_fixed_time_in_the_repeated_hour_is_followed_by_the_next_day() -> None:
     assert plan.fire_at == first and plan.next_run_time == utc("2026-11-02T06:30")
 
 
-# --- the request --------------------------------------------------------------------------------
-
-
-def test_request_carries_the_context_and_the_compact_payload() -> None:
-    request = runner_request(
-        target(payload={"name": "Zoë", "n": [1, 2]}), RunTrigger.MANUAL, "key-1", "req-1", 2.5
-    )
-    http = request.body["http"]
-    assert base64.b64decode(http["body_b64"]).decode() == '{"name":"Zoë","n":[1,2]}'
-    assert request.body["context"] == {
-        "request_id": "req-1",
-        "tenant_id": "tenant-a",
-        "extension_id": "ext.registry",
-        "install_id": str(uuid.UUID(int=1)),
-        "version_id": "v7",
-        "content_hash": "sha256:x",
-        "config": {},
-        "trigger": "manual",
-        "schedule_id": str(uuid.UUID(int=2)),
-    }
-    assert request.body["limits"] == {"timeout_ms": 2500}
-    assert request.body["providers"] == ["cap:http.fetch", "cap:scheduler.manage"]
-    assert request.headers == {
-        "x-request-id": "req-1",
-        "x-idempotency-key": "key-1",
-        "x-alga-tenant": "tenant-a",
-        "x-alga-extension": "ext.registry",
-    }
-    json.dumps(request.body)  # what the client sends must be JSON
-
-
-@pytest.mark.parametrize(
-    ("method", "payload"), [("GET", {"a": 1}), ("POST", None)], ids=["get", "no-payload"]
-)
-def test_request_has_no_body_for_get_or_without_payload(method: str, payload: object) -> None:
-    request = runner_request(
-        target(method=method, payload=payload), RunTrigger.SCHEDULE, "k", "r", 30
-    )
-    assert request.body["http"] == {"method": method, "path": "/sync", "query": {}, "headers": {}}
-
-
 def test_idempotency_key_names_one_occurrence() -> None:
     sid = uuid.uuid4()
     key = idempotency_key(sid, RunTrigger.SCHEDULE, T0)
@@ -313,11 +214,11 @@ class FakeStore:
 
 @dataclass
 class FakeRunner:
-    answers: list[RunnerResponse]
-    requests: list[RunnerRequest] = field(default_factory=list)
+    answers: list[CallOutcome]
+    calls: list[RunnerCall] = field(default_factory=list)
 
-    async def execute(self, request: RunnerRequest, timeout_seconds: float) -> RunnerResponse:
-        self.requests.append(request)
+    async def execute(self, call: RunnerCall) -> CallOutcome:
+        self.calls.append(call)
         return self.answers.pop(0)
 
     async def close(self) -> None:
@@ -354,19 +255,19 @@ async def dispatch(store: FakeStore, runner: FakeRunner) -> tuple[list[ScheduleR
 
 async def test_transport_errors_are_tried_three_times_with_backoff_and_one_key() -> None:
     store = FakeStore(claimed_run())
-    runner = FakeRunner([RunnerResponse(transport_error="ConnectError: refused")] * 3)
+    runner = FakeRunner([CallOutcome(False, "ConnectError: refused", retryable=True)] * 3)
     (run,), delays = await dispatch(store, runner)
     assert (run.status, run.error, run.attempt) == (RunState.ERROR, "ConnectError: refused", 3)
     assert delays == [1.0, 2.0] and store.attempts == [2, 3]
-    assert len({r.headers["x-idempotency-key"] for r in runner.requests}) == 1
-    assert len({r.headers["x-request-id"] for r in runner.requests}) == 3
+    assert len({c.idempotency_key for c in runner.calls}) == 1
+    assert len({c.request_id for c in runner.calls}) == 3
 
 
 async def test_a_claim_lost_between_attempts_stops_the_run_without_recording() -> None:
     store = FakeStore(claimed_run(), keep_claim_until_attempt=2)
-    runner = FakeRunner([RunnerResponse(503, b"{}")] * 3)
+    runner = FakeRunner([CallOutcome(False, "Runner returned status 503", retryable=True)] * 3)
     runs, _ = await dispatch(store, runner)
-    assert runs == [] and len(runner.requests) == 1 and store.finished == []
+    assert runs == [] and len(runner.calls) == 1 and store.finished == []
 
 
 async def test_a_schedule_that_cannot_be_evaluated_is_disabled_not_retried_forever() -> None:
@@ -422,7 +323,7 @@ class HeldRunner:
     busy: int = 0
     most_busy: int = 0
 
-    async def execute(self, request: RunnerRequest, timeout_seconds: float) -> RunnerResponse:
+    async def execute(self, call: RunnerCall) -> CallOutcome:
         self.calls += 1
         self.busy += 1
         self.most_busy = max(self.most_busy, self.busy)
@@ -430,7 +331,7 @@ class HeldRunner:
             await self.release.wait()
         finally:
             self.busy -= 1
-        return RunnerResponse(200, b"{}")
+        return CallOutcome(True)
 
     async def close(self) -> None:
         pass
@@ -445,7 +346,7 @@ async def until(condition: Callable[[], bool], within: float = 5) -> None:
 
 async def test_finishes_of_many_runs_are_written_in_one_call() -> None:
     store = QueueStore(due=7)
-    runner = FakeRunner([RunnerResponse(200, b"{}")] * 7)
+    runner = FakeRunner([CallOutcome(True)] * 7)
     dispatcher = Dispatcher(store, runner, Settings(), lambda: T0)  # type: ignore[arg-type]
     runs = await dispatcher.run_once()
     assert len(runs) == 7 and store.finish_calls == [7]
@@ -453,7 +354,7 @@ async def test_finishes_of_many_runs_are_written_in_one_call() -> None:
 
 async def test_an_outage_when_finishing_leaves_the_runs_unrecorded_and_leased() -> None:
     store = QueueStore(due=3, fail_finish=DatabaseUnavailable())
-    runner = FakeRunner([RunnerResponse(200, b"{}")] * 3)
+    runner = FakeRunner([CallOutcome(True)] * 3)
     dispatcher = Dispatcher(store, runner, Settings(), lambda: T0)  # type: ignore[arg-type]
     assert await dispatcher.run_once() == []
     assert store.finish_calls == [3]

@@ -7,10 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from scheduler_host.adapters.runner_http import HttpRunnerClient
+from scheduler_host.adapters.runner_http import MAX_RESPONSE_BYTES, HttpRunnerClient, RunnerRequest
 from scheduler_host.runner_standin import Execution, Reply, StandInRunner
-from scheduler_host.service.dispatch import MAX_RESPONSE_BYTES
-from scheduler_host.service.ports import RunnerRequest
 from tests.support.server import free_port
 
 REQUEST = RunnerRequest({"context": {"schedule_id": "s"}}, {"x-idempotency-key": "k"})
@@ -40,9 +38,9 @@ async def test_responses_above_256_kib_are_cut_off(
         return Reply(body=body_of(size), omit_length=omit_length)
 
     stand_in.responder = reply
-    client = HttpRunnerClient(stand_in.url, MAX_RESPONSE_BYTES)
+    client = HttpRunnerClient(stand_in.url)
     try:
-        response = await client.execute(REQUEST, 5)
+        response = await client._post(REQUEST, 5)
     finally:
         await client.close()
     assert (response.http_status, response.oversize) == (200, oversize)
@@ -57,9 +55,9 @@ async def test_the_request_is_posted_as_json_with_the_headers(stand_in: StandInR
         return Reply()
 
     stand_in.responder = record
-    client = HttpRunnerClient(stand_in.url + "/", MAX_RESPONSE_BYTES)
+    client = HttpRunnerClient(stand_in.url + "/")
     try:
-        response = await client.execute(REQUEST, 5)
+        response = await client._post(REQUEST, 5)
     finally:
         await client.close()
     assert response.http_status == 200 and response.transport_error is None
@@ -75,18 +73,18 @@ async def test_a_slow_runner_is_a_timeout(stand_in: StandInRunner) -> None:
         return Reply()
 
     stand_in.responder = slow
-    client = HttpRunnerClient(stand_in.url, MAX_RESPONSE_BYTES)
+    client = HttpRunnerClient(stand_in.url)
     try:
-        response = await client.execute(REQUEST, 0.2)
+        response = await client._post(REQUEST, 0.2)
     finally:
         await client.close()
     assert response.transport_error == "Runner request timed out after 0.2 s"
 
 
 async def test_a_runner_that_is_not_listening_is_a_transport_error() -> None:
-    client = HttpRunnerClient(f"http://127.0.0.1:{free_port()}", MAX_RESPONSE_BYTES)
+    client = HttpRunnerClient(f"http://127.0.0.1:{free_port()}")
     try:
-        response = await client.execute(REQUEST, 5)
+        response = await client._post(REQUEST, 5)
     finally:
         await client.close()
     assert response.http_status is None

@@ -13,8 +13,7 @@ import pytest
 import trustme
 
 from scheduler_host.adapters.http1 import Http1Pool, RemoteProtocolError
-from scheduler_host.adapters.runner_http import HttpRunnerClient
-from scheduler_host.service.ports import RunnerRequest
+from scheduler_host.adapters.runner_http import HttpRunnerClient, RunnerRequest
 
 CAP = 1000
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -172,7 +171,7 @@ async def test_a_server_that_closes_without_answering_is_a_transport_error(
             await post(pool)
         client = HttpRunnerClient(server.url, CAP)
         try:
-            response = await client.execute(RunnerRequest({}, {}), 5)
+            response = await client._post(RunnerRequest({}, {}), 5)
         finally:
             await client.close()
     assert response.transport_error == (
@@ -260,8 +259,8 @@ async def test_a_runner_that_trickles_bytes_times_out_and_its_connection_is_drop
     async with ScriptedServer(trickle) as server:
         client = HttpRunnerClient(server.url, CAP)
         try:
-            late = await client.execute(RunnerRequest({}, {}), 0.3)
-            on_time = await client.execute(RunnerRequest({}, {}), 5)
+            late = await client._post(RunnerRequest({}, {}), 0.3)
+            on_time = await client._post(RunnerRequest({}, {}), 5)
         finally:
             await client.close()
     assert late.transport_error == "Runner request timed out after 0.3 s"
@@ -313,10 +312,10 @@ async def test_a_line_break_in_a_header_value_is_refused_before_sending(
     async with ScriptedServer(answer) as server:
         client = HttpRunnerClient(server.url, CAP)
         try:
-            response = await client.execute(
+            response = await client._post(
                 RunnerRequest({}, {"x-alga-tenant": "t\r\nx-injected: 1"}), 5
             )
-            unicode = await client.execute(RunnerRequest({}, {"x-alga-tenant": "tenant-ü"}), 5)
+            unicode = await client._post(RunnerRequest({}, {"x-alga-tenant": "tenant-ü"}), 5)
         finally:
             await client.close()
     assert response.transport_error == (

@@ -6,9 +6,7 @@ Also the `RunScheduleNow` use case, which makes a manual run through the same pa
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -30,7 +28,7 @@ from scheduler_host.domain.errors import (
 )
 from scheduler_host.domain.occurrences import next_occurrence
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
-from scheduler_host.domain.schedule import payload_json, truncate_error
+from scheduler_host.domain.schedule import truncate_error
 from scheduler_host.service.access import count_call
 from scheduler_host.service.deps import UseCaseDeps
 from scheduler_host.service.ports import (
@@ -38,9 +36,8 @@ from scheduler_host.service.ports import (
     ClaimPlan,
     Clock,
     DispatchStore,
+    RunnerCall,
     RunnerClient,
-    RunnerRequest,
-    RunnerResponse,
     RunOutcome,
     RunTarget,
     SkippedOccurrence,
@@ -50,7 +47,6 @@ from scheduler_host.service.runs import parse_schedule_ids
 log = logging.getLogger("scheduler_host.dispatch")
 
 MAX_ATTEMPTS = 3
-MAX_RESPONSE_BYTES = 256 * 1024
 RUN_HISTORY_LIMIT = 100
 ENDPOINT_MISSING = "Schedule endpoint not found; disabling schedule"
 SKIPPED_IN_FLIGHT = "Skipped: the previous run was still in flight"
@@ -68,98 +64,9 @@ FINISH_BATCH_LIMIT = 500
 CLAIMERS = 3  # claim transactions one process keeps under way in a burst
 
 
-def empty_body_error(http_status: int) -> str:
-    return f"Runner returned empty body (http {http_status})"
-
-
-def status_error(status: int) -> str:
-    return f"Runner returned status {status}"
-
-
-def non_json_error(http_status: int) -> str:
-    return f"Runner returned non-JSON response (http {http_status})"
-
-
-def oversize_error(http_status: int) -> str:
-    return f"Runner response larger than {MAX_RESPONSE_BYTES} bytes (http {http_status})"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    error: str | None = None
-    retryable: bool = False
-
-
-def judge_response(response: RunnerResponse) -> Verdict:
-    """Success is HTTP 2xx with a JSON body whose `status`, if any, is below 400.
-
-    In "Runner returned status N", N is the body's `status` when it is 400 or more, else the HTTP
-    status. Retries follow the HTTP exchange only (transport errors, 429, 5xx): a 2xx whose body
-    reports the extension's failure is a finished execution and is not repeated.
-    """
-    if response.transport_error is not None or response.http_status is None:
-        return Verdict(False, response.transport_error or "Runner call failed", True)
-    http = response.http_status
-    retryable = http == 429 or http >= 500
-    if response.oversize:
-        return Verdict(False, oversize_error(http), retryable)
-    if not response.body.strip():
-        return Verdict(False, empty_body_error(http), retryable)
-    try:
-        data = json.loads(response.body)
-    except ValueError:
-        return Verdict(False, non_json_error(http), retryable)
-    reported = data.get("status") if isinstance(data, dict) else None
-    if isinstance(reported, int | float) and not isinstance(reported, bool) and reported >= 400:
-        return Verdict(False, status_error(int(reported)), retryable)
-    if not 200 <= http < 300:
-        return Verdict(False, status_error(http), retryable)
-    return Verdict(True)
-
-
 def idempotency_key(schedule_id: uuid.UUID, trigger: RunTrigger, scheduled_time: datetime) -> str:
     """The same for every attempt and every takeover of one occurrence, in every process."""
     return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{schedule_id}/{trigger}/{scheduled_time}"))
-
-
-def runner_request(
-    target: RunTarget, trigger: RunTrigger, key: str, request_id: str, timeout_seconds: float
-) -> RunnerRequest:
-    """The exact body and headers of SPEC §7 for one call of `POST /v1/execute`."""
-    schedule, install = target.schedule, target.install
-    http: dict[str, object] = {
-        "method": schedule.endpoint_method,
-        "path": schedule.endpoint_path,
-        "query": {},
-        "headers": {},
-    }
-    payload = payload_json(schedule.payload)
-    if schedule.endpoint_method != "GET" and payload is not None:
-        http["body_b64"] = base64.b64encode(payload.encode()).decode("ascii")
-    body = {
-        "context": {
-            "request_id": request_id,
-            "tenant_id": install.tenant_id,
-            "extension_id": install.registry_id,
-            "install_id": str(install.install_id),
-            "version_id": install.version_id,
-            "content_hash": install.content_hash,
-            "config": {},
-            "trigger": trigger.value,
-            "schedule_id": str(schedule.id),
-        },
-        "http": http,
-        "limits": {"timeout_ms": round(timeout_seconds * 1000)},
-        "providers": sorted(install.capabilities),
-    }
-    headers = {
-        "x-request-id": request_id,
-        "x-idempotency-key": key,
-        "x-alga-tenant": install.tenant_id,
-        "x-alga-extension": install.registry_id,
-    }
-    return RunnerRequest(body, headers)
 
 
 @lru_cache(maxsize=4096)
@@ -445,11 +352,10 @@ class Dispatcher:
         key = idempotency_key(run.schedule_id, run.trigger, run.scheduled_time)
         attempt = run.attempt
         while True:
-            request = runner_request(
-                target, run.trigger, key, str(uuid.uuid4()), settings.runner_timeout_seconds
-            )
-            verdict = judge_response(
-                await self._runner.execute(request, settings.runner_timeout_seconds)
+            verdict = await self._runner.execute(
+                RunnerCall(
+                    target, run.trigger, key, str(uuid.uuid4()), settings.runner_timeout_seconds
+                )
             )
             if verdict.ok or not verdict.retryable or attempt >= MAX_ATTEMPTS:
                 break

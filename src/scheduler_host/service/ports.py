@@ -7,11 +7,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self
 
 from scheduler_host.domain.endpoints import Endpoint
 from scheduler_host.domain.install import Install, InstallContext
-from scheduler_host.domain.runs import RunState, ScheduleRun
+from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.domain.schedule import Schedule
 
 Clock = Callable[[], datetime]
@@ -322,26 +322,31 @@ class DispatchStore(Protocol):
 
 
 @dataclass(frozen=True)
-class RunnerRequest:
-    """One POST /v1/execute: the JSON body and the headers."""
+class RunnerCall:
+    """One call of the Runner for a run: what to execute, for whom, and how it is identified.
 
-    body: dict[str, Any]
-    headers: dict[str, str]
+    The adapter turns it into the Runner's request (SPEC §7) and judges the answer."""
+
+    target: RunTarget
+    trigger: RunTrigger
+    # The same for every attempt and takeover of one occurrence.
+    idempotency_key: str
+    # New for each attempt.
+    request_id: str
+    timeout_seconds: float
 
 
 @dataclass(frozen=True)
-class RunnerResponse:
-    """What came back: an HTTP status and body, or the transport error that stopped the call."""
+class CallOutcome:
+    """How one call ended: `ok`, or the run's error text and whether another attempt may help."""
 
-    http_status: int | None = None
-    body: bytes = b""
-    # The body was larger than the cap; `body` then holds only what was read.
-    oversize: bool = False
-    transport_error: str | None = None
+    ok: bool
+    error: str | None = None
+    retryable: bool = False
 
 
 class RunnerClient(Protocol):
-    async def execute(self, request: RunnerRequest, timeout_seconds: float) -> RunnerResponse:
-        """One call; never raises for HTTP or transport failures (they are in the response)."""
+    async def execute(self, call: RunnerCall) -> CallOutcome:
+        """One call; never raises for HTTP, transport or response failures (they are outcomes)."""
 
     async def close(self) -> None: ...
