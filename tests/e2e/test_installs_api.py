@@ -23,6 +23,7 @@ from tests.support.server import (
     Stubs,
     admin_metadata,
     install_message,
+    register_install,
 )
 
 MISSING_ENDPOINT_ERROR = "Disabled due to missing endpoint on extension update"
@@ -453,3 +454,58 @@ async def test_list_schedule_runs(
         )
     )
     assert_failure(no_install, grpc.StatusCode.NOT_FOUND, "INSTALL_NOT_FOUND")
+
+
+async def test_operator_reads_schedules_of_a_disabled_install(stubs: Stubs) -> None:
+    handle = await register_install(stubs.admin)
+    first = await create(stubs, handle, name="first")
+    second = await create(stubs, handle, name="second")
+    await upsert(stubs, same_install(handle, "v1", enabled=False))
+
+    got = await stubs.admin.GetSchedule(
+        admin_pb.SchedulerAdminGetScheduleRequest(
+            install_id=handle.install_id, schedule_id=first.id
+        ),
+        metadata=admin_metadata(),
+    )
+    assert got.schedule.id == first.id and got.schedule.name == "first"
+    page = await stubs.admin.ListSchedules(
+        admin_pb.SchedulerAdminListSchedulesRequest(install_id=handle.install_id, page_size=1),
+        metadata=admin_metadata(),
+    )
+    assert [s.id for s in page.schedules] == [first.id] and page.total_size == 2
+    rest = await stubs.admin.ListSchedules(
+        admin_pb.SchedulerAdminListSchedulesRequest(
+            install_id=handle.install_id, page_token=page.next_page_token
+        ),
+        metadata=admin_metadata(),
+    )
+    assert [s.id for s in rest.schedules] == [second.id] and not rest.next_page_token
+
+
+async def test_operator_reads_answer_not_found_for_unknown_ids(
+    stubs: Stubs, install: InstallHandle
+) -> None:
+    missing_install = await rpc_failure(
+        stubs.admin.ListSchedules(
+            admin_pb.SchedulerAdminListSchedulesRequest(install_id=str(uuid.uuid4())),
+            metadata=admin_metadata(),
+        )
+    )
+    assert_failure(missing_install, grpc.StatusCode.NOT_FOUND, "INSTALL_NOT_FOUND")
+    missing_schedule = await rpc_failure(
+        stubs.admin.GetSchedule(
+            admin_pb.SchedulerAdminGetScheduleRequest(
+                install_id=install.install_id, schedule_id=str(uuid.uuid4())
+            ),
+            metadata=admin_metadata(),
+        )
+    )
+    assert_failure(missing_schedule, grpc.StatusCode.NOT_FOUND, "SCHEDULE_NOT_FOUND")
+    bad_id = await rpc_failure(
+        stubs.admin.GetSchedule(
+            admin_pb.SchedulerAdminGetScheduleRequest(install_id="x", schedule_id="y"),
+            metadata=admin_metadata(),
+        )
+    )
+    assert_failure(bad_id, grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED")

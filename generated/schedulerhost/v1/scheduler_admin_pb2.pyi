@@ -372,3 +372,115 @@ class ListScheduleRunsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListScheduleRunsResponse: _TypeAlias = ListScheduleRunsResponse  # noqa: Y015
+
+@_typing.final
+class SchedulerAdminGetScheduleRequest(_message.Message):
+    """Request of SchedulerAdmin.GetSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTALL_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    install_id: _builtins.str
+    """UUID of the install owning the schedule."""
+    schedule_id: _builtins.str
+    """UUID of the schedule."""
+    def __init__(
+        self,
+        *,
+        install_id: _builtins.str = ...,
+        schedule_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["install_id", b"install_id", "schedule_id", b"schedule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulerAdminGetScheduleRequest: _TypeAlias = SchedulerAdminGetScheduleRequest  # noqa: Y015
+
+@_typing.final
+class SchedulerAdminGetScheduleResponse(_message.Message):
+    """Response of SchedulerAdmin.GetSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> _schedule_pb2.Schedule:
+        """The schedule."""
+
+    def __init__(
+        self,
+        *,
+        schedule: _schedule_pb2.Schedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulerAdminGetScheduleResponse: _TypeAlias = SchedulerAdminGetScheduleResponse  # noqa: Y015
+
+@_typing.final
+class SchedulerAdminListSchedulesRequest(_message.Message):
+    """Request of SchedulerAdmin.ListSchedules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTALL_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    install_id: _builtins.str
+    """UUID of the install."""
+    page_size: _builtins.int
+    """Page size: 0 means 50, values above 100 mean 100, negative values are invalid."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token`; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        install_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["install_id", b"install_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulerAdminListSchedulesRequest: _TypeAlias = SchedulerAdminListSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class SchedulerAdminListSchedulesResponse(_message.Message):
+    """Response of SchedulerAdmin.ListSchedules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    total_size: _builtins.int
+    """Number of schedules the install has."""
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[_schedule_pb2.Schedule]:
+        """One page of schedules."""
+
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[_schedule_pb2.Schedule] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "schedules", b"schedules", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchedulerAdminListSchedulesResponse: _TypeAlias = SchedulerAdminListSchedulesResponse  # noqa: Y015

@@ -61,6 +61,16 @@ class SchedulerAdminStub:
                 request_serializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.ListScheduleRunsRequest.SerializeToString,
                 response_deserializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.ListScheduleRunsResponse.FromString,
                 _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/schedulerhost.v1.SchedulerAdmin/GetSchedule',
+                request_serializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminGetScheduleRequest.SerializeToString,
+                response_deserializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminGetScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/schedulerhost.v1.SchedulerAdmin/ListSchedules',
+                request_serializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminListSchedulesRequest.SerializeToString,
+                response_deserializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminListSchedulesResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerAdminServicer:
@@ -103,6 +113,20 @@ class SchedulerAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSchedule(self, request, context):
+        """Returns one schedule of an install, whatever the install's state (for operators).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Lists an install's schedules, ordered by creation time then id, whatever the install's state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +154,16 @@ def add_SchedulerAdminServicer_to_server(servicer, server):
                     servicer.ListScheduleRuns,
                     request_deserializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.ListScheduleRunsRequest.FromString,
                     response_serializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.ListScheduleRunsResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminGetScheduleRequest.FromString,
+                    response_serializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminGetScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminListSchedulesRequest.FromString,
+                    response_serializer=schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminListSchedulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +303,60 @@ class SchedulerAdmin:
             '/schedulerhost.v1.SchedulerAdmin/ListScheduleRuns',
             schedulerhost_dot_v1_dot_scheduler__admin__pb2.ListScheduleRunsRequest.SerializeToString,
             schedulerhost_dot_v1_dot_scheduler__admin__pb2.ListScheduleRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedulerhost.v1.SchedulerAdmin/GetSchedule',
+            schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminGetScheduleRequest.SerializeToString,
+            schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminGetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/schedulerhost.v1.SchedulerAdmin/ListSchedules',
+            schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminListSchedulesRequest.SerializeToString,
+            schedulerhost_dot_v1_dot_scheduler__admin__pb2.SchedulerAdminListSchedulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class SchedulerAdminStub:
     """Runs a schedule at once (trigger manual); at most 5 per tenant per minute."""
     ListScheduleRuns: _grpc.UnaryUnaryMultiCallable[_scheduler_admin_pb2.ListScheduleRunsRequest, _scheduler_admin_pb2.ListScheduleRunsResponse]
     """Lists the runs of a schedule, newest first."""
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_scheduler_admin_pb2.SchedulerAdminGetScheduleRequest, _scheduler_admin_pb2.SchedulerAdminGetScheduleResponse]
+    """Returns one schedule of an install, whatever the install's state (for operators)."""
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_scheduler_admin_pb2.SchedulerAdminListSchedulesRequest, _scheduler_admin_pb2.SchedulerAdminListSchedulesResponse]
+    """Lists an install's schedules, ordered by creation time then id, whatever the install's state."""
 
 @_typing.type_check_only
 class SchedulerAdminAsyncStub(SchedulerAdminStub):
@@ -63,6 +67,10 @@ class SchedulerAdminAsyncStub(SchedulerAdminStub):
     """Runs a schedule at once (trigger manual); at most 5 per tenant per minute."""
     ListScheduleRuns: _aio.UnaryUnaryMultiCallable[_scheduler_admin_pb2.ListScheduleRunsRequest, _scheduler_admin_pb2.ListScheduleRunsResponse]  # type: ignore[assignment]
     """Lists the runs of a schedule, newest first."""
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_scheduler_admin_pb2.SchedulerAdminGetScheduleRequest, _scheduler_admin_pb2.SchedulerAdminGetScheduleResponse]  # type: ignore[assignment]
+    """Returns one schedule of an install, whatever the install's state (for operators)."""
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_scheduler_admin_pb2.SchedulerAdminListSchedulesRequest, _scheduler_admin_pb2.SchedulerAdminListSchedulesResponse]  # type: ignore[assignment]
+    """Lists an install's schedules, ordered by creation time then id, whatever the install's state."""
 
 class SchedulerAdminServicer(metaclass=_abc_1.ABCMeta):
     """Operator-scoped administration: installs, manual runs and run history. Every call carries the
@@ -108,5 +116,21 @@ class SchedulerAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_admin_pb2.ListScheduleRunsResponse, _abc.Awaitable[_scheduler_admin_pb2.ListScheduleRunsResponse]]:
         """Lists the runs of a schedule, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetSchedule(
+        self,
+        request: _scheduler_admin_pb2.SchedulerAdminGetScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_admin_pb2.SchedulerAdminGetScheduleResponse, _abc.Awaitable[_scheduler_admin_pb2.SchedulerAdminGetScheduleResponse]]:
+        """Returns one schedule of an install, whatever the install's state (for operators)."""
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _scheduler_admin_pb2.SchedulerAdminListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_admin_pb2.SchedulerAdminListSchedulesResponse, _abc.Awaitable[_scheduler_admin_pb2.SchedulerAdminListSchedulesResponse]]:
+        """Lists an install's schedules, ordered by creation time then id, whatever the install's state."""
 
 def add_SchedulerAdminServicer_to_server(servicer: SchedulerAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

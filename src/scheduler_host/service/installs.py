@@ -20,7 +20,7 @@ from scheduler_host.domain.errors import (
     RemapFailed,
     ValidationFailed,
 )
-from scheduler_host.domain.install import Install
+from scheduler_host.domain.install import Install, InstallContext
 from scheduler_host.domain.schedule import truncate_error, validate_uuid
 from scheduler_host.service.ports import Clock, UnitOfWorkFactory
 from scheduler_host.service.schedules import _next_run
@@ -223,6 +223,18 @@ async def get_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> Ins
     if found is None:
         raise InstallNotFound(str(iid))
     return found
+
+
+async def install_context(install_id: str, *, uow_factory: UnitOfWorkFactory) -> InstallContext:
+    """The context of an install named by an operator, whatever its state."""
+    iid = validate_uuid(install_id, "install_id")
+    if isinstance(iid, FieldViolation):
+        raise ValidationFailed([iid])
+    async with uow_factory(autocommit=True) as uow:
+        ctx = await uow.installs.context(iid)
+    if ctx is None:
+        raise InstallNotFound(str(iid))
+    return ctx
 
 
 async def delete_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> None:

@@ -242,9 +242,9 @@ async def create_schedule(
 
 
 async def get_schedule(
-    ctx: InstallContext, schedule_id: str, *, uow_factory: UnitOfWorkFactory
+    ctx: InstallContext, schedule_id: str, *, uow_factory: UnitOfWorkFactory, field: str = "id"
 ) -> Schedule:
-    sid = _parse_id(schedule_id, "id")
+    sid = _parse_id(schedule_id, field)
     async with uow_factory(autocommit=True) as uow:
         found = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=False)
     if found is None:

@@ -11,7 +11,7 @@ from schedulerhost.v1 import scheduler_admin_pb2 as pb
 from schedulerhost.v1 import scheduler_admin_pb2_grpc
 
 from scheduler_host.domain.errors import NotSupported
-from scheduler_host.service import dispatch, installs, runs
+from scheduler_host.service import dispatch, installs, runs, schedules
 from scheduler_host.service.deps import UseCaseDeps
 from scheduler_host.transport import messages
 
@@ -80,3 +80,35 @@ class SchedulerAdminServicer(scheduler_admin_pb2_grpc.SchedulerAdminServicer):
         return pb.ListScheduleRunsResponse(
             runs=[messages.run_message(r) for r in page.runs], next_page_token=page.next_page_token
         )
+
+    async def GetSchedule(
+        self, request: pb.SchedulerAdminGetScheduleRequest, context: Context
+    ) -> pb.SchedulerAdminGetScheduleResponse:
+        uow_factory = self._deps.uow_factory
+        ctx = await installs.install_context(request.install_id, uow_factory=uow_factory)
+        found = await schedules.get_schedule(
+            ctx, request.schedule_id, uow_factory=uow_factory, field="schedule_id"
+        )
+        response = pb.SchedulerAdminGetScheduleResponse()
+        messages.fill_schedule(response.schedule, found)
+        return response
+
+    async def ListSchedules(
+        self, request: pb.SchedulerAdminListSchedulesRequest, context: Context
+    ) -> pb.SchedulerAdminListSchedulesResponse:
+        uow_factory = self._deps.uow_factory
+        ctx = await installs.install_context(request.install_id, uow_factory=uow_factory)
+        page = await schedules.list_schedules(
+            ctx,
+            request.page_size,
+            request.page_token,
+            uow_factory=uow_factory,
+            tokens=self._deps.page_tokens,
+        )
+        response = pb.SchedulerAdminListSchedulesResponse(
+            next_page_token=page.next_page_token, total_size=page.total_size
+        )
+        add = response.schedules.add
+        for s in page.schedules:
+            messages.fill_schedule(add(), s)
+        return response

@@ -5,7 +5,7 @@
 //   protoc               unknown
 // source: schedulerhost/v1/scheduler_admin.proto
 Object.defineProperty(exports, "__esModule", { value: true });
-exports.SchedulerAdminClient = exports.SchedulerAdminService = exports.ListScheduleRunsResponse = exports.ListScheduleRunsRequest = exports.RunScheduleNowResponse = exports.RunScheduleNowRequest = exports.DeleteInstallResponse = exports.DeleteInstallRequest = exports.GetInstallResponse = exports.GetInstallRequest = exports.UpsertInstallResponse = exports.UpsertInstallRequest = exports.Install = exports.EndpointSpec = exports.protobufFileName = exports.protobufPackage = void 0;
+exports.SchedulerAdminClient = exports.SchedulerAdminService = exports.SchedulerAdminListSchedulesResponse = exports.SchedulerAdminListSchedulesRequest = exports.SchedulerAdminGetScheduleResponse = exports.SchedulerAdminGetScheduleRequest = exports.ListScheduleRunsResponse = exports.ListScheduleRunsRequest = exports.RunScheduleNowResponse = exports.RunScheduleNowRequest = exports.DeleteInstallResponse = exports.DeleteInstallRequest = exports.GetInstallResponse = exports.GetInstallRequest = exports.UpsertInstallResponse = exports.UpsertInstallRequest = exports.Install = exports.EndpointSpec = exports.protobufFileName = exports.protobufPackage = void 0;
 /* eslint-disable */
 const wire_1 = require("@bufbuild/protobuf/wire");
 const grpc_js_1 = require("@grpc/grpc-js");
@@ -1114,6 +1114,363 @@ exports.ListScheduleRunsResponse = {
         return message;
     },
 };
+function createBaseSchedulerAdminGetScheduleRequest() {
+    return { installId: "", scheduleId: "" };
+}
+exports.SchedulerAdminGetScheduleRequest = {
+    encode(message, writer = new wire_1.BinaryWriter()) {
+        if (message.installId !== "") {
+            writer.uint32(10).string(message.installId);
+        }
+        if (message.scheduleId !== "") {
+            writer.uint32(18).string(message.scheduleId);
+        }
+        return writer;
+    },
+    decode(input, length) {
+        const reader = input instanceof wire_1.BinaryReader ? input : new wire_1.BinaryReader(input);
+        const previousRecursionDepth = reader.__tsProtoDecodeDepth ?? 0;
+        if (previousRecursionDepth >= 100) {
+            throw new globalThis.Error("protobuf decode recursion limit exceeded");
+        }
+        reader.__tsProtoDecodeDepth = previousRecursionDepth + 1;
+        try {
+            const end = length === undefined ? reader.len : reader.pos + length;
+            const message = createBaseSchedulerAdminGetScheduleRequest();
+            while (reader.pos < end) {
+                const tag = reader.uint32();
+                switch (tag >>> 3) {
+                    case 1: {
+                        if (tag !== 10) {
+                            break;
+                        }
+                        message.installId = reader.string();
+                        continue;
+                    }
+                    case 2: {
+                        if (tag !== 18) {
+                            break;
+                        }
+                        message.scheduleId = reader.string();
+                        continue;
+                    }
+                }
+                if ((tag & 7) === 4 || tag === 0) {
+                    break;
+                }
+                reader.skip(tag & 7);
+            }
+            return message;
+        }
+        finally {
+            reader.__tsProtoDecodeDepth = previousRecursionDepth;
+        }
+    },
+    fromJSON(object) {
+        return {
+            installId: isSet(object.installId)
+                ? globalThis.String(object.installId)
+                : isSet(object.install_id)
+                    ? globalThis.String(object.install_id)
+                    : "",
+            scheduleId: isSet(object.scheduleId)
+                ? globalThis.String(object.scheduleId)
+                : isSet(object.schedule_id)
+                    ? globalThis.String(object.schedule_id)
+                    : "",
+        };
+    },
+    toJSON(message) {
+        const obj = {};
+        if (message.installId !== "") {
+            obj.installId = message.installId;
+        }
+        if (message.scheduleId !== "") {
+            obj.scheduleId = message.scheduleId;
+        }
+        return obj;
+    },
+    create(base) {
+        return exports.SchedulerAdminGetScheduleRequest.fromPartial(base ?? {});
+    },
+    fromPartial(object) {
+        const message = createBaseSchedulerAdminGetScheduleRequest();
+        message.installId = object.installId ?? "";
+        message.scheduleId = object.scheduleId ?? "";
+        return message;
+    },
+};
+function createBaseSchedulerAdminGetScheduleResponse() {
+    return { schedule: undefined };
+}
+exports.SchedulerAdminGetScheduleResponse = {
+    encode(message, writer = new wire_1.BinaryWriter()) {
+        if (message.schedule !== undefined) {
+            schedule_1.Schedule.encode(message.schedule, writer.uint32(10).fork()).join();
+        }
+        return writer;
+    },
+    decode(input, length) {
+        const reader = input instanceof wire_1.BinaryReader ? input : new wire_1.BinaryReader(input);
+        const previousRecursionDepth = reader.__tsProtoDecodeDepth ?? 0;
+        if (previousRecursionDepth >= 100) {
+            throw new globalThis.Error("protobuf decode recursion limit exceeded");
+        }
+        reader.__tsProtoDecodeDepth = previousRecursionDepth + 1;
+        try {
+            const end = length === undefined ? reader.len : reader.pos + length;
+            const message = createBaseSchedulerAdminGetScheduleResponse();
+            while (reader.pos < end) {
+                const tag = reader.uint32();
+                switch (tag >>> 3) {
+                    case 1: {
+                        if (tag !== 10) {
+                            break;
+                        }
+                        message.schedule = schedule_1.Schedule.decode(reader, reader.uint32());
+                        continue;
+                    }
+                }
+                if ((tag & 7) === 4 || tag === 0) {
+                    break;
+                }
+                reader.skip(tag & 7);
+            }
+            return message;
+        }
+        finally {
+            reader.__tsProtoDecodeDepth = previousRecursionDepth;
+        }
+    },
+    fromJSON(object) {
+        return { schedule: isSet(object.schedule) ? schedule_1.Schedule.fromJSON(object.schedule) : undefined };
+    },
+    toJSON(message) {
+        const obj = {};
+        if (message.schedule !== undefined) {
+            obj.schedule = schedule_1.Schedule.toJSON(message.schedule);
+        }
+        return obj;
+    },
+    create(base) {
+        return exports.SchedulerAdminGetScheduleResponse.fromPartial(base ?? {});
+    },
+    fromPartial(object) {
+        const message = createBaseSchedulerAdminGetScheduleResponse();
+        message.schedule = (object.schedule !== undefined && object.schedule !== null)
+            ? schedule_1.Schedule.fromPartial(object.schedule)
+            : undefined;
+        return message;
+    },
+};
+function createBaseSchedulerAdminListSchedulesRequest() {
+    return { installId: "", pageSize: 0, pageToken: "" };
+}
+exports.SchedulerAdminListSchedulesRequest = {
+    encode(message, writer = new wire_1.BinaryWriter()) {
+        if (message.installId !== "") {
+            writer.uint32(10).string(message.installId);
+        }
+        if (message.pageSize !== 0) {
+            writer.uint32(16).int32(message.pageSize);
+        }
+        if (message.pageToken !== "") {
+            writer.uint32(26).string(message.pageToken);
+        }
+        return writer;
+    },
+    decode(input, length) {
+        const reader = input instanceof wire_1.BinaryReader ? input : new wire_1.BinaryReader(input);
+        const previousRecursionDepth = reader.__tsProtoDecodeDepth ?? 0;
+        if (previousRecursionDepth >= 100) {
+            throw new globalThis.Error("protobuf decode recursion limit exceeded");
+        }
+        reader.__tsProtoDecodeDepth = previousRecursionDepth + 1;
+        try {
+            const end = length === undefined ? reader.len : reader.pos + length;
+            const message = createBaseSchedulerAdminListSchedulesRequest();
+            while (reader.pos < end) {
+                const tag = reader.uint32();
+                switch (tag >>> 3) {
+                    case 1: {
+                        if (tag !== 10) {
+                            break;
+                        }
+                        message.installId = reader.string();
+                        continue;
+                    }
+                    case 2: {
+                        if (tag !== 16) {
+                            break;
+                        }
+                        message.pageSize = reader.int32();
+                        continue;
+                    }
+                    case 3: {
+                        if (tag !== 26) {
+                            break;
+                        }
+                        message.pageToken = reader.string();
+                        continue;
+                    }
+                }
+                if ((tag & 7) === 4 || tag === 0) {
+                    break;
+                }
+                reader.skip(tag & 7);
+            }
+            return message;
+        }
+        finally {
+            reader.__tsProtoDecodeDepth = previousRecursionDepth;
+        }
+    },
+    fromJSON(object) {
+        return {
+            installId: isSet(object.installId)
+                ? globalThis.String(object.installId)
+                : isSet(object.install_id)
+                    ? globalThis.String(object.install_id)
+                    : "",
+            pageSize: isSet(object.pageSize)
+                ? globalThis.Number(object.pageSize)
+                : isSet(object.page_size)
+                    ? globalThis.Number(object.page_size)
+                    : 0,
+            pageToken: isSet(object.pageToken)
+                ? globalThis.String(object.pageToken)
+                : isSet(object.page_token)
+                    ? globalThis.String(object.page_token)
+                    : "",
+        };
+    },
+    toJSON(message) {
+        const obj = {};
+        if (message.installId !== "") {
+            obj.installId = message.installId;
+        }
+        if (message.pageSize !== 0) {
+            obj.pageSize = Math.round(message.pageSize);
+        }
+        if (message.pageToken !== "") {
+            obj.pageToken = message.pageToken;
+        }
+        return obj;
+    },
+    create(base) {
+        return exports.SchedulerAdminListSchedulesRequest.fromPartial(base ?? {});
+    },
+    fromPartial(object) {
+        const message = createBaseSchedulerAdminListSchedulesRequest();
+        message.installId = object.installId ?? "";
+        message.pageSize = object.pageSize ?? 0;
+        message.pageToken = object.pageToken ?? "";
+        return message;
+    },
+};
+function createBaseSchedulerAdminListSchedulesResponse() {
+    return { schedules: [], nextPageToken: "", totalSize: 0 };
+}
+exports.SchedulerAdminListSchedulesResponse = {
+    encode(message, writer = new wire_1.BinaryWriter()) {
+        for (const v of message.schedules) {
+            schedule_1.Schedule.encode(v, writer.uint32(10).fork()).join();
+        }
+        if (message.nextPageToken !== "") {
+            writer.uint32(18).string(message.nextPageToken);
+        }
+        if (message.totalSize !== 0) {
+            writer.uint32(24).int32(message.totalSize);
+        }
+        return writer;
+    },
+    decode(input, length) {
+        const reader = input instanceof wire_1.BinaryReader ? input : new wire_1.BinaryReader(input);
+        const previousRecursionDepth = reader.__tsProtoDecodeDepth ?? 0;
+        if (previousRecursionDepth >= 100) {
+            throw new globalThis.Error("protobuf decode recursion limit exceeded");
+        }
+        reader.__tsProtoDecodeDepth = previousRecursionDepth + 1;
+        try {
+            const end = length === undefined ? reader.len : reader.pos + length;
+            const message = createBaseSchedulerAdminListSchedulesResponse();
+            while (reader.pos < end) {
+                const tag = reader.uint32();
+                switch (tag >>> 3) {
+                    case 1: {
+                        if (tag !== 10) {
+                            break;
+                        }
+                        message.schedules.push(schedule_1.Schedule.decode(reader, reader.uint32()));
+                        continue;
+                    }
+                    case 2: {
+                        if (tag !== 18) {
+                            break;
+                        }
+                        message.nextPageToken = reader.string();
+                        continue;
+                    }
+                    case 3: {
+                        if (tag !== 24) {
+                            break;
+                        }
+                        message.totalSize = reader.int32();
+                        continue;
+                    }
+                }
+                if ((tag & 7) === 4 || tag === 0) {
+                    break;
+                }
+                reader.skip(tag & 7);
+            }
+            return message;
+        }
+        finally {
+            reader.__tsProtoDecodeDepth = previousRecursionDepth;
+        }
+    },
+    fromJSON(object) {
+        return {
+            schedules: globalThis.Array.isArray(object?.schedules)
+                ? object.schedules.map((e) => schedule_1.Schedule.fromJSON(e))
+                : [],
+            nextPageToken: isSet(object.nextPageToken)
+                ? globalThis.String(object.nextPageToken)
+                : isSet(object.next_page_token)
+                    ? globalThis.String(object.next_page_token)
+                    : "",
+            totalSize: isSet(object.totalSize)
+                ? globalThis.Number(object.totalSize)
+                : isSet(object.total_size)
+                    ? globalThis.Number(object.total_size)
+                    : 0,
+        };
+    },
+    toJSON(message) {
+        const obj = {};
+        if (message.schedules?.length) {
+            obj.schedules = message.schedules.map((e) => schedule_1.Schedule.toJSON(e));
+        }
+        if (message.nextPageToken !== "") {
+            obj.nextPageToken = message.nextPageToken;
+        }
+        if (message.totalSize !== 0) {
+            obj.totalSize = Math.round(message.totalSize);
+        }
+        return obj;
+    },
+    create(base) {
+        return exports.SchedulerAdminListSchedulesResponse.fromPartial(base ?? {});
+    },
+    fromPartial(object) {
+        const message = createBaseSchedulerAdminListSchedulesResponse();
+        message.schedules = object.schedules?.map((e) => schedule_1.Schedule.fromPartial(e)) || [];
+        message.nextPageToken = object.nextPageToken ?? "";
+        message.totalSize = object.totalSize ?? 0;
+        return message;
+    },
+};
 exports.SchedulerAdminService = {
     /** Creates or replaces an install. A new `version_id` remaps its schedules by method and path. */
     upsertInstall: {
@@ -1164,6 +1521,26 @@ exports.SchedulerAdminService = {
         requestDeserialize: (value) => exports.ListScheduleRunsRequest.decode(value),
         responseSerialize: (value) => Buffer.from(exports.ListScheduleRunsResponse.encode(value).finish()),
         responseDeserialize: (value) => exports.ListScheduleRunsResponse.decode(value),
+    },
+    /** Returns one schedule of an install, whatever the install's state (for operators). */
+    getSchedule: {
+        path: "/schedulerhost.v1.SchedulerAdmin/GetSchedule",
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: (value) => Buffer.from(exports.SchedulerAdminGetScheduleRequest.encode(value).finish()),
+        requestDeserialize: (value) => exports.SchedulerAdminGetScheduleRequest.decode(value),
+        responseSerialize: (value) => Buffer.from(exports.SchedulerAdminGetScheduleResponse.encode(value).finish()),
+        responseDeserialize: (value) => exports.SchedulerAdminGetScheduleResponse.decode(value),
+    },
+    /** Lists an install's schedules, ordered by creation time then id, whatever the install's state. */
+    listSchedules: {
+        path: "/schedulerhost.v1.SchedulerAdmin/ListSchedules",
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: (value) => Buffer.from(exports.SchedulerAdminListSchedulesRequest.encode(value).finish()),
+        requestDeserialize: (value) => exports.SchedulerAdminListSchedulesRequest.decode(value),
+        responseSerialize: (value) => Buffer.from(exports.SchedulerAdminListSchedulesResponse.encode(value).finish()),
+        responseDeserialize: (value) => exports.SchedulerAdminListSchedulesResponse.decode(value),
     },
 };
 exports.SchedulerAdminClient = (0, grpc_js_1.makeGenericClientConstructor)(exports.SchedulerAdminService, "schedulerhost.v1.SchedulerAdmin");

@@ -19,7 +19,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp";
-import { ScheduleRun } from "./schedule";
+import { Schedule, ScheduleRun } from "./schedule";
 
 export const protobufPackage = "schedulerhost.v1";
 
@@ -137,6 +137,40 @@ export interface ListScheduleRunsResponse {
   runs: ScheduleRun[];
   /** Token for the next page; empty on the last page. */
   nextPageToken: string;
+}
+
+/** Request of SchedulerAdmin.GetSchedule. */
+export interface SchedulerAdminGetScheduleRequest {
+  /** UUID of the install owning the schedule. */
+  installId: string;
+  /** UUID of the schedule. */
+  scheduleId: string;
+}
+
+/** Response of SchedulerAdmin.GetSchedule. */
+export interface SchedulerAdminGetScheduleResponse {
+  /** The schedule. */
+  schedule: Schedule | undefined;
+}
+
+/** Request of SchedulerAdmin.ListSchedules. */
+export interface SchedulerAdminListSchedulesRequest {
+  /** UUID of the install. */
+  installId: string;
+  /** Page size: 0 means 50, values above 100 mean 100, negative values are invalid. */
+  pageSize: number;
+  /** Token from a previous response's `next_page_token`; empty for the first page. */
+  pageToken: string;
+}
+
+/** Response of SchedulerAdmin.ListSchedules. */
+export interface SchedulerAdminListSchedulesResponse {
+  /** One page of schedules. */
+  schedules: Schedule[];
+  /** Token for the next page; empty on the last page. */
+  nextPageToken: string;
+  /** Number of schedules the install has. */
+  totalSize: number;
 }
 
 function createBaseEndpointSpec(): EndpointSpec {
@@ -1329,6 +1363,408 @@ export const ListScheduleRunsResponse: MessageFns<ListScheduleRunsResponse> = {
   },
 };
 
+function createBaseSchedulerAdminGetScheduleRequest(): SchedulerAdminGetScheduleRequest {
+  return { installId: "", scheduleId: "" };
+}
+
+export const SchedulerAdminGetScheduleRequest: MessageFns<SchedulerAdminGetScheduleRequest> = {
+  encode(message: SchedulerAdminGetScheduleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.installId !== "") {
+      writer.uint32(10).string(message.installId);
+    }
+    if (message.scheduleId !== "") {
+      writer.uint32(18).string(message.scheduleId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SchedulerAdminGetScheduleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSchedulerAdminGetScheduleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.installId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scheduleId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SchedulerAdminGetScheduleRequest {
+    return {
+      installId: isSet(object.installId)
+        ? globalThis.String(object.installId)
+        : isSet(object.install_id)
+        ? globalThis.String(object.install_id)
+        : "",
+      scheduleId: isSet(object.scheduleId)
+        ? globalThis.String(object.scheduleId)
+        : isSet(object.schedule_id)
+        ? globalThis.String(object.schedule_id)
+        : "",
+    };
+  },
+
+  toJSON(message: SchedulerAdminGetScheduleRequest): unknown {
+    const obj: any = {};
+    if (message.installId !== "") {
+      obj.installId = message.installId;
+    }
+    if (message.scheduleId !== "") {
+      obj.scheduleId = message.scheduleId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SchedulerAdminGetScheduleRequest>, I>>(
+    base?: I,
+  ): SchedulerAdminGetScheduleRequest {
+    return SchedulerAdminGetScheduleRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SchedulerAdminGetScheduleRequest>, I>>(
+    object: I,
+  ): SchedulerAdminGetScheduleRequest {
+    const message = createBaseSchedulerAdminGetScheduleRequest();
+    message.installId = object.installId ?? "";
+    message.scheduleId = object.scheduleId ?? "";
+    return message;
+  },
+};
+
+function createBaseSchedulerAdminGetScheduleResponse(): SchedulerAdminGetScheduleResponse {
+  return { schedule: undefined };
+}
+
+export const SchedulerAdminGetScheduleResponse: MessageFns<SchedulerAdminGetScheduleResponse> = {
+  encode(message: SchedulerAdminGetScheduleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.schedule !== undefined) {
+      Schedule.encode(message.schedule, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SchedulerAdminGetScheduleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSchedulerAdminGetScheduleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schedule = Schedule.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SchedulerAdminGetScheduleResponse {
+    return { schedule: isSet(object.schedule) ? Schedule.fromJSON(object.schedule) : undefined };
+  },
+
+  toJSON(message: SchedulerAdminGetScheduleResponse): unknown {
+    const obj: any = {};
+    if (message.schedule !== undefined) {
+      obj.schedule = Schedule.toJSON(message.schedule);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SchedulerAdminGetScheduleResponse>, I>>(
+    base?: I,
+  ): SchedulerAdminGetScheduleResponse {
+    return SchedulerAdminGetScheduleResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SchedulerAdminGetScheduleResponse>, I>>(
+    object: I,
+  ): SchedulerAdminGetScheduleResponse {
+    const message = createBaseSchedulerAdminGetScheduleResponse();
+    message.schedule = (object.schedule !== undefined && object.schedule !== null)
+      ? Schedule.fromPartial(object.schedule)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSchedulerAdminListSchedulesRequest(): SchedulerAdminListSchedulesRequest {
+  return { installId: "", pageSize: 0, pageToken: "" };
+}
+
+export const SchedulerAdminListSchedulesRequest: MessageFns<SchedulerAdminListSchedulesRequest> = {
+  encode(message: SchedulerAdminListSchedulesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.installId !== "") {
+      writer.uint32(10).string(message.installId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SchedulerAdminListSchedulesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSchedulerAdminListSchedulesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.installId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SchedulerAdminListSchedulesRequest {
+    return {
+      installId: isSet(object.installId)
+        ? globalThis.String(object.installId)
+        : isSet(object.install_id)
+        ? globalThis.String(object.install_id)
+        : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: SchedulerAdminListSchedulesRequest): unknown {
+    const obj: any = {};
+    if (message.installId !== "") {
+      obj.installId = message.installId;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SchedulerAdminListSchedulesRequest>, I>>(
+    base?: I,
+  ): SchedulerAdminListSchedulesRequest {
+    return SchedulerAdminListSchedulesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SchedulerAdminListSchedulesRequest>, I>>(
+    object: I,
+  ): SchedulerAdminListSchedulesRequest {
+    const message = createBaseSchedulerAdminListSchedulesRequest();
+    message.installId = object.installId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseSchedulerAdminListSchedulesResponse(): SchedulerAdminListSchedulesResponse {
+  return { schedules: [], nextPageToken: "", totalSize: 0 };
+}
+
+export const SchedulerAdminListSchedulesResponse: MessageFns<SchedulerAdminListSchedulesResponse> = {
+  encode(message: SchedulerAdminListSchedulesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.schedules) {
+      Schedule.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    if (message.totalSize !== 0) {
+      writer.uint32(24).int32(message.totalSize);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SchedulerAdminListSchedulesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSchedulerAdminListSchedulesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schedules.push(Schedule.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.totalSize = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SchedulerAdminListSchedulesResponse {
+    return {
+      schedules: globalThis.Array.isArray(object?.schedules)
+        ? object.schedules.map((e: any) => Schedule.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+      totalSize: isSet(object.totalSize)
+        ? globalThis.Number(object.totalSize)
+        : isSet(object.total_size)
+        ? globalThis.Number(object.total_size)
+        : 0,
+    };
+  },
+
+  toJSON(message: SchedulerAdminListSchedulesResponse): unknown {
+    const obj: any = {};
+    if (message.schedules?.length) {
+      obj.schedules = message.schedules.map((e) => Schedule.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    if (message.totalSize !== 0) {
+      obj.totalSize = Math.round(message.totalSize);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SchedulerAdminListSchedulesResponse>, I>>(
+    base?: I,
+  ): SchedulerAdminListSchedulesResponse {
+    return SchedulerAdminListSchedulesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SchedulerAdminListSchedulesResponse>, I>>(
+    object: I,
+  ): SchedulerAdminListSchedulesResponse {
+    const message = createBaseSchedulerAdminListSchedulesResponse();
+    message.schedules = object.schedules?.map((e) => Schedule.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    message.totalSize = object.totalSize ?? 0;
+    return message;
+  },
+};
+
 /**
  * Operator-scoped administration: installs, manual runs and run history. Every call carries the
  * metadata `authorization: Bearer <admin token>`.
@@ -1391,6 +1827,34 @@ export const SchedulerAdminService = {
       Buffer.from(ListScheduleRunsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListScheduleRunsResponse => ListScheduleRunsResponse.decode(value),
   },
+  /** Returns one schedule of an install, whatever the install's state (for operators). */
+  getSchedule: {
+    path: "/schedulerhost.v1.SchedulerAdmin/GetSchedule" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SchedulerAdminGetScheduleRequest): Buffer =>
+      Buffer.from(SchedulerAdminGetScheduleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SchedulerAdminGetScheduleRequest =>
+      SchedulerAdminGetScheduleRequest.decode(value),
+    responseSerialize: (value: SchedulerAdminGetScheduleResponse): Buffer =>
+      Buffer.from(SchedulerAdminGetScheduleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SchedulerAdminGetScheduleResponse =>
+      SchedulerAdminGetScheduleResponse.decode(value),
+  },
+  /** Lists an install's schedules, ordered by creation time then id, whatever the install's state. */
+  listSchedules: {
+    path: "/schedulerhost.v1.SchedulerAdmin/ListSchedules" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SchedulerAdminListSchedulesRequest): Buffer =>
+      Buffer.from(SchedulerAdminListSchedulesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SchedulerAdminListSchedulesRequest =>
+      SchedulerAdminListSchedulesRequest.decode(value),
+    responseSerialize: (value: SchedulerAdminListSchedulesResponse): Buffer =>
+      Buffer.from(SchedulerAdminListSchedulesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SchedulerAdminListSchedulesResponse =>
+      SchedulerAdminListSchedulesResponse.decode(value),
+  },
 } as const;
 
 export interface SchedulerAdminServer extends UntypedServiceImplementation {
@@ -1404,6 +1868,10 @@ export interface SchedulerAdminServer extends UntypedServiceImplementation {
   runScheduleNow: handleUnaryCall<RunScheduleNowRequest, RunScheduleNowResponse>;
   /** Lists the runs of a schedule, newest first. */
   listScheduleRuns: handleUnaryCall<ListScheduleRunsRequest, ListScheduleRunsResponse>;
+  /** Returns one schedule of an install, whatever the install's state (for operators). */
+  getSchedule: handleUnaryCall<SchedulerAdminGetScheduleRequest, SchedulerAdminGetScheduleResponse>;
+  /** Lists an install's schedules, ordered by creation time then id, whatever the install's state. */
+  listSchedules: handleUnaryCall<SchedulerAdminListSchedulesRequest, SchedulerAdminListSchedulesResponse>;
 }
 
 export interface SchedulerAdminClient extends Client {
@@ -1486,6 +1954,38 @@ export interface SchedulerAdminClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListScheduleRunsResponse) => void,
+  ): ClientUnaryCall;
+  /** Returns one schedule of an install, whatever the install's state (for operators). */
+  getSchedule(
+    request: SchedulerAdminGetScheduleRequest,
+    callback: (error: ServiceError | null, response: SchedulerAdminGetScheduleResponse) => void,
+  ): ClientUnaryCall;
+  getSchedule(
+    request: SchedulerAdminGetScheduleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SchedulerAdminGetScheduleResponse) => void,
+  ): ClientUnaryCall;
+  getSchedule(
+    request: SchedulerAdminGetScheduleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SchedulerAdminGetScheduleResponse) => void,
+  ): ClientUnaryCall;
+  /** Lists an install's schedules, ordered by creation time then id, whatever the install's state. */
+  listSchedules(
+    request: SchedulerAdminListSchedulesRequest,
+    callback: (error: ServiceError | null, response: SchedulerAdminListSchedulesResponse) => void,
+  ): ClientUnaryCall;
+  listSchedules(
+    request: SchedulerAdminListSchedulesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SchedulerAdminListSchedulesResponse) => void,
+  ): ClientUnaryCall;
+  listSchedules(
+    request: SchedulerAdminListSchedulesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SchedulerAdminListSchedulesResponse) => void,
   ): ClientUnaryCall;
 }
 
