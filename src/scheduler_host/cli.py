@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "migrate":
-            event_loop.run(migrations.upgrade_database(settings.database_url))
+            event_loop.run(app.migrate_database(settings))
             print("scheduler-host: database migrated", file=sys.stderr)
         elif args.command == "serve":
             event_loop.run(app.serve(settings, migrate=args.migrate))

@@ -1,20 +1,24 @@
-"""Settings from SCHEDULER_HOST_* variables: one frozen dataclass, one error line per bad value."""
+"""Settings from SCHEDULER_HOST_* variables: one frozen dataclass (every default is defined there
+and only there), one error line per bad value, and the rules that keep a start safe."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import Any
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/scheduler-host.db"
-DEFAULT_LISTEN = "127.0.0.1:50051"
-# Development defaults, refused in production (see WEAK_TOKENS).
-DEFAULT_RUNNER_TOKEN = "local-runner-key"  # noqa: S105 - refused in production
-DEFAULT_ADMIN_TOKEN = "local-admin-key"  # noqa: S105 - refused in production
+# Development defaults; they work only in development on a loopback listen address.
+DEFAULT_RUNNER_TOKEN = "local-runner-key"  # noqa: S105 - refused outside development
+DEFAULT_ADMIN_TOKEN = "local-admin-key"  # noqa: S105 - refused outside development
 WEAK_TOKENS = frozenset(
-    {"", "changeme", "change-me", "secret", "local-runner-key", "local-admin-key"}
+    {"", "changeme", "change-me", "secret", DEFAULT_RUNNER_TOKEN, DEFAULT_ADMIN_TOKEN}
 )
+# Shortest token accepted where the defaults are not (production, or a non-loopback address).
+MIN_TOKEN_LENGTH = 32
+ENVIRONMENTS = frozenset({"development", "production", "test"})
 
 
 class ConfigError(ValueError):
@@ -27,33 +31,49 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
-    listen: str = DEFAULT_LISTEN
+    # Empty: the embedded PostgreSQL under `embedded_data_dir` (the extra scheduler-host[embedded]).
+    database_url: str = ""
+    embedded_data_dir: str = "./var/pgdata"
+    listen: str = "127.0.0.1:50051"
     runner_tokens: tuple[str, ...] = (DEFAULT_RUNNER_TOKEN,)
-    admin_token: str = DEFAULT_ADMIN_TOKEN
+    admin_tokens: tuple[str, ...] = (DEFAULT_ADMIN_TOKEN,)
     runner_base_url: str = "http://127.0.0.1:8090"
+    # Sent to the Runner as `authorization: Bearer ...` with every execute call.
+    runner_call_token: str = ""
     metrics_listen: str = ""
     environment: str = "development"
     min_interval_seconds: int = 300
     max_schedules_per_install: int = 50
     rate_limit_per_minute: int = 10
+    read_limit_per_minute: int = 600
     manual_runs_per_minute: int = 5
     catchup_seconds: int = 600
     max_message_bytes: int = 1024 * 1024
+    max_concurrent_rpcs: int = 1000
+    keepalive_seconds: float = 60.0
+    min_client_ping_seconds: float = 10.0
+    max_connection_age_seconds: float = 1800.0
     runner_timeout_seconds: float = 30.0
     # First retry delay of a failed Runner call; each further retry waits twice as long.
     runner_retry_base_seconds: float = 1.0
     shutdown_grace_seconds: float = 10.0
     install_cache_seconds: float = 1.0
     health_check_seconds: float = 2.0
+    db_pool_size: int = 20
+    # Calls that may wait for a pooled connection; more are refused at once.
+    db_pool_max_waiters: int = 200
+    db_acquire_timeout_seconds: float = 10.0
     dispatcher_enabled: bool = True
     dispatch_poll_seconds: float = 1.0
     dispatch_batch_size: int = 100
     # Runs one process makes at once (each holds a Runner connection); the next batch is
     # claimed while they are in flight.
     dispatch_max_in_flight: int = 500
+    # Pooled connections the dispatcher may hold at once.
+    dispatch_connections: int = 6
     # Added to the longest a run can take (attempts, timeouts, backoff) to make its claim's lease.
     dispatch_lease_margin_seconds: float = 30.0
+    reflection: bool = True
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -61,162 +81,230 @@ class Settings:
     log_level: str = "INFO"
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return is_loopback(self.listen.rpartition(":")[0])
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _default(name: str) -> Any:
+    for f in fields(Settings):
+        if f.name == name and f.default is not MISSING:
+            return f.default
+    raise KeyError(name)
+
+
+def _int(raw: str, variable: str, minimum: float) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(name, f"expected an integer, got {raw!r}") from None
+        raise ConfigError(variable, f"expected an integer, got {raw!r}") from None
     if value < minimum:
-        raise ConfigError(name, f"must be at least {minimum}, got {value}")
+        raise ConfigError(variable, f"must be at least {minimum:g}, got {value}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+def _float(raw: str, variable: str, minimum: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(name, f"expected a number, got {raw!r}") from None
+        raise ConfigError(variable, f"expected a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(variable, f"expected a finite number, got {raw!r}")
     if value < minimum:
-        raise ConfigError(name, f"must be at least {minimum}, got {value}")
+        raise ConfigError(variable, f"must be at least {minimum:g}, got {value:g}")
     return value
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
+def _bool(raw: str, variable: str, _minimum: float) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
         return True
-    if raw in {"0", "false", "no", "off"}:
+    if lowered in {"0", "false", "no", "off"}:
         return False
-    raise ConfigError(name, f"expected true or false, got {raw!r}")
+    raise ConfigError(variable, f"expected true or false, got {raw!r}")
 
 
-def _address(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = env.get(name, "").strip() or default
-    if not raw:
-        return raw
+def _address(raw: str, variable: str, _minimum: float) -> str:
     host, sep, port = raw.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(name, f"expected host:port, got {raw!r}")
+        raise ConfigError(variable, f"expected host:port, got {raw!r}")
     return raw
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: set[str]) -> str:
-    raw = env.get(name, "").strip().lower() or default
-    if raw not in choices:
-        raise ConfigError(name, f"expected one of {', '.join(sorted(choices))}, got {raw!r}")
+def _file(raw: str, variable: str, _minimum: float) -> str:
+    if not Path(raw).is_file():
+        raise ConfigError(variable, f"file not found: {raw}")
     return raw
 
 
-def _file(env: Mapping[str, str], name: str) -> str:
-    raw = env.get(name, "").strip()
-    if raw and not Path(raw).is_file():
-        raise ConfigError(name, f"file not found: {raw}")
+def _text(raw: str, _variable: str, _minimum: float) -> str:
     return raw
+
+
+def _choice(choices: frozenset[str], transform: Callable[[str], str] = str) -> Any:
+    def parse(raw: str, variable: str, _minimum: float) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise ConfigError(
+                variable, f"expected one of {', '.join(sorted(choices))}, got {raw!r}"
+            )
+        return transform(value)
+
+    return parse
+
+
+# field name → (parser, the least value accepted). The variable is SCHEDULER_HOST_<NAME>.
+_PARSED: dict[str, tuple[Callable[[str, str, float], Any], float]] = {
+    "embedded_data_dir": (_text, 0),
+    "listen": (_address, 0),
+    "metrics_listen": (_address, 0),
+    "environment": (_choice(ENVIRONMENTS), 0),
+    "min_interval_seconds": (_int, 0),
+    "max_schedules_per_install": (_int, 1),
+    "rate_limit_per_minute": (_int, 1),
+    "read_limit_per_minute": (_int, 1),
+    "manual_runs_per_minute": (_int, 1),
+    "catchup_seconds": (_int, 0),
+    "max_message_bytes": (_int, 200_000),
+    "max_concurrent_rpcs": (_int, 1),
+    "keepalive_seconds": (_float, 1),
+    "min_client_ping_seconds": (_float, 1),
+    "max_connection_age_seconds": (_float, 0),
+    "runner_timeout_seconds": (_float, 0.1),
+    "runner_retry_base_seconds": (_float, 0),
+    "shutdown_grace_seconds": (_float, 0),
+    "install_cache_seconds": (_float, 0),
+    "health_check_seconds": (_float, 0.05),
+    "db_pool_size": (_int, 2),
+    "db_pool_max_waiters": (_int, 0),
+    "db_acquire_timeout_seconds": (_float, 0.1),
+    "dispatcher_enabled": (_bool, 0),
+    "dispatch_poll_seconds": (_float, 0.01),
+    "dispatch_batch_size": (_int, 1),
+    "dispatch_max_in_flight": (_int, 1),
+    "dispatch_connections": (_int, 1),
+    "dispatch_lease_margin_seconds": (_float, 0.1),
+    "reflection": (_bool, 0),
+    "tls_cert": (_file, 0),
+    "tls_key": (_file, 0),
+    "tls_client_ca": (_file, 0),
+    "log_format": (_choice(frozenset({"text", "json"})), 0),
+    "log_level": (_choice(frozenset({"debug", "info", "warning", "error"}), str.upper), 0),
+}
+# Variables named otherwise than after their field.
+_VARIABLE_NAMES = {
+    "dispatcher_enabled": "SCHEDULER_HOST_DISPATCHER",
+    "environment": "SCHEDULER_HOST_ENV",
+}
+
+
+def variable_of(field: str) -> str:
+    return _VARIABLE_NAMES.get(field, f"SCHEDULER_HOST_{field.upper()}")
+
+
+def _tokens(raw: str | None) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    return tuple(t.strip() for t in raw.split(",") if t.strip())
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    url = env.get("SCHEDULER_HOST_DATABASE_URL", "").strip()
+    if url and not url.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+        raise ConfigError(
+            "SCHEDULER_HOST_DATABASE_URL",
+            "expected a postgresql:// URL (or leave it unset for the embedded PostgreSQL)",
+        )
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _check_tokens(
+    name: str, tokens: tuple[str, ...] | None, default: str, strict: bool
+) -> tuple[str, ...]:
+    """`tokens` as configured, or the development default where that is allowed."""
+    if tokens is None:
+        if strict:
+            raise ConfigError(name, "is required outside development on a loopback address")
+        return (default,)
+    if not tokens:
+        raise ConfigError(name, "at least one token is required")
+    if strict:
+        for token in tokens:
+            if token.lower() in WEAK_TOKENS:
+                raise ConfigError(name, "a default or empty token is refused here")
+            if len(token) < MIN_TOKEN_LENGTH:
+                raise ConfigError(
+                    name, f"tokens must be at least {MIN_TOKEN_LENGTH} characters here"
+                )
+    return tokens
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every variable; raise ConfigError for the first bad one."""
     env = os.environ if env is None else env
-    environment = _choice(
-        env, "SCHEDULER_HOST_ENV", "development", {"development", "production", "test"}
-    )
-    production = environment == "production"
+    values: dict[str, Any] = {}
+    for name, (parse, minimum) in _PARSED.items():
+        variable = variable_of(name)
+        raw = env.get(variable, "").strip()
+        values[name] = parse(raw, variable, minimum) if raw else _default(name)
+    values["database_url"] = _database_url(env)
 
-    database_url = env.get("SCHEDULER_HOST_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
-    if not database_url.startswith(("postgresql", "sqlite")):
+    production = values["environment"] == "production"
+    listen_host = str(values["listen"]).rpartition(":")[0]
+    # The development tokens are public: only a development service on a loopback address
+    # may accept them.
+    strict = production or not is_loopback(listen_host)
+    values["runner_tokens"] = _check_tokens(
+        "SCHEDULER_HOST_RUNNER_TOKENS",
+        _tokens(env.get("SCHEDULER_HOST_RUNNER_TOKENS")),
+        DEFAULT_RUNNER_TOKEN,
+        strict,
+    )
+    admin_variable = (
+        "SCHEDULER_HOST_ADMIN_TOKENS"
+        if "SCHEDULER_HOST_ADMIN_TOKENS" in env or "SCHEDULER_HOST_ADMIN_TOKEN" not in env
+        else "SCHEDULER_HOST_ADMIN_TOKEN"
+    )
+    values["admin_tokens"] = _check_tokens(
+        admin_variable, _tokens(env.get(admin_variable)), DEFAULT_ADMIN_TOKEN, strict
+    )
+    if set(values["admin_tokens"]) & set(values["runner_tokens"]):
+        raise ConfigError(admin_variable, "admin tokens must differ from every runner token")
+
+    call_token = env.get("SCHEDULER_HOST_RUNNER_CALL_TOKEN", "").strip()
+    if production and len(call_token) < MIN_TOKEN_LENGTH:
         raise ConfigError(
-            "SCHEDULER_HOST_DATABASE_URL",
-            "expected a postgresql+asyncpg:// or sqlite+aiosqlite:// URL",
+            "SCHEDULER_HOST_RUNNER_CALL_TOKEN",
+            f"production needs a token of at least {MIN_TOKEN_LENGTH} characters, so the "
+            "Runner can tell the host's calls from forged ones",
         )
-    if database_url.startswith("postgresql://"):
-        database_url = "postgresql+asyncpg://" + database_url.removeprefix("postgresql://")
-    if database_url.startswith("sqlite://"):
-        database_url = "sqlite+aiosqlite://" + database_url.removeprefix("sqlite://")
+    if any(c in call_token for c in "\r\n\0"):
+        raise ConfigError("SCHEDULER_HOST_RUNNER_CALL_TOKEN", "must be one line")
+    values["runner_call_token"] = call_token
 
-    raw_tokens = env.get("SCHEDULER_HOST_RUNNER_TOKENS")
-    runner_tokens = (
-        (DEFAULT_RUNNER_TOKEN,)
-        if raw_tokens is None and not production
-        else tuple(t.strip() for t in (raw_tokens or "").split(",") if t.strip())
-    )
-    admin_token = env.get("SCHEDULER_HOST_ADMIN_TOKEN")
-    if admin_token is None:
-        admin_token = "" if production else DEFAULT_ADMIN_TOKEN
-    admin_token = admin_token.strip()
-    if not runner_tokens:
-        raise ConfigError("SCHEDULER_HOST_RUNNER_TOKENS", "at least one token is required")
-    if not admin_token:
-        raise ConfigError("SCHEDULER_HOST_ADMIN_TOKEN", "a token is required")
-    if production:
-        if any(t.lower() in WEAK_TOKENS for t in runner_tokens):
-            raise ConfigError(
-                "SCHEDULER_HOST_RUNNER_TOKENS", "a default or empty token is refused in production"
-            )
-        if admin_token.lower() in WEAK_TOKENS:
-            raise ConfigError(
-                "SCHEDULER_HOST_ADMIN_TOKEN", "a default or empty token is refused in production"
-            )
-    if admin_token in runner_tokens:
-        raise ConfigError("SCHEDULER_HOST_ADMIN_TOKEN", "must differ from every runner token")
-
-    runner_base_url = env.get("SCHEDULER_HOST_RUNNER_BASE_URL", "").strip() or (
-        "http://127.0.0.1:8090"
-    )
-    if not runner_base_url.startswith(("http://", "https://")):
+    base_url = env.get("SCHEDULER_HOST_RUNNER_BASE_URL", "").strip() or _default("runner_base_url")
+    if not base_url.startswith(("http://", "https://")):
         raise ConfigError("SCHEDULER_HOST_RUNNER_BASE_URL", "expected an http:// or https:// URL")
+    values["runner_base_url"] = base_url.rstrip("/")
 
-    tls_cert = _file(env, "SCHEDULER_HOST_TLS_CERT")
-    tls_key = _file(env, "SCHEDULER_HOST_TLS_KEY")
-    tls_client_ca = _file(env, "SCHEDULER_HOST_TLS_CLIENT_CA")
-    if bool(tls_cert) != bool(tls_key):
-        missing = "SCHEDULER_HOST_TLS_KEY" if tls_cert else "SCHEDULER_HOST_TLS_CERT"
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        missing = "SCHEDULER_HOST_TLS_KEY" if values["tls_cert"] else "SCHEDULER_HOST_TLS_CERT"
         raise ConfigError(missing, "TLS needs both a certificate and a key")
-    if tls_client_ca and not tls_cert:
+    if values["tls_client_ca"] and not values["tls_cert"]:
         raise ConfigError("SCHEDULER_HOST_TLS_CLIENT_CA", "mTLS needs SCHEDULER_HOST_TLS_CERT too")
-
-    return Settings(
-        database_url=database_url,
-        listen=_address(env, "SCHEDULER_HOST_LISTEN", DEFAULT_LISTEN),
-        runner_tokens=runner_tokens,
-        admin_token=admin_token,
-        runner_base_url=runner_base_url.rstrip("/"),
-        metrics_listen=_address(env, "SCHEDULER_HOST_METRICS_LISTEN", ""),
-        environment=environment,
-        min_interval_seconds=_int(env, "SCHEDULER_HOST_MIN_INTERVAL_SECONDS", 300, 0),
-        max_schedules_per_install=_int(env, "SCHEDULER_HOST_MAX_SCHEDULES_PER_INSTALL", 50, 1),
-        rate_limit_per_minute=_int(env, "SCHEDULER_HOST_RATE_LIMIT_PER_MINUTE", 10, 1),
-        manual_runs_per_minute=_int(env, "SCHEDULER_HOST_MANUAL_RUNS_PER_MINUTE", 5, 1),
-        catchup_seconds=_int(env, "SCHEDULER_HOST_CATCHUP_SECONDS", 600, 0),
-        max_message_bytes=_int(env, "SCHEDULER_HOST_MAX_MESSAGE_BYTES", 1024 * 1024, 200_000),
-        runner_timeout_seconds=_float(env, "SCHEDULER_HOST_RUNNER_TIMEOUT_SECONDS", 30.0, 0.1),
-        runner_retry_base_seconds=_float(env, "SCHEDULER_HOST_RUNNER_RETRY_BASE_SECONDS", 1.0, 0.0),
-        shutdown_grace_seconds=_float(env, "SCHEDULER_HOST_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0),
-        install_cache_seconds=_float(env, "SCHEDULER_HOST_INSTALL_CACHE_SECONDS", 1.0, 0.0),
-        health_check_seconds=_float(env, "SCHEDULER_HOST_HEALTH_CHECK_SECONDS", 2.0, 0.05),
-        dispatcher_enabled=_bool(env, "SCHEDULER_HOST_DISPATCHER", True),
-        dispatch_poll_seconds=_float(env, "SCHEDULER_HOST_DISPATCH_POLL_SECONDS", 1.0, 0.01),
-        dispatch_batch_size=_int(env, "SCHEDULER_HOST_DISPATCH_BATCH_SIZE", 100, 1),
-        dispatch_max_in_flight=_int(env, "SCHEDULER_HOST_DISPATCH_MAX_IN_FLIGHT", 500, 1),
-        dispatch_lease_margin_seconds=_float(
-            env, "SCHEDULER_HOST_DISPATCH_LEASE_MARGIN_SECONDS", 30.0, 0.1
-        ),
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_client_ca=tls_client_ca,
-        log_format=_choice(env, "SCHEDULER_HOST_LOG_FORMAT", "text", {"text", "json"}),
-        log_level=_choice(
-            env, "SCHEDULER_HOST_LOG_LEVEL", "info", {"debug", "info", "warning", "error"}
-        ).upper(),
-    )
+    return Settings(**values)

@@ -1,4 +1,4 @@
-"""`scheduler-host dev`: the embedded default with a demo install, ready to call."""
+"""`scheduler-host dev`: the embedded PostgreSQL with a demo install, ready to call."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 from dataclasses import replace
 
 from scheduler_host.app import start_application
-from scheduler_host.config import DEFAULT_DATABASE_URL, Settings
+from scheduler_host.config import Settings
 from scheduler_host.domain.install import SCHEDULER_CAPABILITY
 from scheduler_host.runner_standin import StandInRunner
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput, upsert_install
@@ -24,7 +24,7 @@ DEMO_ENDPOINTS = (
 
 
 async def run_dev(settings: Settings) -> None:
-    if settings.database_url != DEFAULT_DATABASE_URL:
+    if settings.database_url:
         print(f"dev: using {settings.database_url.split('@')[-1]}")
     # Runs go to a stand-in Runner on loopback that logs them, so they can be seen happening.
     runner = StandInRunner()
@@ -44,8 +44,8 @@ async def run_dev(settings: Settings) -> None:
         ),
         True,
         uow_factory=app.deps.uow_factory,
-        settings=settings,
         clock=app.deps.clock,
+        install_cache=app.deps.install_cache,
     )
     host = settings.listen
     token = settings.runner_tokens[0]
@@ -54,7 +54,7 @@ async def run_dev(settings: Settings) -> None:
 scheduler-host dev is listening on {host}
   install id     {DEMO_INSTALL_ID}
   runner token   {token}        (metadata x-runner-auth)
-  admin token    {settings.admin_token}        (metadata authorization: Bearer ...)
+  admin token    {settings.admin_tokens[0]}        (metadata authorization: Bearer ...)
   stand-in Runner {runner.url}   (logs each execution it receives)
 
 Try it:
@@ -65,7 +65,7 @@ Try it:
     http://{host}/schedulerhost.v1.SchedulerHost/CreateSchedule
   grpcurl -plaintext -H 'x-runner-auth: {token}' -H 'x-install-id: {DEMO_INSTALL_ID}' \\
     {host} schedulerhost.v1.SchedulerHost/ListSchedules
-  grpcurl -plaintext -H 'authorization: Bearer {settings.admin_token}' \\
+  grpcurl -plaintext -H 'authorization: Bearer {settings.admin_tokens[0]}' \\
     -d '{{"install_id": "{DEMO_INSTALL_ID}", "schedule_id": "<id from CreateSchedule>"}}' \\
     {host} schedulerhost.v1.SchedulerAdmin/RunScheduleNow
 """,

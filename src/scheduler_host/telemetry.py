@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 _STANDARD_FIELDS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _API_LABELS = ("operation", "tenant_id", "grpc_code")
+# A histogram per tenant would make tenants x operations x codes x buckets series a process.
+_DURATION_LABELS = ("operation", "grpc_code")
 _LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 600)
 
 
@@ -157,7 +159,8 @@ class Metrics:
         children = self._api_children.get(labels)
         if children is None:
             errors = self.api_errors.labels(*labels) if grpc_code != "OK" else None
-            children = (self.api_calls.labels(*labels), self.api_duration.labels(*labels), errors)
+            duration = self.api_duration.labels(operation, grpc_code)
+            children = (self.api_calls.labels(*labels), duration, errors)
             self._api_children[labels] = children
         calls, duration, errors = children
         calls.inc()
@@ -181,7 +184,7 @@ def build_metrics() -> Metrics:
         api_duration=Histogram(
             "extension_scheduler_api_duration_seconds",
             "Time to answer an API call",
-            _API_LABELS,
+            _DURATION_LABELS,
             registry=registry,
         ),
         api_errors=Counter(
@@ -243,18 +246,3 @@ def tracer_provider_from_environment() -> Any | None:
     )
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
-
-
-def trace_database(sync_engine: Any, tracer_provider: Any) -> None:
-    """Database statements of this engine become spans, children of the RPC's span.
-
-    The instrumentor's own `instrument()` patches SQLAlchemy globally once per process; tracing
-    one engine with one provider keeps several applications in a process apart."""
-    from opentelemetry import metrics, trace
-    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
-
-    tracer = trace.get_tracer("scheduler_host.db", tracer_provider=tracer_provider)
-    usage = metrics.get_meter("scheduler_host.db").create_up_down_counter(
-        "db.client.connections.usage", unit="connections"
-    )
-    EngineTracer(tracer, sync_engine, usage)  # type: ignore[no-untyped-call]

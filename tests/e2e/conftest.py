@@ -31,7 +31,7 @@ def e2e_settings(database_url: str, **overrides: object) -> Settings:
         database_url=database_url,
         listen="127.0.0.1:0",
         runner_tokens=(RUNNER_TOKEN, SECOND_RUNNER_TOKEN),
-        admin_token=ADMIN_TOKEN,
+        admin_tokens=(ADMIN_TOKEN,),
         environment="test",
         # Most tests make many changes quickly; the rate-limit tests start their own server.
         rate_limit_per_minute=100_000,

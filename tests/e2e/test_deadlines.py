@@ -22,6 +22,7 @@ import pytest
 from schedulerhost.v1 import schedule_pb2
 from schedulerhost.v1 import scheduler_host_pb2 as pb
 
+from scheduler_host.adapters.db.buckets import bucket_of
 from scheduler_host.app import Application
 from tests.support.grpc_status_details import failure_of
 from tests.support.server import InstallHandle, Stubs
@@ -136,8 +137,9 @@ async def test_create_cancelled_after_its_insert_commits_nothing(
     # an uncommitted row with the same key makes that second insert wait.
     request_id = uuid.uuid4()
     await blocker.execute(
-        "INSERT INTO idempotency_keys (install_id, request_id, tenant_id, schedule_id, "
-        "create_time) VALUES ($1, $2, $3, $4, now())",
+        "INSERT INTO idempotency_keys (bucket, install_id, request_id, tenant_id, schedule_id, "
+        "create_time) VALUES ($1, $2, $3, $4, $5, now())",
+        bucket_of(install.tenant_id),
         uuid.UUID(install.install_id),
         request_id,
         install.tenant_id,

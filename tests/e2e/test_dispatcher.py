@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,10 +21,11 @@ from schedulerhost.v1 import scheduler_admin_pb2 as admin_pb
 from schedulerhost.v1 import scheduler_host_pb2 as pb
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from scheduler_host.adapters.db.buckets import bucket_of
 from scheduler_host.app import Application, start_application
 from scheduler_host.domain.runs import RunTrigger
 from scheduler_host.runner_standin import Execution, Reply
-from scheduler_host.service.dispatch import (
+from scheduler_host.service.dispatch.planning import (
     ENDPOINT_MISSING,
     SKIPPED_IN_FLIGHT,
     SKIPPED_MISSED,
@@ -416,10 +416,11 @@ async def test_disabled_install_keeps_schedules_and_continues_from_now(h: Harnes
 async def test_history_keeps_the_last_100_runs(h: Harness) -> None:
     schedule = await h.create("0 * * * *")
     await h.sql(
-        "INSERT INTO schedule_runs (id, tenant_id, install_id, schedule_id, trigger, "
-        "scheduled_time, status, attempt) SELECT gen_random_uuid(), :tenant, :iid, :sid, "
-        "'schedule', CAST(:start AS timestamptz) - n * interval '1 hour', 'success', 1 "
+        "INSERT INTO schedule_runs (bucket, id, tenant_id, install_id, schedule_id, trigger, "
+        "scheduled_time, status, attempt) SELECT :bucket, gen_random_uuid(), :tenant, :iid, "
+        ":sid, 'schedule', CAST(:start AS timestamptz) - n * interval '1 hour', 'success', 1 "
         "FROM generate_series(1, 120) AS n",
+        bucket=bucket_of(h.install.tenant_id),
         tenant=h.install.tenant_id,
         iid=uuid.UUID(h.install.install_id),
         sid=uuid.UUID(schedule.id),
@@ -505,10 +506,14 @@ async def test_stop_releases_a_run_in_flight_for_another_process(h: Harness) -> 
     assert len({e.idempotency_key for e in sent}) == 1
 
 
-async def test_sqlite_single_process_dispatches_in_plain_transactions(
-    runner: RecordingRunner, tmp_path: Path
+async def test_overlap_misfire_and_a_manual_run_of_one_schedule_in_one_process(
+    runner: RecordingRunner, postgres: PostgresServer
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'scheduler-host.db'}"
+    with scratch_database(postgres) as name:
+        await run_overlap_misfire_and_manual(postgres.url(name), runner)
+
+
+async def run_overlap_misfire_and_manual(url: str, runner: RecordingRunner) -> None:
     async with harness_on(url, runner) as h:
         schedule = await h.create("*/5 * * * *")
         release = asyncio.Event()

@@ -1,4 +1,5 @@
-"""`scheduler-host dev`: its stand-in Runner receives and logs a run made with RunScheduleNow."""
+"""`scheduler-host dev` on the embedded PostgreSQL: its stand-in Runner receives and logs a run
+made with RunScheduleNow, and stopping it stops that PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import psutil
 from schedulerhost.v1 import schedule_pb2
 from schedulerhost.v1 import scheduler_admin_pb2 as admin_pb
 from schedulerhost.v1 import scheduler_host_pb2 as pb
@@ -20,9 +22,24 @@ from tests.support.server import (
 )
 
 
+def postgres_processes(data_dir: Path) -> list[psutil.Process]:
+    """The PostgreSQL server processes serving `data_dir`."""
+    found = []
+    for process in psutil.process_iter(attrs=["name", "cmdline"]):
+        if process.info["name"] == "postgres" and str(data_dir) in " ".join(
+            process.info["cmdline"] or ()
+        ):
+            found.append(process)
+    return found
+
+
 async def test_dev_runs_a_schedule_now_on_its_stand_in_runner(tmp_path: Path) -> None:
+    # No database URL: dev runs on the embedded PostgreSQL, here in a directory of the test's.
     server = spawn_server(
-        f"sqlite+aiosqlite:///{tmp_path / 'dev.db'}", tmp_path / "dev.log", args=("dev",)
+        "",
+        tmp_path / "dev.log",
+        args=("dev",),
+        SCHEDULER_HOST_EMBEDDED_DATA_DIR=str(tmp_path / "pgdata"),
     )
     try:
         await asyncio.to_thread(wait_until_serving, server)
@@ -43,6 +60,7 @@ async def test_dev_runs_a_schedule_now_on_its_stand_in_runner(tmp_path: Path) ->
             )
     finally:
         server.stop()
+    assert not postgres_processes(tmp_path / "pgdata"), "the embedded PostgreSQL kept running"
     assert reply.run.status == schedule_pb2.RUN_STATE_SUCCESS
     assert reply.run.trigger == schedule_pb2.RUN_TRIGGER_MANUAL
     log = server.log()

@@ -51,8 +51,8 @@ def run_cli(database_url: str, *args: str, **env: str) -> subprocess.CompletedPr
     )
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
+# Never connected to: the tests that use it stop before touching a database.
+NO_DATABASE = "postgresql://postgres@127.0.0.1:1/none"
 
 
 def lines(text: str) -> list[str]:
@@ -64,15 +64,9 @@ def stop_and_check(server: ServerProcess) -> None:
     assert code == 0, f"exit {code} after SIGTERM:\n{server.log()}"
 
 
-@pytest.fixture(params=["postgresql", "sqlite-missing-file", "sqlite-empty-file"])
-def unmigrated_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("empty_pg_url"))
-    path = tmp_path / "db" / "scheduler-host.db"
-    if request.param == "sqlite-empty-file":
-        path.parent.mkdir()
-        path.touch()
-    return sqlite_url(path)
+@pytest.fixture
+def unmigrated_url(empty_pg_url: str) -> str:
+    return empty_pg_url
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,35 +100,33 @@ def test_serve_refuses_an_unmigrated_database_with_one_stderr_line(
     assert "not migrated" in result.stderr and "scheduler-host migrate" in result.stderr
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_migrate_then_serve(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    url = (
-        str(request.getfixturevalue("empty_pg_url"))
-        if backend == "postgresql"
-        else sqlite_url(tmp_path / "var" / "scheduler-host.db")
-    )
-    migrated = run_cli(url, "migrate")
+@pytest.mark.parametrize("database", ["configured", "embedded"])
+def test_migrate_then_serve(database: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    # Embedded: no URL, so both commands use the embedded PostgreSQL in the test's directory.
+    url = str(request.getfixturevalue("empty_pg_url")) if database == "configured" else ""
+    embedded = {"SCHEDULER_HOST_EMBEDDED_DATA_DIR": str(tmp_path / "pgdata")}
+    migrated = run_cli(url, "migrate", **embedded)
     assert migrated.returncode == 0, migrated.stderr
     assert "Traceback" not in migrated.stderr
 
-    again = run_cli(url, "migrate")
+    again = run_cli(url, "migrate", **embedded)
     assert again.returncode == 0, again.stderr
 
-    server = spawn_server(url, tmp_path / "server.log")
+    server = spawn_server(url, tmp_path / "server.log", **embedded)
     try:
         wait_until_serving(server)
     finally:
         stop_and_check(server)
 
 
-def test_serve_with_migrate_on_an_empty_database(empty_database_url: str, tmp_path: Path) -> None:
-    server = spawn_server(empty_database_url, tmp_path / "server.log", args=("serve", "--migrate"))
+def test_serve_with_migrate_on_an_empty_database(empty_pg_url: str, tmp_path: Path) -> None:
+    server = spawn_server(empty_pg_url, tmp_path / "server.log", args=("serve", "--migrate"))
     try:
         wait_until_serving(server)
     finally:
         stop_and_check(server)
     # The database is now migrated: a plain serve starts as well.
-    again = spawn_server(empty_database_url, tmp_path / "again.log")
+    again = spawn_server(empty_pg_url, tmp_path / "again.log")
     try:
         wait_until_serving(again)
     finally:
@@ -158,18 +150,21 @@ def test_serve_with_migrate_on_an_empty_database(empty_database_url: str, tmp_pa
 def test_bad_configuration_exits_2_with_one_line(
     command: tuple[str, ...], variable: str, value: str, tmp_path: Path
 ) -> None:
-    result = run_cli(sqlite_url(tmp_path / "x.db"), *command, **{variable: value})
+    data_dir = tmp_path / "pgdata"
+    result = run_cli(
+        NO_DATABASE, *command, SCHEDULER_HOST_EMBEDDED_DATA_DIR=str(data_dir), **{variable: value}
+    )
     assert result.returncode == 2, result
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert variable in result.stderr
     assert result.stderr.startswith("scheduler-host: configuration error: ")
-    assert not (tmp_path / "x.db").exists(), "nothing is touched before the settings are good"
+    assert not data_dir.exists(), "nothing is touched before the settings are good"
 
 
-def test_weak_tokens_in_production_exit_2(tmp_path: Path) -> None:
+def test_weak_tokens_in_production_exit_2() -> None:
     result = run_cli(
-        sqlite_url(tmp_path / "x.db"),
+        NO_DATABASE,
         "serve",
         SCHEDULER_HOST_ENV="production",
         SCHEDULER_HOST_RUNNER_TOKENS="changeme",
@@ -180,16 +175,13 @@ def test_weak_tokens_in_production_exit_2(tmp_path: Path) -> None:
     assert "changeme" not in result.stderr
 
 
-def test_a_port_in_use_gives_a_clear_error(tmp_path: Path) -> None:
+def test_a_port_in_use_gives_a_clear_error(empty_pg_url: str) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         result = run_cli(
-            sqlite_url(tmp_path / "x.db"),
-            "serve",
-            "--migrate",
-            SCHEDULER_HOST_LISTEN=f"127.0.0.1:{port}",
+            empty_pg_url, "serve", "--migrate", SCHEDULER_HOST_LISTEN=f"127.0.0.1:{port}"
         )
     assert result.returncode != 0, result
     assert "Traceback" not in result.stderr + result.stdout, result.stderr

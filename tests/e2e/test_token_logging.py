@@ -241,8 +241,9 @@ def test_production_starts_with_strong_tokens(e2e_database_url: str, tmp_path: P
         tmp_path / "production.log",
         args=("serve", "--migrate"),
         SCHEDULER_HOST_ENV="production",
-        SCHEDULER_HOST_RUNNER_TOKENS=GOOD_RUNNER_TOKEN,
-        SCHEDULER_HOST_ADMIN_TOKEN=ADMIN_TOKEN,
+        SCHEDULER_HOST_RUNNER_TOKENS="r" * 32,
+        SCHEDULER_HOST_ADMIN_TOKEN="a" * 32,
+        SCHEDULER_HOST_RUNNER_CALL_TOKEN="c" * 32,
         SCHEDULER_HOST_DISPATCHER="false",
     )
     try:

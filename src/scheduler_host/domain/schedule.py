@@ -7,8 +7,8 @@ import json
 import unicodedata
 import uuid
 import zoneinfo
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -26,6 +26,8 @@ Json = Any
 
 @dataclass(frozen=True)
 class Schedule:
+    """A schedule as stored. `cron` is empty for a one-time schedule, which has `run_at`."""
+
     id: uuid.UUID
     install_id: uuid.UUID
     tenant_id: str
@@ -44,6 +46,13 @@ class Schedule:
     create_time: datetime
     update_time: datetime
     revision: int
+    run_at: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    jitter: timedelta = timedelta(0)
+    # The payload in the API's wire encoding, kept beside it so a read need not rebuild it; None
+    # when not known (the transport then encodes `payload`). Not part of the value's identity.
+    payload_wire: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def endpoint(self) -> str:

@@ -1,4 +1,5 @@
-"""Who may call, and how often: runner and admin tokens, install scope, rate limit, early quota.
+"""Who may call, and how often: runner and admin tokens, install scope, the mutation rate limit
+(shared by every process, in the database), the read limit (per process) and the early quota.
 
 These are the use cases behind the server's interceptor chain (auth → rate limit → quota).
 """
@@ -8,8 +9,8 @@ from __future__ import annotations
 import hmac
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from scheduler_host.domain.endpoints import Endpoint
@@ -29,6 +30,18 @@ from scheduler_host.service.ports import Clock, UnitOfWorkFactory
 from scheduler_host.service.schedules import IDEMPOTENCY_WINDOW
 
 RATE_WINDOW = timedelta(seconds=60)
+# A monotonic clock in seconds (time.monotonic; tests move their own).
+Ticker = Callable[[], float]
+
+
+def mutations_scope(install_id: uuid.UUID) -> str:
+    """The rate limiter's scope of an install's mutating calls."""
+    return f"mutations:{install_id}"
+
+
+def manual_runs_scope(tenant_id: str) -> str:
+    """The rate limiter's scope of a tenant's manual runs."""
+    return f"manual-runs:{tenant_id}"
 
 
 def check_token(presented: str | None, accepted: Iterable[str]) -> None:
@@ -59,29 +72,32 @@ class InstallContextCache:
     expire like contexts, so a call works with a context and endpoints that are at most as stale
     as a cached context alone was; the dispatcher re-checks the endpoint of every run."""
 
-    def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, ttl_seconds: float, max_entries: int = 10_000, ticker: Ticker = time.monotonic
+    ) -> None:
         self._ttl = ttl_seconds
         self._max = max_entries
+        self._now = ticker
         self._entries: OrderedDict[uuid.UUID, tuple[float, InstallContext | None]] = OrderedDict()
         self._endpoints: OrderedDict[uuid.UUID, tuple[float, str, list[Endpoint]]] = OrderedDict()
 
     def get(self, install_id: uuid.UUID) -> tuple[bool, InstallContext | None]:
         entry = self._entries.get(install_id)
-        if entry is None or entry[0] < time.monotonic():
+        if entry is None or entry[0] < self._now():
             return False, None
         return True, entry[1]
 
     def put(self, install_id: uuid.UUID, ctx: InstallContext | None) -> None:
         if self._ttl <= 0:
             return
-        self._entries[install_id] = (time.monotonic() + self._ttl, ctx)
+        self._entries[install_id] = (self._now() + self._ttl, ctx)
         self._entries.move_to_end(install_id)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
     def endpoints(self, install_id: uuid.UUID, version_id: str) -> list[Endpoint] | None:
         entry = self._endpoints.get(install_id)
-        if entry is None or entry[1] != version_id or entry[0] < time.monotonic():
+        if entry is None or entry[1] != version_id or entry[0] < self._now():
             return None
         # A copy: callers may not change what other calls are given.
         return list(entry[2])
@@ -91,7 +107,7 @@ class InstallContextCache:
     ) -> None:
         if self._ttl <= 0:
             return
-        self._endpoints[install_id] = (time.monotonic() + self._ttl, version_id, list(endpoints))
+        self._endpoints[install_id] = (self._now() + self._ttl, version_id, list(endpoints))
         self._endpoints.move_to_end(install_id)
         while len(self._endpoints) > self._max:
             self._endpoints.popitem(last=False)
@@ -99,6 +115,38 @@ class InstallContextCache:
     def invalidate(self, install_id: uuid.UUID) -> None:
         self._entries.pop(install_id, None)
         self._endpoints.pop(install_id, None)
+
+
+class ReadLimiter:
+    """At most `limit` reads per install in any rolling minute, counted in this process: it
+    protects the process, so it needs no shared state. Installs idle for a minute are forgotten."""
+
+    def __init__(self, limit: int, ticker: Ticker = time.monotonic) -> None:
+        self._limit = limit
+        self._now = ticker
+        self._hits: OrderedDict[uuid.UUID, deque[float]] = OrderedDict()
+
+    def hit(self, install_id: uuid.UUID) -> None:
+        """Count one read, or raise RateLimited with the wait until a slot frees."""
+        now = self._now()
+        window = RATE_WINDOW.total_seconds()
+        # Forget installs whose newest read left the window (the oldest-touched come first).
+        while self._hits:
+            oldest_id, oldest = next(iter(self._hits.items()))
+            if oldest and oldest[-1] > now - window:
+                break
+            del self._hits[oldest_id]
+        hits = self._hits.pop(install_id, None) or deque()
+        while hits and hits[0] <= now - window:
+            hits.popleft()
+        self._hits[install_id] = hits
+        if len(hits) >= self._limit:
+            wait = timedelta(seconds=max(hits[0] + window - now, 0.001))
+            raise RateLimited(
+                f"at most {self._limit} reads per minute; retry in {wait.total_seconds():.1f} s",
+                wait,
+            )
+        hits.append(now)
 
 
 async def authorize_install(

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from scheduler_host.config import Settings
 from scheduler_host.domain.endpoints import (
     Endpoint,
     endpoint_id,
     normalise_method,
     normalise_path,
-    unschedulable_reason,
 )
 from scheduler_host.domain.errors import (
     FieldViolation,
@@ -21,11 +19,12 @@ from scheduler_host.domain.errors import (
     ValidationFailed,
 )
 from scheduler_host.domain.install import Install, InstallContext
-from scheduler_host.domain.schedule import truncate_error, validate_uuid
+from scheduler_host.domain.remap import remap_schedules
+from scheduler_host.domain.schedule import validate_uuid
+from scheduler_host.service.access import InstallContextCache, mutations_scope
 from scheduler_host.service.ports import Clock, UnitOfWorkFactory
 from scheduler_host.service.schedules import _next_run
 
-MISSING_ENDPOINT_ON_UPDATE = "Disabled due to missing endpoint on extension update"
 _MAX_ID_LENGTH = 128
 _MAX_HANDLER_LENGTH = 256
 _METHOD = re.compile(r"^[A-Z]{1,16}$")
@@ -124,8 +123,8 @@ async def upsert_install(
     disable_missing_schedules: bool,
     *,
     uow_factory: UnitOfWorkFactory,
-    settings: Settings,
     clock: Clock,
+    install_cache: InstallContextCache,
 ) -> tuple[Install, list[uuid.UUID]]:
     violations: list[FieldViolation] = []
     install_id = validate_uuid(data.install_id, "install.install_id")
@@ -147,6 +146,9 @@ async def upsert_install(
     now = clock()
     disabled: list[uuid.UUID] = []
     async with uow_factory() as uow:
+        # The install's lock first (as a create takes it), then its schedules: a create, an
+        # update or a dispatcher's finish either commits before the remap reads or waits for it.
+        await uow.installs.lock(tenant_id, install_id)
         current = await uow.installs.get(install_id)
         if current is not None and current.tenant_id != tenant_id:
             raise ValidationFailed(
@@ -173,44 +175,20 @@ async def upsert_install(
             update_time=now,
         )
         if current is not None:
-            await uow.installs.lock(tenant_id, install_id)
-            by_route = {(e.method, e.path): e for e in endpoints}
-            reenabled = install.enabled and not current.enabled
-            missing: list[str] = []
-            changes = []
-            for s in await uow.schedules.for_install(tenant_id, install_id):
-                target = by_route.get((s.endpoint_method, s.endpoint_path))
-                if target is None or unschedulable_reason(target.method, target.path):
-                    if s.enabled:
-                        missing.append(s.endpoint)
-                        disabled.append(s.id)
-                        changes.append(
-                            replace(
-                                s,
-                                enabled=False,
-                                next_run_time=None,
-                                last_error=truncate_error(MISSING_ENDPOINT_ON_UPDATE),
-                                revision=s.revision + 1,
-                                update_time=now,
-                            )
-                        )
-                    continue
-                moved = replace(s, endpoint_id=target.id)
-                if moved != s:
-                    moved = replace(moved, revision=s.revision + 1, update_time=now)
-                if reenabled and s.enabled:
-                    # A re-enabled install continues from now, without catching up.
-                    moved = replace(
-                        moved, next_run_time=_next_run(s.cron, s.timezone, True, now, settings)
-                    )
-                if moved != s:
-                    changes.append(moved)
-            if missing and not disable_missing_schedules:
-                raise RemapFailed(missing)
-            for s in changes:
-                await uow.schedules.replace(s)
+            remap = remap_schedules(
+                await uow.schedules.lock_install_schedules(tenant_id, install_id),
+                endpoints,
+                reenabled=install.enabled and not current.enabled,
+                now=now,
+                next_run=lambda s, after: _next_run(s.cron, s.timezone, True, after),
+            )
+            if remap.missing and not disable_missing_schedules:
+                raise RemapFailed(remap.missing)
+            await uow.schedules.apply_remap(tenant_id, install_id, remap.changes)
+            disabled = remap.disabled
         await uow.installs.save(install)
         await uow.commit()
+    install_cache.invalidate(install_id)
     return install, disabled
 
 
@@ -237,12 +215,17 @@ async def install_context(install_id: str, *, uow_factory: UnitOfWorkFactory) ->
     return ctx
 
 
-async def delete_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> None:
+async def delete_install(
+    install_id: str, *, uow_factory: UnitOfWorkFactory, install_cache: InstallContextCache
+) -> None:
     iid = validate_uuid(install_id, "install_id")
     if isinstance(iid, FieldViolation):
         raise ValidationFailed([iid])
     async with uow_factory() as uow:
-        # Schedules, runs and endpoints go with it (ON DELETE CASCADE).
-        if not await uow.installs.delete(iid):
+        ctx = await uow.installs.context(iid)
+        # Endpoints, schedules, runs and idempotency keys go with it; so do its rate-limit hits.
+        if ctx is None or not await uow.installs.delete(iid):
             raise InstallNotFound(str(iid))
+        await uow.rate_limits.forget(mutations_scope(iid), ctx.tenant_id)
         await uow.commit()
+    install_cache.invalidate(iid)

@@ -24,14 +24,6 @@ class ScheduleRepository(Protocol):
         self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID, *, for_update: bool
     ) -> Schedule | None: ...
 
-    async def list_page(
-        self,
-        tenant_id: str,
-        install_id: uuid.UUID,
-        after: tuple[datetime, uuid.UUID] | None,
-        limit: int,
-    ) -> list[Schedule]: ...
-
     async def page_with_total(
         self,
         tenant_id: str,
@@ -39,9 +31,8 @@ class ScheduleRepository(Protocol):
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
     ) -> tuple[list[Schedule], int]:
-        """list_page and count together, from one snapshot."""
-
-    async def count(self, tenant_id: str, install_id: uuid.UUID) -> int: ...
+        """One page in (create_time, id) order after `after`, and the install's count, from
+        one snapshot."""
 
     async def usage(
         self,
@@ -50,37 +41,25 @@ class ScheduleRepository(Protocol):
         request_id: uuid.UUID | None,
         since: datetime,
     ) -> tuple[int, uuid.UUID | None]:
-        """count, and find_request when `request_id` is set, together."""
+        """The install's schedule count, and the schedule a create with `request_id` made after
+        `since` (when set), from one snapshot."""
 
-    async def for_install(self, tenant_id: str, install_id: uuid.UUID) -> list[Schedule]: ...
-
-    async def name_taken(
-        self, tenant_id: str, install_id: uuid.UUID, name: str, exclude: uuid.UUID | None
-    ) -> bool: ...
-
-    async def add(self, schedule: Schedule) -> None:
-        """Insert; raises NameInUse when the database's unique name index refuses it. The unit
-        of work must then be left: on PostgreSQL its transaction is void."""
-
-    async def add_within_quota(
+    async def create(
         self, schedule: Schedule, limit: int, request_id: uuid.UUID | None, since: datetime
-    ) -> AddOutcome:
-        """A create's checks and writes after the install lock: unless `request_id` names a
-        create since `since` (its schedule is returned, nothing written) or the install already
-        has `limit` schedules, add the schedule and remember the request id. Raises NameInUse
-        like add."""
-
-    async def replace(self, schedule: Schedule) -> None:
-        """Write every field of an existing schedule; raises NameInUse like add."""
+    ) -> CreateOutcome:
+        """Under the install's lock: unless `request_id` names a create since `since` (its
+        schedule id is returned, nothing written) or the install already has `limit` schedules,
+        insert the schedule (its create time just after the install's newest, if the clock lags)
+        and remember the request id. Raises NameInUse for a taken name, InstallNotFound when
+        the install is gone."""
 
     async def update_definition(
         self, schedule: Schedule, expected_revision: int, *, timing: bool
     ) -> Schedule | None:
-        """Write what a caller may change (endpoint, name, cron, timezone, enabled, payload),
-        the revision and the update time, and next_run_time when `timing`, if the stored
-        revision is still `expected_revision`; the schedule as stored then, or None when it
-        changed or is gone. Fields the dispatcher keeps (last run, next run) are not written
-        otherwise. Raises NameInUse like add_within_quota."""
+        """Write what a caller may change (the definition), the revision and the update time,
+        and next_run_time when `timing`, if the stored revision is still `expected_revision`;
+        the schedule as stored then, or None when it changed or is gone. The fields the
+        dispatcher keeps (last run, next run) are not written otherwise. Raises NameInUse."""
 
     async def delete(
         self,
@@ -93,19 +72,14 @@ class ScheduleRepository(Protocol):
         """Remove the schedule with its runs (only at `revision`, when set); False when there was
         none to remove."""
 
-    async def find_request(
-        self, tenant_id: str, install_id: uuid.UUID, request_id: uuid.UUID, since: datetime
-    ) -> uuid.UUID | None:
-        """The schedule a CreateSchedule with this request id made after `since`."""
+    async def lock_install_schedules(self, tenant_id: str, install_id: uuid.UUID) -> list[Schedule]:
+        """Every schedule of the install, locked until the unit of work ends."""
 
-    async def remember_request(
-        self,
-        tenant_id: str,
-        install_id: uuid.UUID,
-        request_id: uuid.UUID,
-        schedule_id: uuid.UUID,
-        now: datetime,
-    ) -> None: ...
+    async def apply_remap(
+        self, tenant_id: str, install_id: uuid.UUID, changes: Sequence[Schedule]
+    ) -> None:
+        """Write what a remap changes (endpoint id, enabled, next run time, last error, revision,
+        update time) of schedules locked by lock_install_schedules."""
 
 
 class InstallRepository(Protocol):
@@ -114,7 +88,7 @@ class InstallRepository(Protocol):
     async def context(self, install_id: uuid.UUID) -> InstallContext | None: ...
 
     async def lock(self, tenant_id: str, install_id: uuid.UUID) -> bool:
-        """Take the install's row lock for this transaction (serialises quota checks)."""
+        """Take the install's row lock for this unit of work; False when it does not exist."""
 
     async def endpoints(
         self, tenant_id: str, install_id: uuid.UUID, version_id: str
@@ -125,7 +99,8 @@ class InstallRepository(Protocol):
     async def save(self, install: Install) -> None:
         """Insert or overwrite the install and the endpoints of its current version."""
 
-    async def delete(self, install_id: uuid.UUID) -> bool: ...
+    async def delete(self, install_id: uuid.UUID) -> bool:
+        """Remove the install with its endpoints, schedules, runs and idempotency keys."""
 
 
 class RunRepository(Protocol):
@@ -135,7 +110,8 @@ class RunRepository(Protocol):
         schedule_id: uuid.UUID,
         before: tuple[datetime, uuid.UUID] | None,
         limit: int,
-    ) -> list[ScheduleRun]: ...
+    ) -> list[ScheduleRun]:
+        """Runs of a schedule, newest first (scheduled time, then id), before `before`."""
 
 
 class RateLimiter(Protocol):
@@ -146,15 +122,23 @@ class RateLimiter(Protocol):
         count nothing and return how long until the oldest of them leaves it. Atomic on its own
         across processes: in an autocommit unit of work the hit is committed when it returns."""
 
+    async def forget(self, scope: str, tenant_id: str) -> None:
+        """Drop every hit of `scope` (its owner is gone)."""
+
+
+class Housekeeping(Protocol):
+    async def prune(self, keys_before: datetime, hits_before: datetime) -> int:
+        """Delete idempotency keys made before `keys_before` and rate-limit hits before
+        `hits_before`; how many rows went."""
+
 
 class UnitOfWork(Protocol):
     """One transaction: commit() makes the changes visible; leaving without it rolls back.
 
-    Made with `autocommit=True`, there is no transaction where round trips cost (PostgreSQL):
-    each statement is its own snapshot and commits when it completes; commit() then does
-    nothing. For use cases that need no common snapshot or lock: one-statement reads,
-    conditional (optimistic) writes and the rate limiter. Use cases still call commit() after
-    their writes, since an implementation may run a transaction there all the same (SQLite)."""
+    Made with `autocommit=True`, there is no transaction: each statement is its own snapshot
+    and commits when it completes; commit() then does nothing. For use cases that need no
+    common snapshot or lock: one-statement reads, conditional (optimistic) writes and the rate
+    limiter. Use cases still call commit() after their writes, so that either kind is right."""
 
     @property
     def schedules(self) -> ScheduleRepository: ...
@@ -167,6 +151,9 @@ class UnitOfWork(Protocol):
 
     @property
     def rate_limits(self) -> RateLimiter: ...
+
+    @property
+    def housekeeping(self) -> Housekeeping: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -185,12 +172,14 @@ class UnitOfWorkFactory(Protocol):
 
 
 @dataclass(frozen=True)
-class AddOutcome:
-    """What add_within_quota did: `added`; or not, because the install is full or because
-    `earlier` (the schedule an earlier create with the same request id made) exists."""
+class CreateOutcome:
+    """What ScheduleRepository.create did: `created` (the schedule as stored); or nothing,
+    because `earlier` (the schedule an earlier create with the same request id made) exists or
+    the install is `full`."""
 
-    added: bool
+    created: Schedule | None = None
     earlier: uuid.UUID | None = None
+    full: bool = False
 
 
 class EndpointCache(Protocol):
@@ -235,33 +224,46 @@ class ClaimPlan:
 
     `skipped` become finished `skipped` run records; `fire_at` (if set) becomes a running run;
     `next_run_time` replaces the schedule's. `disable_error` disables the schedule with that
-    last_error; `park` clears next_run_time of a disabled install's schedule until re-enabled.
+    last_error; `complete` disables it without one (a one-time schedule that fired or was
+    missed); `park` clears next_run_time of a disabled install's schedule until re-enabled.
     """
 
     skipped: tuple[SkippedOccurrence, ...] = ()
     fire_at: datetime | None = None
     next_run_time: datetime | None = None
     disable_error: str | None = None
+    complete: bool = False
     park: bool = False
 
 
 @dataclass(frozen=True)
 class ClaimedRun:
-    """A run this process holds until `lease_until` (the lease is also its fencing token)."""
+    """A run this process holds until `lease_until` (the lease is also its fencing token).
+    `takeovers` counts the times a process took the run over after another's lease expired."""
 
     run: ScheduleRun
     target: RunTarget
     lease_until: datetime
+    takeovers: int = 0
+
+
+@dataclass(frozen=True)
+class BucketWork:
+    """What the lock-free poll saw in one bucket (a partition of the tenants): the earliest next
+    run time of an enabled schedule and the earliest lease of an open run, either may be None."""
+
+    bucket: int
+    next_run_time: datetime | None
+    lease_until: datetime | None
 
 
 @dataclass(frozen=True)
 class ClaimBatch:
-    """One claim transaction: how many due schedules it locked, and the runs to make."""
+    """One claim transaction in one bucket: how many due schedules it locked, the runs to make,
+    and the bucket's earliest next run time after it (None when it has none)."""
 
     schedules: int
     runs: list[ClaimedRun]
-    # When the batch was not full: the earliest next run time after `now` of any other
-    # schedule (None when there is none), so the dispatcher can wake for it instead of polling.
     next_due: datetime | None = None
 
 
@@ -281,24 +283,36 @@ class RunOutcome:
 
 
 class DispatchStore(Protocol):
-    """The dispatcher's storage: row-locked claims, run records and leases; a transaction each."""
+    """The dispatcher's storage. Its tenants are partitioned in buckets; every claim, takeover
+    and finish stays inside one bucket (one transaction or statement each), so a sharded database
+    never needs a transaction across shards."""
+
+    async def poll(self) -> list[BucketWork]:
+        """Every bucket with an enabled schedule or an open run, read without locks."""
 
     async def claim_due(
         self,
+        bucket: int,
         now: datetime,
         limit: int,
         lease_until: datetime,
         plan: Callable[[RunTarget], ClaimPlan],
     ) -> ClaimBatch:
-        """Lock up to `limit` due schedules no other process holds, apply `plan` to each (run
-        records, next run time, history cut to its limit), commit; return the runs to make (those
-        whose run record the unique guard accepted). Set-based: a few statements per batch."""
+        """Lock up to `limit` due schedules of the bucket that no other process holds, apply
+        `plan` to each (run records, next run time, history cut to its limit), commit; return the
+        runs to make (those whose run record the unique guard accepted). Set-based: a few
+        statements per batch."""
 
     async def take_over_expired(
-        self, now: datetime, limit: int, lease_until: datetime, exclude: Collection[uuid.UUID]
+        self,
+        bucket: int,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        exclude: Collection[uuid.UUID],
     ) -> list[ClaimedRun]:
-        """Claim open runs whose lease expired (their process died), counting one more attempt;
-        `exclude` names runs this process is still making."""
+        """Claim open runs of the bucket whose lease expired (their process died), counting one
+        more attempt and one more takeover; `exclude` names runs this process is still making."""
 
     async def load_target(
         self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID
@@ -313,9 +327,9 @@ class DispatchStore(Protocol):
         """Store the attempt number before a retry; False when the claim was lost."""
 
     async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
-        """Record the outcomes, in one transaction, on the runs and their schedules (last run
-        fields; disabled where `disable_error` is set); for each, the finished run, or None when
-        its claim was lost (nothing is written for that one then)."""
+        """Record the outcomes (one statement per bucket) on the runs and their schedules (last
+        run fields; disabled where `disable_error` is set); for each, the finished run, or None
+        when its claim was lost (nothing is written for that one then)."""
 
     async def release(self, claim: ClaimedRun, now: datetime) -> None:
         """Let another process take the run over at once (graceful stop)."""

@@ -11,7 +11,6 @@ import zoneinfo
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from scheduler_host.config import Settings
 from scheduler_host.domain.cron import CronError, CronExpression, shortest_interval, validate_cron
 from scheduler_host.domain.endpoints import (
     Endpoint,
@@ -37,6 +36,7 @@ from scheduler_host.domain.schedule import (
     validate_timezone,
     validate_uuid,
 )
+from scheduler_host.service.policies import SchedulePolicy
 from scheduler_host.service.ports import Clock, PageTokens, UnitOfWork, UnitOfWorkFactory
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -59,6 +59,8 @@ class ScheduleFields:
     timezone: str = ""
     enabled: bool | None = None
     payload: Json | None = None
+    # The payload as the caller encoded it on the wire, stored beside it for reads.
+    payload_wire: bytes | None = None
     payload_violation: FieldViolation | None = None  # the transport could not read it as JSON
     present: frozenset[str] = field(default_factory=frozenset)
 
@@ -94,7 +96,7 @@ class _Checked:
 
 
 def _check(
-    fields: ScheduleFields, names: frozenset[str], settings: Settings, prefix: str
+    fields: ScheduleFields, names: frozenset[str], policy: SchedulePolicy, prefix: str
 ) -> _Checked:
     out = _Checked()
 
@@ -106,7 +108,7 @@ def _check(
 
     if "cron" in names:
         try:
-            out.cron = validate_cron(fields.cron, settings.min_interval_seconds)
+            out.cron = validate_cron(fields.cron, policy.min_interval_seconds)
         except CronError as exc:
             bad(FieldViolation(f"{prefix}cron", exc.reason, str(exc)))
     if "timezone" in names:
@@ -126,9 +128,7 @@ def _check(
     return out
 
 
-def _next_run(
-    cron: str, timezone: str, enabled: bool, now: datetime, settings: Settings
-) -> datetime | None:
+def _next_run(cron: str, timezone: str, enabled: bool, now: datetime) -> datetime | None:
     if not enabled:
         return None
     # Stored expressions were validated when written; the interval rule is not re-applied here.
@@ -180,10 +180,10 @@ async def create_schedule(
     request_id: str,
     *,
     uow_factory: UnitOfWorkFactory,
-    settings: Settings,
+    policy: SchedulePolicy,
     clock: Clock,
 ) -> Schedule:
-    checked = _check(fields, UPDATABLE_FIELDS - {"enabled"}, settings, "schedule.")
+    checked = _check(fields, UPDATABLE_FIELDS - {"enabled"}, policy, "schedule.")
     request_uuid: uuid.UUID | None = None
     if request_id.strip():
         parsed = validate_uuid(request_id, "request_id")
@@ -191,17 +191,14 @@ async def create_schedule(
             checked.violations.append(parsed)
         else:
             request_uuid = parsed
-    async with uow_factory() as uow:
+    # One statement writes: the create runs under the install's lock in the database.
+    async with uow_factory(autocommit=True) as uow:
         # Resolving the endpoint reads the install's endpoints; its violation is reported together
         # with the others.
         endpoint = await _resolve_into(uow, ctx, checked)
         if checked.violations:
             raise ValidationFailed(checked.violations)
         assert checked.cron is not None and endpoint is not None
-        # The install row lock serialises creates of one install: the quota and the idempotency
-        # check below then hold exactly, whatever the number of server processes.
-        await uow.installs.lock(ctx.tenant_id, ctx.install_id)
-        # Read under the lock, so create times follow commit order and keyset pages miss nothing.
         now = clock()
         enabled = True if fields.enabled is None else fields.enabled
         schedule = Schedule(
@@ -216,17 +213,18 @@ async def create_schedule(
             timezone=checked.timezone,
             enabled=enabled,
             payload=fields.payload,
-            next_run_time=_next_run(checked.cron.source, checked.timezone, enabled, now, settings),
+            next_run_time=_next_run(checked.cron.source, checked.timezone, enabled, now),
             last_run_time=None,
             last_run_status=None,
             last_error=None,
             create_time=now,
             update_time=now,
             revision=1,
+            payload_wire=fields.payload_wire if fields.payload is not None else None,
         )
         # The idempotency check, then the quota, then the name (the unique index): one step.
-        outcome = await uow.schedules.add_within_quota(
-            schedule, settings.max_schedules_per_install, request_uuid, now - IDEMPOTENCY_WINDOW
+        outcome = await uow.schedules.create(
+            schedule, policy.max_schedules_per_install, request_uuid, now - IDEMPOTENCY_WINDOW
         )
         if outcome.earlier is not None:
             existing = await uow.schedules.get(
@@ -235,10 +233,10 @@ async def create_schedule(
             if existing is None:
                 raise ScheduleNotFound(str(outcome.earlier))
             return existing
-        if not outcome.added:
-            raise QuotaExceeded(f"install:{ctx.install_id}", settings.max_schedules_per_install)
+        if outcome.created is None:
+            raise QuotaExceeded(f"install:{ctx.install_id}", policy.max_schedules_per_install)
         await uow.commit()
-    return schedule
+    return outcome.created
 
 
 async def get_schedule(
@@ -316,7 +314,7 @@ async def update_schedule(
     mask: list[str] | None,
     *,
     uow_factory: UnitOfWorkFactory,
-    settings: Settings,
+    policy: SchedulePolicy,
     clock: Clock,
 ) -> Schedule:
     violations: list[FieldViolation] = []
@@ -337,7 +335,7 @@ async def update_schedule(
                 )
             )
         names = frozenset(mask) & UPDATABLE_FIELDS
-    checked = _check(fields, names, settings, "schedule.")
+    checked = _check(fields, names, policy, "schedule.")
     checked.violations[:0] = violations
     # Optimistic first: read, then write only if the revision is still the one read (no
     # transaction, two statements). A lost race reads again; the last try holds the row lock.
@@ -369,9 +367,7 @@ async def update_schedule(
             if timing:
                 updated = replace(
                     updated,
-                    next_run_time=_next_run(
-                        updated.cron, updated.timezone, updated.enabled, now, settings
-                    ),
+                    next_run_time=_next_run(updated.cron, updated.timezone, updated.enabled, now),
                 )
             updated = replace(updated, revision=current.revision + 1, update_time=now)
             stored = await uow.schedules.update_definition(updated, current.revision, timing=timing)
@@ -405,7 +401,8 @@ def _merged(
     if "name" in names:
         updated = replace(updated, name=checked.name)
     if "payload" in names:
-        updated = replace(updated, payload=fields.payload)
+        wire = fields.payload_wire if fields.payload is not None else None
+        updated = replace(updated, payload=fields.payload, payload_wire=wire)
     if "enabled" in names:
         updated = replace(updated, enabled=bool(fields.enabled))
     return updated
@@ -462,12 +459,12 @@ def preview_schedule(
     count: int,
     start_time: datetime | FieldViolation | None,
     *,
-    settings: Settings,
+    policy: SchedulePolicy,
     clock: Clock,
 ) -> Preview:
     """`start_time` is a FieldViolation when the transport could not read it as a time."""
     fields = ScheduleFields(cron=cron, timezone=timezone)
-    checked = _check(fields, frozenset({"cron", "timezone"}), settings, "")
+    checked = _check(fields, frozenset({"cron", "timezone"}), policy, "")
     if count < 0:
         checked.violations.append(
             FieldViolation("count", "COUNT_INVALID", "count must not be negative")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from typing import Any
 
 import grpc
 from schedulerhost.v1 import scheduler_admin_pb2 as pb
 from schedulerhost.v1 import scheduler_admin_pb2_grpc
 
-from scheduler_host.domain.errors import NotSupported
 from scheduler_host.service import dispatch, installs, runs, schedules
 from scheduler_host.service.deps import UseCaseDeps
 from scheduler_host.transport import messages
@@ -19,8 +16,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class SchedulerAdminServicer(scheduler_admin_pb2_grpc.SchedulerAdminServicer):
-    def __init__(self, deps: UseCaseDeps) -> None:
+    def __init__(self, deps: UseCaseDeps, dispatcher: dispatch.Dispatcher) -> None:
         self._deps = deps
+        self._dispatcher = dispatcher
 
     async def UpsertInstall(
         self, request: pb.UpsertInstallRequest, context: Context
@@ -30,10 +28,9 @@ class SchedulerAdminServicer(scheduler_admin_pb2_grpc.SchedulerAdminServicer):
             messages.install_input(request.install),
             request.disable_missing_schedules,
             uow_factory=d.uow_factory,
-            settings=d.settings,
             clock=d.clock,
+            install_cache=d.install_cache,
         )
-        d.install_cache.invalidate(install.install_id)
         return pb.UpsertInstallResponse(
             install=messages.install_message(install),
             disabled_schedule_ids=[str(i) for i in disabled],
@@ -48,28 +45,31 @@ class SchedulerAdminServicer(scheduler_admin_pb2_grpc.SchedulerAdminServicer):
     async def DeleteInstall(
         self, request: pb.DeleteInstallRequest, context: Context
     ) -> pb.DeleteInstallResponse:
-        await installs.delete_install(request.install_id, uow_factory=self._deps.uow_factory)
-        with contextlib.suppress(ValueError):
-            self._deps.install_cache.invalidate(uuid.UUID(request.install_id))
+        await installs.delete_install(
+            request.install_id,
+            uow_factory=self._deps.uow_factory,
+            install_cache=self._deps.install_cache,
+        )
         return pb.DeleteInstallResponse()
 
     async def RunScheduleNow(
         self, request: pb.RunScheduleNowRequest, context: Context
     ) -> pb.RunScheduleNowResponse:
-        if not isinstance(self._deps, dispatch.DispatchDeps):
-            raise NotSupported("RunScheduleNow needs the dispatcher, which this server lacks")
+        d = self._deps
         run = await dispatch.run_schedule_now(
             request.install_id,
             request.schedule_id,
-            deps=self._deps,
-            dispatcher=self._deps.dispatcher,
+            uow_factory=d.uow_factory,
+            clock=d.clock,
+            policy=d.access,
+            dispatcher=self._dispatcher,
         )
         return pb.RunScheduleNowResponse(run=messages.run_message(run))
 
     async def ListScheduleRuns(
         self, request: pb.ListScheduleRunsRequest, context: Context
     ) -> pb.ListScheduleRunsResponse:
-        page = await runs.list_runs(
+        page = await runs.list_install_runs(
             request.install_id,
             request.schedule_id,
             request.page_size,

@@ -29,7 +29,7 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
             messages.schedule_fields(request.schedule),
             request.request_id,
             uow_factory=d.uow_factory,
-            settings=d.settings,
+            policy=d.schedules,
             clock=d.clock,
         )
         response = pb.CreateScheduleResponse()
@@ -77,7 +77,7 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
             messages.schedule_fields(request.schedule),
             mask,
             uow_factory=d.uow_factory,
-            settings=d.settings,
+            policy=d.schedules,
             clock=d.clock,
         )
         response = pb.UpdateScheduleResponse()
@@ -108,7 +108,7 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
             request.timezone,
             request.count,
             messages.start_time_of(request.start_time) if request.HasField("start_time") else None,
-            settings=self._deps.settings,
+            policy=self._deps.schedules,
             clock=self._deps.clock,
         )
         return pb.PreviewScheduleResponse(
@@ -120,7 +120,7 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
         self, request: pb.SchedulerHostListScheduleRunsRequest, context: Context
     ) -> pb.SchedulerHostListScheduleRunsResponse:
         page = await runs.list_runs(
-            str(current_install.get().install_id),
+            current_install.get(),
             request.schedule_id,
             request.page_size,
             request.page_token,

@@ -1,7 +1,8 @@
 """The server's interceptor chain: error boundary → auth → rate limit → quota → servicer.
 
-Each link wraps the unary handlers of this service's methods; the servicers never read metadata.
-Links raise domain errors; only the boundary turns them into a google.rpc.Status.
+Each link wraps the unary handlers of this service's methods; a method of ours of another kind
+(streaming) is refused, so it cannot bypass the links. The servicers never read metadata. Links
+raise domain errors; only the boundary turns them into a google.rpc.Status.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from typing import Any, TypeAlias, cast
 import grpc
 from grpc_status import rpc_status
 
-from scheduler_host.domain.errors import MalformedRequest, SchedulerError, ShuttingDown
+from scheduler_host.domain.errors import (
+    MalformedRequest,
+    NotSupported,
+    SchedulerError,
+    ShuttingDown,
+)
 from scheduler_host.domain.install import InstallContext
 from scheduler_host.service import access
 from scheduler_host.service.deps import UseCaseDeps
@@ -32,7 +38,20 @@ ADMIN_SERVICE = "/schedulerhost.v1.SchedulerAdmin/"
 MUTATING_METHODS = frozenset(
     HOST_SERVICE + m for m in ("CreateSchedule", "UpdateSchedule", "DeleteSchedule")
 )
+READ_METHODS = frozenset(
+    HOST_SERVICE + m
+    for m in (
+        "GetSchedule",
+        "ListSchedules",
+        "GetEndpoints",
+        "PreviewSchedule",
+        "ListScheduleRuns",
+    )
+)
 CREATE_METHOD = HOST_SERVICE + "CreateSchedule"
+# Credentials and the install: a call that sends one twice is refused before anything else,
+# since which of the two counts would be a guess.
+SINGLE_VALUED_KEYS = frozenset({"x-runner-auth", "x-install-id", "authorization"})
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
@@ -55,6 +74,8 @@ def metadata_value(context: Context, key: str) -> str | None:
 def _metadata_of(context: Context) -> dict[str, str]:
     found: dict[str, str] = {}
     for k, v in context.invocation_metadata() or ():
+        if k in found and k in SINGLE_VALUED_KEYS:
+            raise MalformedRequest(f"metadata {k} is sent more than once")
         if isinstance(v, str):
             found.setdefault(k, v)
         else:
@@ -98,9 +119,13 @@ class InterceptorChain(grpc.aio.ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
         method = cast(str, getattr(handler_call_details, "method", ""))
+        if handler is None:
+            return handler
+        if handler.unary_unary is None:
+            if method.startswith((HOST_SERVICE, ADMIN_SERVICE)):
+                return _refusing(handler)
+            return handler
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -122,6 +147,24 @@ class InterceptorChain(grpc.aio.ServerInterceptor):
             request_deserializer=decode,
             response_serializer=handler.response_serializer,
         )
+
+
+def _refusing(handler: Handler) -> Handler:
+    """A handler of the same kind that answers UNIMPLEMENTED / NOT_SUPPORTED."""
+    st = status.to_status(NotSupported("streaming methods are not supported by this server"))
+
+    async def refuse(request: Any, context: Context) -> Any:
+        await abort_with(context, st)
+
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse, **kw)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, **kw)
+    return grpc.stream_stream_rpc_method_handler(refuse, **kw)
 
 
 class _Malformed:
@@ -171,13 +214,13 @@ class ErrorBoundary(_Link):
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         info = CallInfo(operation=method.rsplit("/", 1)[-1])
         token = current_call.set(info)
-        # A caller's id is kept; otherwise a random one (uuid4's object costs more than this).
-        info.request_id = metadata_value(context, "x-request-id") or os.urandom(16).hex()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             if self.draining:
                 raise ShuttingDown()
+            # A caller's id is kept; otherwise a random one (uuid4's object costs more).
+            info.request_id = metadata_value(context, "x-request-id") or os.urandom(16).hex()
             if request is _MALFORMED:
                 raise MalformedRequest("the request bytes do not decode as the method's message")
             return await inner(request, context)
@@ -196,6 +239,8 @@ class ErrorBoundary(_Link):
             await abort_with(context, status.internal_status())
         finally:
             current_call.reset(token)
+            if not info.request_id:  # refused before its metadata could be read
+                info.request_id = os.urandom(16).hex()
             self._report(info, code, time.perf_counter() - started)
 
     def _report(self, info: CallInfo, code: grpc.StatusCode, seconds: float) -> None:
@@ -231,7 +276,7 @@ class RunnerAuth(_Link):
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         deps = self._deps
-        access.check_token(metadata_value(context, "x-runner-auth"), deps.settings.runner_tokens)
+        access.check_token(metadata_value(context, "x-runner-auth"), deps.access.runner_tokens)
         ctx = await access.authorize_install(
             metadata_value(context, "x-install-id"),
             uow_factory=deps.uow_factory,
@@ -258,7 +303,7 @@ class AdminAuth(_Link):
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         token = access.bearer_token(metadata_value(context, "authorization"))
-        access.check_token(token, (self._deps.settings.admin_token,))
+        access.check_token(token, self._deps.access.admin_tokens)
         return await inner(request, context)
 
 
@@ -274,13 +319,27 @@ class RateLimit(_Link):
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         ctx = current_install.get()
         await access.count_call(
-            f"mutations:{ctx.install_id}",
+            access.mutations_scope(ctx.install_id),
             ctx.tenant_id,
-            self._deps.settings.rate_limit_per_minute,
+            self._deps.access.mutations_per_minute,
             "changes to schedules",
             uow_factory=self._deps.uow_factory,
             clock=self._deps.clock,
         )
+        return await inner(request, context)
+
+
+class ReadLimit(_Link):
+    """Reads per install per rolling minute, counted in this process (it protects the process)."""
+
+    def __init__(self, deps: UseCaseDeps) -> None:
+        self._deps = deps
+
+    def applies(self, method: str) -> bool:
+        return method in READ_METHODS
+
+    async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
+        self._deps.read_limiter.hit(current_install.get().install_id)
         return await inner(request, context)
 
 
@@ -297,7 +356,7 @@ class Quota(_Link):
         await access.check_quota_early(
             current_install.get(),
             request.request_id,
-            self._deps.settings.max_schedules_per_install,
+            self._deps.schedules.max_schedules_per_install,
             uow_factory=self._deps.uow_factory,
             clock=self._deps.clock,
         )

@@ -132,6 +132,9 @@ def schedule_fields(msg: schedule_pb2.Schedule, field_prefix: str = "schedule.")
     if not endpoint and (msg.endpoint_method.strip() or msg.endpoint_path.strip()):
         endpoint = f"{msg.endpoint_method.strip()} {msg.endpoint_path.strip()}".strip()
     payload, payload_violation = payload_from_value(msg.payload, f"{field_prefix}payload")
+    # The caller's own encoding, kept beside the payload so reads send it back without
+    # rebuilding a Value from JSON in Python.
+    wire = msg.payload.SerializeToString(deterministic=True) if payload is not None else None
     present = {
         name
         for name, is_set in (
@@ -151,6 +154,7 @@ def schedule_fields(msg: schedule_pb2.Schedule, field_prefix: str = "schedule.")
         timezone=msg.timezone,
         enabled=msg.enabled if msg.HasField("enabled") else None,
         payload=payload,
+        payload_wire=wire,
         payload_violation=payload_violation,
         present=frozenset(present),
     )
@@ -175,7 +179,9 @@ def fill_schedule(msg: schedule_pb2.Schedule, s: Schedule) -> schedule_pb2.Sched
     msg.etag = s.etag
     set_time(msg.create_time, s.create_time)
     set_time(msg.update_time, s.update_time)
-    if s.payload is not None:
+    if s.payload_wire is not None:
+        msg.payload.MergeFromString(s.payload_wire)  # parsed in C
+    elif s.payload is not None:
         set_payload(msg.payload, s.payload)
     if s.next_run_time is not None:
         set_time(msg.next_run_time, s.next_run_time)

@@ -1,4 +1,4 @@
-"""The grpc.aio server: services, health, reflection, TLS, limits and graceful stop."""
+"""The grpc.aio server: services, health, reflection, TLS, limits on load and graceful stop."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from schedulerhost.v1 import (
 
 from scheduler_host.config import Settings
 from scheduler_host.service.deps import UseCaseDeps
+from scheduler_host.service.dispatch import Dispatcher
 from scheduler_host.telemetry import Metrics
 from scheduler_host.transport.admin_servicer import SchedulerAdminServicer
 from scheduler_host.transport.host_servicer import SchedulerHostServicer
@@ -27,6 +28,7 @@ from scheduler_host.transport.interceptors import (
     InterceptorChain,
     Quota,
     RateLimit,
+    ReadLimit,
     RunnerAuth,
 )
 
@@ -69,20 +71,52 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def _options(settings: Settings) -> list[tuple[str, Any]]:
+    """Message size, keepalive in both directions, and connection age."""
+    ms = 1000
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        # The server pings idle connections, so a dead peer's connection is dropped.
+        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * ms)),
+        ("grpc.keepalive_timeout_ms", 20 * ms),
+        # Clients may ping no more often than this; a client that pings more is disconnected.
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            int(settings.min_client_ping_seconds * ms),
+        ),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+    if settings.max_connection_age_seconds > 0:
+        # Long-lived connections are closed (gracefully) now and then, so load spreads again
+        # over the processes behind a balancer.
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * ms)),
+            ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_seconds * ms)),
+        ]
+    return options
+
+
 async def start_server(
     settings: Settings,
     deps: UseCaseDeps,
+    dispatcher: Dispatcher,
     listen: str | None = None,
     *,
     metrics: Metrics | None = None,
     tracer_provider: Any | None = None,
 ) -> RunningServer:
     boundary = ErrorBoundary(metrics)
-    chain: list[grpc.aio.ServerInterceptor] = [
-        InterceptorChain(
-            [boundary, RunnerAuth(deps), AdminAuth(deps), RateLimit(deps), Quota(deps)]
-        )
+    links = [
+        boundary,
+        RunnerAuth(deps),
+        AdminAuth(deps),
+        ReadLimit(deps),
+        RateLimit(deps),
+        Quota(deps),
     ]
+    chain: list[grpc.aio.ServerInterceptor] = [InterceptorChain(links)]
     if tracer_provider is not None:
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
@@ -90,21 +124,20 @@ async def start_server(
         chain.insert(0, aio_server_interceptor(tracer_provider=tracer_provider))  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
         interceptors=chain,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=_options(settings),
+        # Calls beyond this are refused with RESOURCE_EXHAUSTED instead of queueing without end.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     scheduler_host_pb2_grpc.add_SchedulerHostServicer_to_server(SchedulerHostServicer(deps), server)
     scheduler_admin_pb2_grpc.add_SchedulerAdminServicer_to_server(
-        SchedulerAdminServicer(deps), server
+        SchedulerAdminServicer(deps, dispatcher), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     address = listen or settings.listen
     creds = _credentials(settings)
     port = (

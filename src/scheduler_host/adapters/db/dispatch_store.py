@@ -1,39 +1,39 @@
-"""SQL of the dispatcher: claims of due schedules (FOR UPDATE SKIP LOCKED), run records, leases.
+"""The dispatcher's statements on PostgreSQL: the poll, claims, takeovers, run records, leases.
 
-A run's `lease_until` is also its fencing token: every write after the claim names the lease it
-holds, so a process whose claim was taken over writes nothing.
-
-Claims and finishes are set-based: a batch of schedules costs a few statements in one
-transaction, not a few per run (executemany and multi-row INSERT ... RETURNING, one round trip
-each on asyncpg).
+Every claim, takeover and finish stays inside one bucket: a claim is one transaction that locks
+the bucket's due schedules (`FOR UPDATE OF s SKIP LOCKED`, so processes share a burst), writes
+their run records (the unique (schedule, trigger, scheduled time) guard refuses an occurrence
+recorded twice) and their new state; a finish is one call of `finish_runs` (migration 0003). A
+run's `lease_until` is also its fencing token: every write after the claim names the lease it
+holds, so a process whose claim was taken over writes nothing. Only the poll reads across
+buckets, without locks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from asyncpg import Record
 
-from scheduler_host.adapters.db.engine import is_connectivity_error
-from scheduler_host.adapters.db.rows import install_context_from_row, schedule_from_row
-from scheduler_host.adapters.db.tables import (
-    UtcDateTime,
-    endpoints,
-    installs,
-    schedule_runs,
-    schedules,
+from scheduler_host.adapters.db.buckets import BUCKETS, bucket_of
+from scheduler_host.adapters.db.pool import DatabasePool
+from scheduler_host.adapters.db.rows import (
+    SCHEDULE_COLUMNS,
+    columns,
+    install_context_from_row,
+    schedule_from_row,
 )
-from scheduler_host.domain.errors import DatabaseUnavailable
+from scheduler_host.adapters.db.unit_of_work import PooledSession
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.service.ports import (
+    BucketWork,
     ClaimBatch,
     ClaimedRun,
     ClaimPlan,
@@ -41,214 +41,98 @@ from scheduler_host.service.ports import (
     RunTarget,
 )
 
-s, i, r = schedules.c, installs.c, schedule_runs.c
-# Literal predicates, so that PostgreSQL matches the partial indexes ix_schedules_due and
-# ix_schedule_runs_open_lease even with prepared statements.
-_DUE = sa.text("schedules.enabled AND schedules.next_run_time IS NOT NULL")
-_OPEN_RUN = sa.text("schedule_runs.status IN ('pending', 'running')")
 _OPEN_STATES = (RunState.PENDING.value, RunState.RUNNING.value)
 
-_running = schedule_runs.alias("running")
-_TARGET_COLUMNS = (
-    *(c for c in schedules.c if c.name != "running_run_id"),
-    i.enabled.label("install_enabled"),
-    i.registry_id,
-    i.version_id,
-    i.content_hash,
+_POLL = "SELECT bucket, next_run_time, lease_until FROM dispatch_poll($1)"
+
+# A schedule with its install, whether its endpoint is still there and whether its last run is
+# still open: what planning a claim and calling the Runner need.
+_TARGET = f"""SELECT {columns(SCHEDULE_COLUMNS, "s")}, s.running_run_id,
+    i.enabled AS install_enabled, i.registry_id, i.version_id, i.content_hash,
     i.granted_capabilities,
-    sa.exists()
-    .where(
-        endpoints.c.tenant_id == s.tenant_id,
-        endpoints.c.install_id == s.install_id,
-        endpoints.c.version_id == i.version_id,
-        endpoints.c.method == s.endpoint_method,
-        endpoints.c.path == s.endpoint_path,
-    )
-    .label("endpoint_found"),
-    _running.c.status.label("running_status"),
-)
-_TARGET_FROM = schedules.join(installs, i.id == s.install_id).outerjoin(
-    _running, _running.c.id == s.running_run_id
+    EXISTS (SELECT 1 FROM endpoints e
+            WHERE e.bucket = s.bucket AND e.install_id = s.install_id
+              AND e.version_id = i.version_id AND e.method = s.endpoint_method
+              AND e.path = s.endpoint_path) AS endpoint_found,
+    running.status AS running_status
+FROM schedules s
+JOIN installs i ON i.bucket = s.bucket AND i.id = s.install_id
+LEFT JOIN schedule_runs running ON running.bucket = s.bucket AND running.id = s.running_run_id"""
+
+# Literal predicates, so that the partial index ix_schedules_due applies.
+_CLAIM_DUE = f"""{_TARGET}
+WHERE s.bucket = $1 AND s.enabled AND s.next_run_time IS NOT NULL AND s.next_run_time <= $2
+ORDER BY s.next_run_time LIMIT $3
+FOR UPDATE OF s SKIP LOCKED"""
+
+_LOAD_TARGET = (
+    f"{_TARGET}\nWHERE s.bucket = $1 AND s.tenant_id = $2 AND s.install_id = $3 AND s.id = $4"
 )
 
+_INSERT_RUNS = """INSERT INTO schedule_runs (bucket, id, tenant_id, install_id, schedule_id,
+    trigger, scheduled_time, start_time, finish_time, status, attempt, error, lease_until)
+SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::uuid[], $6::text[],
+    $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::integer[],
+    $12::text[], $13::timestamptz[])
+ON CONFLICT (bucket, schedule_id, trigger, scheduled_time) DO NOTHING RETURNING id"""
 
-def _record(run: ScheduleRun, lease_until: datetime | None) -> dict[str, Any]:
-    return {
-        "id": run.id,
-        "tenant_id": run.tenant_id,
-        "install_id": run.install_id,
-        "schedule_id": run.schedule_id,
-        "trigger": run.trigger.value,
-        "scheduled_time": run.scheduled_time,
-        "start_time": run.start_time,
-        "finish_time": run.finish_time,
-        "status": run.status.value,
-        "attempt": run.attempt,
-        "error": run.error,
-        "lease_until": lease_until,
-    }
+# A claimed schedule's whole new state, computed from the row read under its lock.
+_SET_STATES = """UPDATE schedules AS s SET next_run_time = v.next_run_time, enabled = v.enabled,
+    last_run_time = v.last_run_time, last_run_status = v.last_run_status,
+    last_error = v.last_error, running_run_id = v.running_run_id, revision = v.revision,
+    update_time = v.update_time
+FROM unnest($2::uuid[], $3::timestamptz[], $4::boolean[], $5::timestamptz[], $6::text[],
+    $7::text[], $8::uuid[], $9::integer[], $10::timestamptz[])
+    AS v(id, next_run_time, enabled, last_run_time, last_run_status, last_error,
+         running_run_id, revision, update_time)
+WHERE s.bucket = $1 AND s.id = v.id"""
 
+# Keep the newest runs of each schedule (the history limit); open runs are never cut.
+_CUT_HISTORY = """DELETE FROM schedule_runs WHERE bucket = $1 AND id IN (
+    SELECT id FROM (
+        SELECT id, status, row_number() OVER (
+            PARTITION BY schedule_id ORDER BY scheduled_time DESC, id DESC) AS newest
+        FROM schedule_runs WHERE bucket = $1 AND schedule_id = ANY($2::uuid[])
+    ) AS ranked
+    WHERE newest > $3 AND status NOT IN ('pending', 'running'))"""
 
-def _param(name: str, type_: Any) -> sa.BindParameter[Any]:
-    return sa.bindparam(name, type_=type_)
+_NEXT_DUE = """SELECT min(next_run_time) FROM schedules
+WHERE bucket = $1 AND enabled AND next_run_time IS NOT NULL"""
 
+_EXPIRED = f"""SELECT r.id AS run_id, r.trigger, r.scheduled_time, r.start_time AS run_start_time,
+    r.attempt, r.takeovers, r.lease_until AS run_lease,
+    {_TARGET.removeprefix("SELECT ")}
+JOIN schedule_runs r ON r.bucket = s.bucket AND r.schedule_id = s.id
+WHERE r.bucket = $1 AND r.status IN ('pending', 'running') AND r.lease_until < $2
+ORDER BY r.lease_until LIMIT $3"""
 
-# A claimed schedule's whole new state; one parameter set per schedule of a batch (executemany).
-_SET_SCHEDULE_STATE = (
-    schedules.update()
-    .where(s.tenant_id == sa.bindparam("b_tenant_id"), s.id == sa.bindparam("b_id"))
-    .values(
-        next_run_time=_param("b_next_run_time", UtcDateTime()),
-        enabled=_param("b_enabled", sa.Boolean()),
-        last_run_time=_param("b_last_run_time", UtcDateTime()),
-        last_run_status=_param("b_last_run_status", sa.String()),
-        last_error=_param("b_last_error", sa.Text()),
-        running_run_id=_param("b_running_run_id", sa.Uuid()),
-        revision=_param("b_revision", sa.Integer()),
-        update_time=_param("b_update_time", UtcDateTime()),
-    )
-)
-# A finished run, fenced by the lease it was claimed with.
-_FINISH_RUN = (
-    schedule_runs.update()
-    .where(r.id == sa.bindparam("b_id"), r.lease_until == _param("b_lease", UtcDateTime()))
-    .values(
-        status=sa.bindparam("b_status"),
-        finish_time=_param("b_finish_time", UtcDateTime()),
-        error=sa.bindparam("b_error"),
-        attempt=sa.bindparam("b_attempt"),
-        lease_until=None,
-    )
-)
-_TAKE_OVER_RUN = (
-    schedule_runs.update()
-    .where(r.id == sa.bindparam("b_id"))
-    .values(
-        lease_until=_param("b_lease", UtcDateTime()),
-        attempt=sa.bindparam("b_attempt"),
-        status=RunState.RUNNING.value,
-        start_time=_param("b_start_time", UtcDateTime()),
-    )
-)
-# Its schedule's last run fields; the schedule stops naming it as the run in flight.
-_LAST_RUN_VALUES: dict[str, Any] = {
-    "last_run_time": _param("b_last_run_time", UtcDateTime()),
-    "last_run_status": sa.bindparam("b_status"),
-    "last_error": sa.bindparam("b_error"),
-    "running_run_id": sa.case(
-        (s.running_run_id == _param("b_run_id", sa.Uuid()), sa.null()),
-        else_=s.running_run_id,
-    ),
-}
-_RECORD_LAST_RUN = (
-    schedules.update()
-    .where(s.tenant_id == sa.bindparam("b_tenant_id"), s.id == sa.bindparam("b_schedule_id"))
-    .values(**_LAST_RUN_VALUES)
-)
-_RECORD_LAST_RUN_AND_DISABLE = (
-    schedules.update()
-    .where(s.tenant_id == sa.bindparam("b_tenant_id"), s.id == sa.bindparam("b_schedule_id"))
-    .values(
-        **_LAST_RUN_VALUES,
-        enabled=False,
-        next_run_time=None,
-        revision=s.revision + 1,
-        update_time=_param("b_finish_time", UtcDateTime()),
-    )
-)
+# Taken only if the lease is still the one read: another process may have taken it meanwhile.
+_TAKE_OVER = """UPDATE schedule_runs AS r SET lease_until = $2, status = 'running',
+    attempt = v.attempt, takeovers = v.takeovers, start_time = v.start_time
+FROM unnest($3::uuid[], $4::timestamptz[], $5::integer[], $6::integer[], $7::timestamptz[])
+    AS v(id, lease, attempt, takeovers, start_time)
+WHERE r.bucket = $1 AND r.id = v.id AND r.lease_until = v.lease RETURNING r.id"""
+
+# A manual run counts as in flight for the no-overlap rule, unless another already is.
+_MARK_RUNNING = """UPDATE schedules AS s SET running_run_id = $3
+WHERE s.bucket = $1 AND s.id = $2 AND NOT EXISTS (
+    SELECT 1 FROM schedule_runs running
+    WHERE running.bucket = s.bucket AND running.id = s.running_run_id
+      AND running.status IN ('pending', 'running'))"""
+
+_RECORD_ATTEMPT = """UPDATE schedule_runs SET attempt = $3
+WHERE bucket = $1 AND id = $2 AND lease_until = $4"""
+_RELEASE = """UPDATE schedule_runs SET lease_until = $3
+WHERE bucket = $1 AND id = $2 AND lease_until = $4"""
+_FINISH = "SELECT * FROM finish_runs($1::smallint, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 
 
-# PostgreSQL: the same writes as one statement over arrays (UNNEST), sent through the driver
-# (no per-row parameter processing); the text is the same for every batch size. Each names its
-# parameters in the order of the column list beside it.
-_PG_INSERT_RUNS = (
-    "INSERT INTO schedule_runs (id, tenant_id, install_id, schedule_id, trigger, scheduled_time, "
-    "start_time, finish_time, status, attempt, error, lease_until) "
-    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], "
-    "$6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::integer[], "
-    "$11::text[], $12::timestamptz[]) "
-    "ON CONFLICT (schedule_id, trigger, scheduled_time) DO NOTHING RETURNING id"
-)
-_PG_INSERT_RUNS_COLUMNS = (
-    "id",
-    "tenant_id",
-    "install_id",
-    "schedule_id",
-    "trigger",
-    "scheduled_time",
-    "start_time",
-    "finish_time",
-    "status",
-    "attempt",
-    "error",
-    "lease_until",
-)
-_PG_SET_SCHEDULE_STATE = (
-    "UPDATE schedules AS s SET next_run_time = v.next_run_time, enabled = v.enabled, "
-    "last_run_time = v.last_run_time, last_run_status = v.last_run_status, "
-    "last_error = v.last_error, running_run_id = v.running_run_id, revision = v.revision, "
-    "update_time = v.update_time "
-    "FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::boolean[], $5::timestamptz[], "
-    "$6::text[], $7::text[], $8::uuid[], $9::integer[], $10::timestamptz[]) "
-    "AS v(tenant_id, id, next_run_time, enabled, last_run_time, last_run_status, last_error, "
-    "running_run_id, revision, update_time) "
-    "WHERE s.tenant_id = v.tenant_id AND s.id = v.id"
-)
-_PG_SET_SCHEDULE_STATE_COLUMNS = (
-    "b_tenant_id",
-    "b_id",
-    "b_next_run_time",
-    "b_enabled",
-    "b_last_run_time",
-    "b_last_run_status",
-    "b_last_error",
-    "b_running_run_id",
-    "b_revision",
-    "b_update_time",
-)
-_PG_FINISH_RUNS = (
-    "UPDATE schedule_runs AS r SET status = v.status, finish_time = v.finish_time, "
-    "error = v.error, attempt = v.attempt, lease_until = NULL "
-    "FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::timestamptz[], $5::text[], "
-    "$6::integer[]) AS v(id, lease, status, finish_time, error, attempt) "
-    "WHERE r.id = v.id AND r.lease_until = v.lease RETURNING r.id"
-)
-_PG_LOCK_SCHEDULES = (
-    "SELECT id FROM schedules WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE"
-)
-_PG_FINISH_RUNS_COLUMNS = ("b_id", "b_lease", "b_status", "b_finish_time", "b_error", "b_attempt")
-# Only for a batch naming each schedule once: an UPDATE ... FROM applies one source row per row.
-_PG_RECORD_LAST_RUNS = (
-    "UPDATE schedules AS s SET last_run_time = v.last_run_time, last_run_status = v.status, "
-    "last_error = v.error, running_run_id = CASE WHEN s.running_run_id = v.run_id THEN NULL "
-    "ELSE s.running_run_id END "
-    "FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[]) "
-    "AS v(tenant_id, schedule_id, run_id, last_run_time, status, error) "
-    "WHERE s.tenant_id = v.tenant_id AND s.id = v.schedule_id"
-)
-_PG_RECORD_LAST_RUNS_COLUMNS = (
-    "b_tenant_id",
-    "b_schedule_id",
-    "b_run_id",
-    "b_last_run_time",
-    "b_status",
-    "b_error",
-)
-
-
-def _arrays(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> tuple[list[Any], ...]:
-    return tuple([row[c] for row in rows] for c in columns)
-
-
-def _target(row: sa.Row[Any]) -> RunTarget:
-    m = row._mapping
-    schedule = schedule_from_row(m)
-    install = install_context_from_row(m, enabled_key="install_enabled")
+def _target(row: Record) -> RunTarget:
     return RunTarget(
-        schedule=schedule,
-        install=install,
-        endpoint_found=bool(m["endpoint_found"]),
-        run_in_flight=m["running_status"] in _OPEN_STATES,
+        schedule=schedule_from_row(row),
+        install=install_context_from_row(row, id_key="install_id", enabled_key="install_enabled"),
+        endpoint_found=bool(row["endpoint_found"]),
+        run_in_flight=row["running_status"] in _OPEN_STATES,
     )
 
 
@@ -279,68 +163,77 @@ def _run(
     )
 
 
-class SqlDispatchStore:
-    def __init__(self, engine: AsyncEngine, history_limit: int, connections: int = 6) -> None:
-        self._engine = engine
+def _record_arrays(records: Sequence[tuple[ScheduleRun, datetime | None]]) -> list[list[Any]]:
+    """The parameters $2.. of _INSERT_RUNS."""
+    return [
+        [r.id for r, _ in records],
+        [r.tenant_id for r, _ in records],
+        [r.install_id for r, _ in records],
+        [r.schedule_id for r, _ in records],
+        [r.trigger.value for r, _ in records],
+        [r.scheduled_time for r, _ in records],
+        [r.start_time for r, _ in records],
+        [r.finish_time for r, _ in records],
+        [r.status.value for r, _ in records],
+        [r.attempt for r, _ in records],
+        [r.error for r, _ in records],
+        [lease for _, lease in records],
+    ]
+
+
+def _bucket_of_run(run: ScheduleRun) -> int:
+    return bucket_of(run.tenant_id)
+
+
+class PgDispatchStore:
+    def __init__(self, pool: DatabasePool, history_limit: int, connections: int = 6) -> None:
+        self._pool = pool
         self._history_limit = history_limit
-        self._postgres = engine.dialect.name == "postgresql"
-        # The claimers, the writer of finished runs and manual runs queue here, keeping the rest
-        # of the engine's pool for the health watch and API calls.
+        # The claimers, the writer of finished runs and manual runs share this many of the
+        # pool's connections, keeping the rest for API calls.
         self._connections = asyncio.Semaphore(connections)
 
-    def _among(self, column: sa.ColumnElement[uuid.UUID], name: str) -> sa.ColumnElement[bool]:
-        """`column` is one of the ids in parameter `name`. On PostgreSQL one array parameter:
-        the statement's text, and so its prepared statement, is the same for every count."""
-        if self._postgres:
-            return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(sa.Uuid())))
-        return column.in_(sa.bindparam(name, expanding=True))
-
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._connections, self._engine.begin() as conn:
-                yield conn
-        except Exception as exc:
-            if is_connectivity_error(exc):
-                raise DatabaseUnavailable() from exc
-            raise
+    async def _session(self, *, autocommit: bool) -> AsyncIterator[PooledSession]:
+        async with self._connections, PooledSession(self._pool, autocommit=autocommit) as session:
+            yield session
+
+    async def poll(self) -> list[BucketWork]:
+        async with self._session(autocommit=True) as session:
+            rows = await (await session.connection()).fetch(_POLL, BUCKETS)
+        return [BucketWork(r["bucket"], r["next_run_time"], r["lease_until"]) for r in rows]
 
     async def claim_due(
         self,
+        bucket: int,
         now: datetime,
         limit: int,
         lease_until: datetime,
         plan: Callable[[RunTarget], ClaimPlan],
     ) -> ClaimBatch:
-        query = (
-            sa.select(*_TARGET_COLUMNS, s.running_run_id)
-            .select_from(_TARGET_FROM)
-            .where(_DUE, s.next_run_time <= now)
-            .order_by(s.next_run_time)
-            .limit(limit)
-            # SQLite ignores this: it runs in one process, where the transaction is enough.
-            .with_for_update(of=schedules, skip_locked=True)
-        )
-        async with self._transaction() as conn:
-            rows: Sequence[sa.Row[Any]] = (await conn.execute(query)).all()  # type: ignore[assignment]
+        async with self._session(autocommit=False) as session:
+            conn = await session.connection()
+            rows = await conn.fetch(_CLAIM_DUE, bucket, now, limit)
             targets = [_target(row) for row in rows]
             plans = [plan(target) for target in targets]
-            # Every run record of the batch in one INSERT; the unique (schedule, trigger,
-            # scheduled time) guard refuses an occurrence already recorded, by any process.
-            records: list[dict[str, Any]] = []
+            records: list[tuple[ScheduleRun, datetime | None]] = []
             firing: list[ScheduleRun | None] = []
             for target, decision in zip(targets, plans, strict=True):
-                for skip in decision.skipped:
-                    skipped = _run(
-                        target,
-                        uuid.uuid4(),
-                        RunTrigger.SCHEDULE,
-                        skip.scheduled_time,
-                        RunState.SKIPPED,
-                        finish_time=now,
-                        error=skip.reason,
+                records.extend(
+                    (
+                        _run(
+                            target,
+                            uuid.uuid4(),
+                            RunTrigger.SCHEDULE,
+                            skip.scheduled_time,
+                            RunState.SKIPPED,
+                            finish_time=now,
+                            error=skip.reason,
+                        ),
+                        None,
                     )
-                    records.append(_record(skipped, None))
+                    for skip in decision.skipped
+                )
                 run = None
                 if decision.fire_at is not None:
                     run = _run(
@@ -352,175 +245,90 @@ class SqlDispatchStore:
                         start_time=now,
                         attempt=1,
                     )
-                    records.append(_record(run, lease_until))
+                    records.append((run, lease_until))
                 firing.append(run)
-            inserted = await self._insert_many(conn, records)
-            # Each locked row's new state, computed from the row read under its lock, written
-            # by one statement for the batch.
-            updates: list[dict[str, Any]] = []
+            inserted: set[uuid.UUID] = set()
+            if records:
+                inserted = {
+                    r["id"]
+                    for r in await conn.fetch(_INSERT_RUNS, bucket, *_record_arrays(records))
+                }
+            states: list[tuple[Any, ...]] = []
             touched: list[uuid.UUID] = []
             claims: list[ClaimedRun] = []
             for row, target, decision, run in zip(rows, targets, plans, firing, strict=True):
-                schedule = target.schedule
-                state = {
-                    "b_tenant_id": schedule.tenant_id,
-                    "b_id": schedule.id,
-                    "b_next_run_time": None if decision.park else decision.next_run_time,
-                    "b_enabled": schedule.enabled,
-                    "b_last_run_time": schedule.last_run_time,
-                    "b_last_run_status": schedule.last_run_status,
-                    "b_last_error": schedule.last_error,
-                    "b_running_run_id": row._mapping["running_run_id"],
-                    "b_revision": schedule.revision,
-                    "b_update_time": schedule.update_time,
-                }
-                if decision.disable_error is not None:
-                    state.update(
-                        b_enabled=False,
-                        b_next_run_time=None,
-                        b_last_error=decision.disable_error,
-                        b_revision=schedule.revision + 1,
-                        b_update_time=now,
-                    )
-                if decision.skipped:
-                    state.update(
-                        b_last_run_time=now,
-                        b_last_run_status=RunState.SKIPPED.value,
-                        b_last_error=decision.skipped[-1].reason,
-                    )
-                if run is not None and run.id in inserted:
-                    state["b_running_run_id"] = run.id
+                fired = run is not None and run.id in inserted
+                states.append(_new_state(row, target, decision, run if fired else None, now))
+                if fired:
+                    assert run is not None
                     claims.append(ClaimedRun(run, target, lease_until))
-                if decision.skipped or (run is not None and run.id in inserted):
-                    touched.append(schedule.id)
-                updates.append(state)
-            if updates and self._postgres:
-                await conn.exec_driver_sql(
-                    _PG_SET_SCHEDULE_STATE, _arrays(updates, _PG_SET_SCHEDULE_STATE_COLUMNS)
+                if decision.skipped or fired:
+                    touched.append(target.schedule.id)
+            if states:
+                await conn.execute(
+                    _SET_STATES, bucket, *(list(c) for c in zip(*states, strict=True))
                 )
-            elif updates:
-                await conn.execute(_SET_SCHEDULE_STATE, updates)
-            await self._prune(conn, touched)
-            next_due = None
-            if len(rows) < limit:
-                soonest = sa.select(sa.func.min(s.next_run_time)).where(_DUE, s.next_run_time > now)
-                next_due = (await conn.execute(soonest)).scalar()
+            if touched:
+                await conn.execute(_CUT_HISTORY, bucket, touched, self._history_limit)
+            next_due = await conn.fetchval(_NEXT_DUE, bucket)
+            await session.commit()
         return ClaimBatch(len(rows), claims, next_due)
 
-    async def _insert_many(
-        self, conn: AsyncConnection, records: list[dict[str, Any]]
-    ) -> set[uuid.UUID]:
-        """Insert run records, skipping those the unique guard refuses; the ids inserted."""
-        if not records:
-            return set()
-        if self._postgres:
-            result = await conn.exec_driver_sql(
-                _PG_INSERT_RUNS, _arrays(records, _PG_INSERT_RUNS_COLUMNS)
-            )
-            return {row[0] for row in result}
-        statement = (
-            sqlite.insert(schedule_runs)
-            .on_conflict_do_nothing(index_elements=["schedule_id", "trigger", "scheduled_time"])
-            .returning(r.id)
-        )
-        if len(records) == 1:
-            result = await conn.execute(statement.values(records[0]))
-        else:
-            result = await conn.execute(statement, records)
-        return {row[0] for row in result}
-
-    async def _prune(self, conn: AsyncConnection, schedule_ids: list[uuid.UUID]) -> None:
-        """Keep the newest runs of each schedule (the history limit); open runs are never cut.
-
-        One statement for all the schedules a batch touched."""
-        if not schedule_ids:
-            return
-        ranked = (
-            sa.select(
-                r.id,
-                r.status,
-                sa.func.row_number()
-                .over(partition_by=r.schedule_id, order_by=(r.scheduled_time.desc(), r.id.desc()))
-                .label("newest"),
-            )
-            .where(self._among(r.schedule_id, "schedule_ids"))
-            .subquery()
-        )
-        beyond = sa.select(ranked.c.id).where(
-            ranked.c.newest > self._history_limit, ranked.c.status.not_in(_OPEN_STATES)
-        )
-        await conn.execute(
-            schedule_runs.delete().where(r.id.in_(beyond)), {"schedule_ids": schedule_ids}
-        )
-
     async def take_over_expired(
-        self, now: datetime, limit: int, lease_until: datetime, exclude: Collection[uuid.UUID]
+        self,
+        bucket: int,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        exclude: Collection[uuid.UUID],
     ) -> list[ClaimedRun]:
-        # `exclude` is left out in Python: a list of every run in flight in the statement would
-        # make a new statement text (and a new prepared statement) for each count.
-        query = (
-            sa.select(
-                r.id.label("run_id"),
-                r.trigger,
-                r.scheduled_time,
-                r.start_time,
-                r.attempt,
-                *_TARGET_COLUMNS,
-            )
-            .select_from(schedule_runs.join(_TARGET_FROM, s.id == r.schedule_id))
-            .where(_OPEN_RUN, r.lease_until < now)
-            .order_by(r.lease_until)
-            .limit(limit + len(exclude))
-            .with_for_update(of=schedule_runs, skip_locked=True)
-        )
-        excluded = set(exclude)
-        claims: list[ClaimedRun] = []
-        async with self._transaction() as conn:
+        async with self._session(autocommit=True) as session:
+            conn = await session.connection()
+            # `exclude` is left out in Python: in the statement it would make a new text (and
+            # a new prepared statement) for each count.
             rows = [
                 row
-                for row in (await conn.execute(query)).all()
-                if row._mapping["run_id"] not in excluded
+                for row in await conn.fetch(_EXPIRED, bucket, now, limit + len(exclude))
+                if row["run_id"] not in exclude
             ][:limit]
             if not rows:
-                return claims
+                return []
+            claims = []
             for row in rows:
-                m = row._mapping
                 target = _target(row)
                 run = _run(
                     target,
-                    m["run_id"],
-                    RunTrigger(m["trigger"]),
-                    m["scheduled_time"],
+                    row["run_id"],
+                    RunTrigger(row["trigger"]),
+                    row["scheduled_time"],
                     RunState.RUNNING,
-                    start_time=m["start_time"] or now,
+                    start_time=row["run_start_time"] or now,
                     # At least one more call, with the same idempotency key, whatever the count.
-                    attempt=m["attempt"] + 1,
+                    attempt=row["attempt"] + 1,
                 )
-                claims.append(ClaimedRun(run, target, lease_until))
-            await conn.execute(
-                _TAKE_OVER_RUN,
-                [
-                    {
-                        "b_id": c.run.id,
-                        "b_lease": lease_until,
-                        "b_attempt": c.run.attempt,
-                        "b_start_time": c.run.start_time,
-                    }
-                    for c in claims
-                ],
-            )
-        return claims
+                claims.append(ClaimedRun(run, target, lease_until, row["takeovers"] + 1))
+            taken = {
+                r["id"]
+                for r in await conn.fetch(
+                    _TAKE_OVER,
+                    bucket,
+                    lease_until,
+                    [c.run.id for c in claims],
+                    [row["run_lease"] for row in rows],
+                    [c.run.attempt for c in claims],
+                    [c.takeovers for c in claims],
+                    [c.run.start_time for c in claims],
+                )
+            }
+        return [c for c in claims if c.run.id in taken]
 
     async def load_target(
         self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID
     ) -> RunTarget | None:
-        query = (
-            sa.select(*_TARGET_COLUMNS)
-            .select_from(_TARGET_FROM)
-            .where(s.tenant_id == tenant_id, s.install_id == install_id, s.id == schedule_id)
-        )
-        async with self._transaction() as conn:
-            row = (await conn.execute(query)).first()
+        async with self._session(autocommit=True) as session:
+            row = await (await session.connection()).fetchrow(
+                _LOAD_TARGET, bucket_of(tenant_id), tenant_id, install_id, schedule_id
+            )
         return _target(row) if row is not None else None
 
     async def start_manual_run(
@@ -535,103 +343,46 @@ class SqlDispatchStore:
             start_time=now,
             attempt=1,
         )
-        schedule = target.schedule
-        async with self._transaction() as conn:
-            if not await self._insert_many(conn, [_record(run, lease_until)]):
+        bucket = _bucket_of_run(run)
+        async with self._session(autocommit=False) as session:
+            conn = await session.connection()
+            if not await conn.fetch(_INSERT_RUNS, bucket, *_record_arrays([(run, lease_until)])):
                 return None
-            open_run = (
-                sa.select(_running.c.id)
-                .where(_running.c.id == s.running_run_id, _running.c.status.in_(_OPEN_STATES))
-                .exists()
-            )
-            # A manual run counts as in flight for the no-overlap rule, unless another already is.
-            await conn.execute(
-                schedules.update()
-                .where(s.tenant_id == schedule.tenant_id, s.id == schedule.id, ~open_run)
-                .values(running_run_id=run.id)
-            )
-            await self._prune(conn, [schedule.id])
+            await conn.execute(_MARK_RUNNING, bucket, target.schedule.id, run.id)
+            await conn.execute(_CUT_HISTORY, bucket, [target.schedule.id], self._history_limit)
+            await session.commit()
         return ClaimedRun(run, target, lease_until)
 
     async def record_attempt(self, claim: ClaimedRun, attempt: int) -> bool:
-        async with self._transaction() as conn:
-            result = await conn.execute(
-                schedule_runs.update()
-                .where(r.id == claim.run.id, r.lease_until == claim.lease_until)
-                .values(attempt=attempt)
+        run = claim.run
+        async with self._session(autocommit=True) as session:
+            status = await (await session.connection()).execute(
+                _RECORD_ATTEMPT, _bucket_of_run(run), run.id, attempt, claim.lease_until
             )
-        return bool(result.rowcount)
+        return status != "UPDATE 0"
 
     async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
-        if not outcomes:
-            return []
-        finished = [
-            {
-                "b_id": o.claim.run.id,
-                "b_lease": o.claim.lease_until,
-                "b_status": o.status.value,
-                "b_finish_time": o.finish_time,
-                "b_error": o.error,
-                "b_attempt": o.attempt,
-            }
-            for o in outcomes
-        ]
-        async with self._transaction() as conn:
-            if self._postgres:
-                # Schedules first, then their runs, in id order: the order of a schedule's
-                # DELETE (the row, then its runs by cascade) and of a claim, so that neither
-                # they nor another process's finishes can deadlock with this transaction.
-                await conn.exec_driver_sql(
-                    _PG_LOCK_SCHEDULES, (sorted({o.claim.run.schedule_id for o in outcomes}),)
+        by_bucket: dict[int, list[RunOutcome]] = defaultdict(list)
+        for o in outcomes:
+            by_bucket[_bucket_of_run(o.claim.run)].append(o)
+        written: set[uuid.UUID] = set()
+        async with self._session(autocommit=True) as session:
+            conn = await session.connection()
+            for bucket, group in by_bucket.items():
+                rows = await conn.fetch(
+                    _FINISH,
+                    bucket,
+                    sorted({o.claim.run.schedule_id for o in group}),
+                    [o.claim.run.id for o in group],
+                    [o.claim.lease_until for o in group],
+                    [o.status.value for o in group],
+                    [o.finish_time for o in group],
+                    [o.error for o in group],
+                    [o.attempt for o in group],
+                    [o.claim.run.start_time or o.finish_time for o in group],
+                    [o.disable_error for o in group],
                 )
-                # Fenced by the lease: a run taken over (or released) is not written.
-                result = await conn.exec_driver_sql(
-                    _PG_FINISH_RUNS, _arrays(finished, _PG_FINISH_RUNS_COLUMNS)
-                )
-                written = {row[0] for row in result}
-            else:
-                leases = dict(
-                    (
-                        await conn.execute(
-                            sa.select(r.id, r.lease_until).where(self._among(r.id, "ids")),
-                            {"ids": [o.claim.run.id for o in outcomes]},
-                        )
-                    ).all()
-                )
-                fenced = [
-                    row
-                    for row, o in zip(finished, outcomes, strict=True)
-                    if leases.get(o.claim.run.id) == o.claim.lease_until
-                ]
-                if fenced:
-                    await conn.execute(_FINISH_RUN, fenced)
-                written = {row["b_id"] for row in fenced}
-            last_runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-            for o in sorted(outcomes, key=lambda o: o.claim.run.schedule_id):
-                run = o.claim.run
-                if run.id not in written:
-                    continue
-                disable = o.disable_error is not None
-                last_runs[disable].append(
-                    {
-                        "b_tenant_id": run.tenant_id,
-                        "b_schedule_id": run.schedule_id,
-                        "b_run_id": run.id,
-                        "b_last_run_time": run.start_time or o.finish_time,
-                        "b_status": o.status.value,
-                        "b_error": o.disable_error if disable else o.error,
-                        "b_finish_time": o.finish_time,
-                    }
-                )
-            plain = last_runs[False]
-            if self._postgres and plain and len({r["b_schedule_id"] for r in plain}) == len(plain):
-                await conn.exec_driver_sql(
-                    _PG_RECORD_LAST_RUNS, _arrays(plain, _PG_RECORD_LAST_RUNS_COLUMNS)
-                )
-            elif plain:
-                await conn.execute(_RECORD_LAST_RUN, plain)
-            if last_runs[True]:
-                await conn.execute(_RECORD_LAST_RUN_AND_DISABLE, last_runs[True])
+                written.update(r[0] for r in rows)
         return [
             replace(
                 o.claim.run,
@@ -646,9 +397,47 @@ class SqlDispatchStore:
         ]
 
     async def release(self, claim: ClaimedRun, now: datetime) -> None:
-        async with self._transaction() as conn:
-            await conn.execute(
-                schedule_runs.update()
-                .where(r.id == claim.run.id, r.lease_until == claim.lease_until)
-                .values(lease_until=now)
+        run = claim.run
+        async with self._session(autocommit=True) as session:
+            await (await session.connection()).execute(
+                _RELEASE, _bucket_of_run(run), run.id, now, claim.lease_until
             )
+
+
+def _new_state(
+    row: Record,
+    target: RunTarget,
+    decision: ClaimPlan,
+    fired: ScheduleRun | None,
+    now: datetime,
+) -> tuple[Any, ...]:
+    """A claimed schedule's new state, in the order of _SET_STATES' arrays."""
+    s = target.schedule
+    next_run_time = None if decision.park else decision.next_run_time
+    enabled, last_run_time, last_status, last_error = (
+        s.enabled,
+        s.last_run_time,
+        s.last_run_status,
+        s.last_error,
+    )
+    revision, update_time = s.revision, s.update_time
+    if decision.disable_error is not None or decision.complete:
+        # Disabled by the server: a change of the definition, so the etag changes.
+        enabled, next_run_time, revision, update_time = False, None, s.revision + 1, now
+        if decision.disable_error is not None:
+            last_error = decision.disable_error
+    if decision.skipped:
+        last_run_time, last_status = now, RunState.SKIPPED.value
+        last_error = decision.skipped[-1].reason
+    running = fired.id if fired is not None else row["running_run_id"]
+    return (
+        s.id,
+        next_run_time,
+        enabled,
+        last_run_time,
+        last_status,
+        last_error,
+        running,
+        revision,
+        update_time,
+    )

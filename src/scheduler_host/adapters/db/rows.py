@@ -1,9 +1,13 @@
-"""Rows of the schema's tables as domain values, by column name, whichever driver read them:
-a SQLAlchemy row's `_mapping` or an asyncpg Record (both look columns up by name)."""
+"""Rows ↔ domain values: the one place that knows which column holds which field.
+
+Statements select the column lists defined here and map rows by column name; writes take their
+values from `schedule_values`, in the order of the column names they list.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 from scheduler_host.domain.endpoints import Endpoint
@@ -13,44 +17,89 @@ from scheduler_host.domain.schedule import Schedule
 
 
 class Row(Protocol):
-    """Columns looked up by name."""
+    """Columns looked up by name (an asyncpg Record)."""
 
     def __getitem__(self, key: str, /) -> Any: ...
 
 
-def install_context_from_row(
-    m: Row, *, install_id_key: str = "install_id", enabled_key: str = "enabled"
-) -> InstallContext:
-    """An InstallContext from a row holding the installs columns (alone or in a join)."""
-    return InstallContext(
-        install_id=m[install_id_key],
-        tenant_id=m["tenant_id"],
-        registry_id=m["registry_id"],
-        version_id=m["version_id"],
-        content_hash=m["content_hash"],
-        enabled=m[enabled_key],
-        capabilities=frozenset(m["granted_capabilities"]),
-    )
+# The schedules columns a read returns, in no particular order (rows are read by name).
+SCHEDULE_COLUMNS = (
+    "id",
+    "tenant_id",
+    "install_id",
+    "endpoint_id",
+    "endpoint_method",
+    "endpoint_path",
+    "name",
+    "cron",
+    "run_at",
+    "start_time",
+    "end_time",
+    "jitter_ms",
+    "timezone",
+    "enabled",
+    "payload",
+    "payload_wire",
+    "next_run_time",
+    "last_run_time",
+    "last_run_status",
+    "last_error",
+    "revision",
+    "create_time",
+    "update_time",
+)
+# What a caller may change (UpdateSchedule), with the revision and the update time.
+DEFINITION_COLUMNS = (
+    "endpoint_id",
+    "endpoint_method",
+    "endpoint_path",
+    "name",
+    "cron",
+    "run_at",
+    "start_time",
+    "end_time",
+    "jitter_ms",
+    "timezone",
+    "enabled",
+    "payload",
+    "payload_wire",
+    "revision",
+    "update_time",
+)
+INSTALL_CONTEXT_COLUMNS = (
+    "id",
+    "tenant_id",
+    "registry_id",
+    "version_id",
+    "content_hash",
+    "enabled",
+    "granted_capabilities",
+)
+INSTALL_COLUMNS = (*INSTALL_CONTEXT_COLUMNS, "create_time", "update_time")
+ENDPOINT_COLUMNS = ("id", "method", "path", "handler")
+RUN_COLUMNS = (
+    "id",
+    "tenant_id",
+    "install_id",
+    "schedule_id",
+    "trigger",
+    "scheduled_time",
+    "start_time",
+    "finish_time",
+    "status",
+    "attempt",
+    "error",
+)
 
 
-def install_from_row(m: Row, endpoints: Sequence[Endpoint]) -> Install:
-    """An Install from a row of the installs table and the endpoints of its version."""
-    return Install(
-        install_id=m["id"],
-        tenant_id=m["tenant_id"],
-        registry_id=m["registry_id"],
-        version_id=m["version_id"],
-        content_hash=m["content_hash"],
-        enabled=m["enabled"],
-        granted_capabilities=tuple(m["granted_capabilities"]),
-        endpoints=tuple(endpoints),
-        create_time=m["create_time"],
-        update_time=m["update_time"],
-    )
+def columns(names: Sequence[str], alias: str = "") -> str:
+    """A select list of `names`, each prefixed with `alias.` when given."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + name for name in names)
 
 
 def schedule_from_row(m: Row) -> Schedule:
-    """A Schedule from a row holding the schedules columns (alone or in a join)."""
+    """A Schedule from a row holding SCHEDULE_COLUMNS (alone or in a join)."""
     return Schedule(
         id=m["id"],
         install_id=m["install_id"],
@@ -70,11 +119,88 @@ def schedule_from_row(m: Row) -> Schedule:
         create_time=m["create_time"],
         update_time=m["update_time"],
         revision=m["revision"],
+        run_at=m["run_at"],
+        start_time=m["start_time"],
+        end_time=m["end_time"],
+        jitter=timedelta(milliseconds=m["jitter_ms"]),
+        payload_wire=m["payload_wire"],
     )
 
 
+def schedule_values(s: Schedule, names: Sequence[str]) -> list[Any]:
+    """The stored values of `s` for the columns `names`, in that order."""
+    values = {
+        "id": s.id,
+        "tenant_id": s.tenant_id,
+        "install_id": s.install_id,
+        "endpoint_id": s.endpoint_id,
+        "endpoint_method": s.endpoint_method,
+        "endpoint_path": s.endpoint_path,
+        "name": s.name,
+        "cron": s.cron,
+        "run_at": s.run_at,
+        "start_time": s.start_time,
+        "end_time": s.end_time,
+        "jitter_ms": s.jitter // timedelta(milliseconds=1),
+        "timezone": s.timezone,
+        "enabled": s.enabled,
+        "payload": s.payload,
+        "payload_wire": s.payload_wire,
+        "next_run_time": s.next_run_time,
+        "last_run_time": s.last_run_time,
+        "last_run_status": s.last_run_status,
+        "last_error": s.last_error,
+        "revision": s.revision,
+        "create_time": s.create_time,
+        "update_time": s.update_time,
+    }
+    return [values[name] for name in names]
+
+
+def unnest_arrays(schedules: Sequence[Schedule], names: Sequence[str]) -> list[list[Any]]:
+    """One array per column of `names`, over `schedules`: the parameters of an UNNEST write."""
+    rows = [schedule_values(s, names) for s in schedules]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def install_context_from_row(
+    m: Row, *, id_key: str = "id", enabled_key: str = "enabled"
+) -> InstallContext:
+    """An InstallContext from a row holding INSTALL_CONTEXT_COLUMNS; in a join with schedules,
+    the install's id and enabled flag are read under the names given."""
+    return InstallContext(
+        install_id=m[id_key],
+        tenant_id=m["tenant_id"],
+        registry_id=m["registry_id"],
+        version_id=m["version_id"],
+        content_hash=m["content_hash"],
+        enabled=m[enabled_key],
+        capabilities=frozenset(m["granted_capabilities"]),
+    )
+
+
+def install_from_row(m: Row, endpoints: Sequence[Endpoint]) -> Install:
+    """An Install from a row holding INSTALL_COLUMNS and the endpoints of its version."""
+    return Install(
+        install_id=m["id"],
+        tenant_id=m["tenant_id"],
+        registry_id=m["registry_id"],
+        version_id=m["version_id"],
+        content_hash=m["content_hash"],
+        enabled=m["enabled"],
+        granted_capabilities=tuple(m["granted_capabilities"]),
+        endpoints=tuple(endpoints),
+        create_time=m["create_time"],
+        update_time=m["update_time"],
+    )
+
+
+def endpoint_from_row(m: Row) -> Endpoint:
+    return Endpoint(m["id"], m["method"], m["path"], m["handler"])
+
+
 def run_from_row(m: Row) -> ScheduleRun:
-    """A ScheduleRun from a row of the schedule_runs table."""
+    """A ScheduleRun from a row holding RUN_COLUMNS."""
     return ScheduleRun(
         id=m["id"],
         tenant_id=m["tenant_id"],

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from scheduler_host.adapters.db.tables import service_keys
+from scheduler_host.adapters.db.pool import DatabasePool
 
 PAGE_TOKEN_KEY = "page_token"  # noqa: S105 - a key name, not a secret
 
+_KEY = "SELECT value FROM service_keys WHERE name = $1"
 
-async def load_key(engine: AsyncEngine, name: str) -> bytes:
-    async with engine.connect() as conn:
-        value = (
-            await conn.execute(sa.select(service_keys.c.value).where(service_keys.c.name == name))
-        ).scalar_one_or_none()
+
+async def load_key(pool: DatabasePool, name: str) -> bytes:
+    conn = await pool.acquire()
+    try:
+        value = await conn.fetchval(_KEY, name)
+    finally:
+        await pool.release(conn)
     if not isinstance(value, bytes):
         raise RuntimeError(f"service key {name!r} is missing; run `scheduler-host migrate`")
     return value

@@ -1,13 +1,12 @@
-"""The relational schema (SQLAlchemy Core), shared by the repositories and the migrations.
+"""The relational schema as SQLAlchemy Core tables: what the migrations build, and what a test
+compares the migrated database against. Statements are written in SQL beside their repositories.
 
-Every table carries `tenant_id` so the schema can be distributed by tenant (Citus); every
-install-scoped query names it.
+Tenant tables carry `bucket` (see buckets.py) first in every key and index, so that the schema can
+be distributed by bucket on a sharded PostgreSQL; `install_directory` and `service_keys` are
+small reference tables (the same on every node).
 """
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -23,158 +22,178 @@ metadata = sa.MetaData(
 )
 
 
-class UtcDateTime(sa.TypeDecorator[datetime]):
-    """Timestamps stored with their zone where the database can, always read back as UTC."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime reached the database layer")
-        value = value.astimezone(UTC)
-        # SQLite keeps text; a fixed naive UTC form keeps comparisons and ordering right.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def _time() -> sa.DateTime:
+    return sa.DateTime(timezone=True)
 
 
-JsonValue = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+def _bucket() -> sa.Column[int]:
+    return sa.Column("bucket", sa.SmallInteger(), nullable=False)
+
+
+# Which bucket holds an install: the one lookup by install id alone (the caller's metadata names
+# only the install). Written when an install is registered or deleted.
+install_directory = sa.Table(
+    "install_directory",
+    metadata,
+    sa.Column("install_id", sa.Uuid(), primary_key=True),
+    sa.Column("bucket", sa.SmallInteger(), nullable=False),
+    sa.Column("tenant_id", sa.String(128), nullable=False),
+)
 
 installs = sa.Table(
     "installs",
     metadata,
-    sa.Column("id", sa.Uuid(), primary_key=True),
+    _bucket(),
+    sa.Column("id", sa.Uuid(), nullable=False),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("registry_id", sa.String(128), nullable=False),
     sa.Column("version_id", sa.String(128), nullable=False),
     sa.Column("content_hash", sa.String(256), nullable=False),
     sa.Column("enabled", sa.Boolean(), nullable=False),
-    sa.Column("granted_capabilities", JsonValue, nullable=False),
-    sa.Column("create_time", UtcDateTime(), nullable=False),
-    sa.Column("update_time", UtcDateTime(), nullable=False),
-    sa.Index(None, "tenant_id"),
+    sa.Column("granted_capabilities", postgresql.JSONB(), nullable=False),
+    sa.Column("create_time", _time(), nullable=False),
+    sa.Column("update_time", _time(), nullable=False),
+    sa.PrimaryKeyConstraint("bucket", "id"),
 )
 
+# Only the current version's endpoints are kept; schedules store method and path.
 endpoints = sa.Table(
     "endpoints",
     metadata,
-    sa.Column("id", sa.Uuid(), primary_key=True),
-    sa.Column("tenant_id", sa.String(128), nullable=False),
-    sa.Column(
-        "install_id", sa.Uuid(), sa.ForeignKey("installs.id", ondelete="CASCADE"), nullable=False
-    ),
+    _bucket(),
+    sa.Column("install_id", sa.Uuid(), nullable=False),
     sa.Column("version_id", sa.String(128), nullable=False),
     sa.Column("method", sa.String(16), nullable=False),
     sa.Column("path", sa.String(1024), nullable=False),
+    sa.Column("id", sa.Uuid(), nullable=False),
+    sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("handler", sa.String(256), nullable=False),
-    sa.UniqueConstraint("install_id", "version_id", "method", "path"),
+    sa.PrimaryKeyConstraint("bucket", "install_id", "version_id", "method", "path"),
+    sa.ForeignKeyConstraint(
+        ["bucket", "install_id"], ["installs.bucket", "installs.id"], ondelete="CASCADE"
+    ),
 )
 
 schedules = sa.Table(
     "schedules",
     metadata,
-    sa.Column("id", sa.Uuid(), primary_key=True),
+    _bucket(),
+    sa.Column("id", sa.Uuid(), nullable=False),
     sa.Column("tenant_id", sa.String(128), nullable=False),
-    sa.Column(
-        "install_id", sa.Uuid(), sa.ForeignKey("installs.id", ondelete="CASCADE"), nullable=False
-    ),
-    # No foreign key: a schedule keeps naming its endpoint after an upgrade removed it, until
-    # the remap or the dispatcher disables it.
+    sa.Column("install_id", sa.Uuid(), nullable=False),
+    # No foreign key to endpoints: a schedule keeps naming its endpoint after an upgrade removed
+    # it, until the remap or the dispatcher disables it.
     sa.Column("endpoint_id", sa.Uuid(), nullable=False),
     sa.Column("endpoint_method", sa.String(16), nullable=False),
     sa.Column("endpoint_path", sa.String(1024), nullable=False),
     sa.Column("name", sa.String(128), nullable=True),
+    # Empty for a one-time schedule, which has `run_at` instead.
     sa.Column("cron", sa.String(128), nullable=False),
+    sa.Column("run_at", _time(), nullable=True),
+    sa.Column("start_time", _time(), nullable=True),
+    sa.Column("end_time", _time(), nullable=True),
+    sa.Column("jitter_ms", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("timezone", sa.String(64), nullable=False),
     sa.Column("enabled", sa.Boolean(), nullable=False),
-    sa.Column("payload", JsonValue, nullable=True),
-    sa.Column("next_run_time", UtcDateTime(), nullable=True),
-    sa.Column("last_run_time", UtcDateTime(), nullable=True),
+    sa.Column("payload", postgresql.JSONB(), nullable=True),
+    # The payload in the API's encoding (google.protobuf.Value), so a read need not rebuild it.
+    sa.Column("payload_wire", sa.LargeBinary(), nullable=True),
+    sa.Column("next_run_time", _time(), nullable=True),
+    sa.Column("last_run_time", _time(), nullable=True),
     sa.Column("last_run_status", sa.String(16), nullable=True),
     sa.Column("last_error", sa.Text(), nullable=True),
     sa.Column("running_run_id", sa.Uuid(), nullable=True),
     sa.Column("revision", sa.Integer(), nullable=False),
-    sa.Column("create_time", UtcDateTime(), nullable=False),
-    sa.Column("update_time", UtcDateTime(), nullable=False),
+    sa.Column("create_time", _time(), nullable=False),
+    sa.Column("update_time", _time(), nullable=False),
+    sa.PrimaryKeyConstraint("bucket", "id"),
+    sa.ForeignKeyConstraint(
+        ["bucket", "install_id"], ["installs.bucket", "installs.id"], ondelete="CASCADE"
+    ),
+    sa.CheckConstraint("(cron <> '') <> (run_at IS NOT NULL)", name="cron_or_run_at"),
     # ListSchedules: one install's rows in (create_time, id) order.
-    sa.Index(None, "tenant_id", "install_id", "create_time", "id"),
+    sa.Index(None, "bucket", "install_id", "create_time", "id"),
     # Names are unique per install when set.
     sa.Index(
         "uq_schedules_install_name",
+        "bucket",
         "install_id",
         "name",
         unique=True,
         postgresql_where=sa.text("name IS NOT NULL"),
-        sqlite_where=sa.text("name IS NOT NULL"),
     ),
-    # The dispatcher's due query touches only enabled rows with a next run time.
+    # The dispatcher's due query touches only enabled rows with a next run time, per bucket.
     sa.Index(
         "ix_schedules_due",
+        "bucket",
         "next_run_time",
         postgresql_where=sa.text("enabled AND next_run_time IS NOT NULL"),
-        sqlite_where=sa.text("enabled AND next_run_time IS NOT NULL"),
     ),
 )
 
 schedule_runs = sa.Table(
     "schedule_runs",
     metadata,
-    sa.Column("id", sa.Uuid(), primary_key=True),
+    _bucket(),
+    sa.Column("id", sa.Uuid(), nullable=False),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("install_id", sa.Uuid(), nullable=False),
-    sa.Column(
-        "schedule_id",
-        sa.Uuid(),
-        sa.ForeignKey("schedules.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    sa.Column("schedule_id", sa.Uuid(), nullable=False),
     sa.Column("trigger", sa.String(16), nullable=False),
-    sa.Column("scheduled_time", UtcDateTime(), nullable=False),
-    sa.Column("start_time", UtcDateTime(), nullable=True),
-    sa.Column("finish_time", UtcDateTime(), nullable=True),
+    sa.Column("scheduled_time", _time(), nullable=False),
+    sa.Column("start_time", _time(), nullable=True),
+    sa.Column("finish_time", _time(), nullable=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempt", sa.Integer(), nullable=False),
+    # How many times a process took the run over after another's lease expired.
+    sa.Column("takeovers", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("error", sa.Text(), nullable=True),
     # A claim expires so that a run whose process died is taken over, not lost.
-    sa.Column("lease_until", UtcDateTime(), nullable=True),
+    sa.Column("lease_until", _time(), nullable=True),
+    sa.PrimaryKeyConstraint("bucket", "id"),
+    sa.ForeignKeyConstraint(
+        ["bucket", "schedule_id"], ["schedules.bucket", "schedules.id"], ondelete="CASCADE"
+    ),
     # The last guard against firing one occurrence twice.
-    sa.UniqueConstraint("schedule_id", "trigger", "scheduled_time"),
-    sa.Index(None, "tenant_id", "schedule_id", "scheduled_time"),
+    sa.UniqueConstraint("bucket", "schedule_id", "trigger", "scheduled_time"),
+    # Run history, newest first.
+    sa.Index(None, "bucket", "schedule_id", "scheduled_time", "id"),
     sa.Index(
         "ix_schedule_runs_open_lease",
+        "bucket",
         "lease_until",
         postgresql_where=sa.text("status IN ('pending', 'running')"),
-        sqlite_where=sa.text("status IN ('pending', 'running')"),
     ),
 )
 
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,
-    sa.Column("install_id", sa.Uuid(), primary_key=True),
-    sa.Column("request_id", sa.Uuid(), primary_key=True),
+    _bucket(),
+    sa.Column("install_id", sa.Uuid(), nullable=False),
+    sa.Column("request_id", sa.Uuid(), nullable=False),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("schedule_id", sa.Uuid(), nullable=False),
-    sa.Column("create_time", UtcDateTime(), nullable=False),
-    sa.Index(None, "create_time"),
+    sa.Column("create_time", _time(), nullable=False),
+    sa.PrimaryKeyConstraint("bucket", "install_id", "request_id"),
+    # Keys go with their install.
+    sa.ForeignKeyConstraint(
+        ["bucket", "install_id"], ["installs.bucket", "installs.id"], ondelete="CASCADE"
+    ),
+    # The prune of keys past the idempotency window.
+    sa.Index(None, "bucket", "create_time"),
 )
 
+# Hits of the rate limiter's rolling windows; hit times strictly increase within a scope.
 rate_limit_hits = sa.Table(
     "rate_limit_hits",
     metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-    sa.Column("tenant_id", sa.String(128), nullable=False),
+    _bucket(),
     # e.g. "mutations:<install id>" or "manual-runs:<tenant id>"
     sa.Column("scope", sa.String(200), nullable=False),
-    sa.Column("hit_time", UtcDateTime(), nullable=False),
-    sa.Index(None, "scope", "hit_time"),
+    sa.Column("hit_time", _time(), nullable=False),
+    sa.Column("tenant_id", sa.String(128), nullable=False),
+    sa.PrimaryKeyConstraint("bucket", "scope", "hit_time"),
 )
 
 # Per-deployment secrets shared by every process (e.g. the page-token signing key).
@@ -182,6 +201,15 @@ service_keys = sa.Table(
     "service_keys",
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("value", sa.LargeBinary(), nullable=False),
+)
+
+# The tables whose rows belong to a tenant; the others are reference tables.
+TENANT_TABLES = (
+    "installs",
+    "endpoints",
+    "schedules",
+    "schedule_runs",
+    "idempotency_keys",
+    "rate_limit_hits",
 )

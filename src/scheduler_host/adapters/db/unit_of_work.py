@@ -1,61 +1,65 @@
-"""The SQL unit of work: one connection, one transaction, the repositories bound to it.
+"""The unit of work on the pool: a connection taken on the first statement, one transaction or
+none (autocommit), and the mapping of database failures to the domain's errors.
 
-With autocommit, PostgreSQL runs each statement on its own (AUTOCOMMIT isolation: no BEGIN,
-COMMIT or ROLLBACK round trips); SQLite keeps its transaction, which costs no round trip there
-and keeps its multi-statement steps (the rate limiter) atomic."""
+A transactional unit sends BEGIN with its first statement's connection and COMMIT or ROLLBACK at
+the end; an autocommit unit sends its statements alone (each its own snapshot and transaction),
+so a one-statement read is one round trip. A unit that needs no statement (its endpoints were
+cached) takes no connection at all.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+import asyncpg
 
-from scheduler_host.adapters.db.engine import is_connectivity_error
-from scheduler_host.adapters.db.repositories import (
-    SqlInstallRepository,
-    SqlRateLimiter,
-    SqlRunRepository,
-    SqlScheduleRepository,
-)
+from scheduler_host.adapters.db.installs import InstallDirectory, PgInstallRepository
+from scheduler_host.adapters.db.pool import Connection, DatabasePool, is_connectivity_error
+from scheduler_host.adapters.db.runs import PgHousekeeping, PgRateLimiter, PgRunRepository
+from scheduler_host.adapters.db.schedules import PgScheduleRepository
 from scheduler_host.domain.errors import DatabaseUnavailable, SchedulerError
+from scheduler_host.service.ports import EndpointCache
 
 
-class SqlUnitOfWork:
-    schedules: SqlScheduleRepository
-    installs: SqlInstallRepository
-    runs: SqlRunRepository
-    rate_limits: SqlRateLimiter
+def _connection_intact(exc: BaseException) -> bool:
+    """Whether the connection is known to be usable after `exc` ended the unit of work: the
+    server refused a statement (it answered), or the use case stopped on a rule of its own.
+    Anything else (a lost connection, a bug) closes it."""
+    if isinstance(exc, SchedulerError):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and not is_connectivity_error(exc)
 
-    def __init__(self, engine: AsyncEngine, *, autocommit: bool = False) -> None:
-        self._engine = engine
-        self._autocommit = autocommit and engine.dialect.name != "sqlite"
-        self._conn: AsyncConnection | None = None
-        self._tx: AsyncTransaction | None = None
+
+class PooledSession:
+    """A pooled connection taken on the first statement (`connection()`), in one transaction or
+    none, given back when the session ends; database failures become the domain's errors."""
+
+    __slots__ = ("_autocommit", "_conn", "_pool")
+
+    def __init__(self, pool: DatabasePool, *, autocommit: bool) -> None:
+        self._pool = pool
+        self._autocommit = autocommit
+        self._conn: Connection | None = None
+
+    async def connection(self) -> Connection:
+        conn = self._conn
+        if conn is not None:
+            return conn
+        conn = await self._pool.acquire()
+        self._conn = conn
+        if not self._autocommit:
+            await conn.execute("BEGIN")
+        return conn
 
     async def __aenter__(self) -> Self:
-        try:
-            self._conn = await self._engine.connect()
-            if self._autocommit:
-                await self._conn.execution_options(isolation_level="AUTOCOMMIT")
-            else:
-                self._tx = await self._conn.begin()
-        except Exception as exc:
-            await self._close()
-            if is_connectivity_error(exc):
-                raise DatabaseUnavailable() from exc
-            raise
-        self.schedules = SqlScheduleRepository(self._conn)
-        self.installs = SqlInstallRepository(self._conn)
-        self.runs = SqlRunRepository(self._conn)
-        self.rate_limits = SqlRateLimiter(self._conn)
         return self
 
     async def commit(self) -> None:
-        assert self._conn is not None
-        if self._tx is not None:
-            await self._tx.commit()
+        conn = self._conn
+        if conn is not None and not self._autocommit:
+            await conn.execute("COMMIT")
 
     async def __aexit__(
         self,
@@ -63,22 +67,98 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._close()
+        conn, self._conn = self._conn, None
+        if conn is None:
+            if exc is not None and is_connectivity_error(exc):
+                raise DatabaseUnavailable() from exc
+            return
+        if isinstance(exc, asyncio.CancelledError | TimeoutError) and not conn.is_closed():
+            # Cancelled mid-statement (a deadline, the command timeout): asyncpg asks the server
+            # to cancel it; the pool waits for that before the connection is used again.
+            self._pool.settle(conn)
+            if isinstance(exc, TimeoutError):
+                raise DatabaseUnavailable() from exc
+            return
+        intact = exc is None or _connection_intact(exc)
+        if intact and conn.is_in_transaction():
+            # Not committed (or the commit failed): undo. If that fails the connection goes.
+            try:
+                await conn.execute("ROLLBACK")
+            except Exception:
+                intact = False
+        await self._pool.release(conn, broken=not intact)
         if exc is not None and not isinstance(exc, SchedulerError) and is_connectivity_error(exc):
             raise DatabaseUnavailable() from exc
 
-    async def _close(self) -> None:
-        conn, self._conn, self._tx = self._conn, None, None
-        if conn is None:
-            return
-        # Closing rolls back anything not committed; a broken connection must not hide the error.
-        with contextlib.suppress(Exception):
-            await conn.close()
+
+class PgUnitOfWork(PooledSession):
+    """The use cases' unit of work: a session with the repositories on its connection."""
+
+    __slots__ = ("housekeeping", "installs", "rate_limits", "runs", "schedules")
+
+    def __init__(
+        self,
+        pool: DatabasePool,
+        directory: InstallDirectory,
+        cache: EndpointCache | None,
+        *,
+        autocommit: bool,
+    ) -> None:
+        super().__init__(pool, autocommit=autocommit)
+        connect = self.connection
+        self.schedules = PgScheduleRepository(connect)
+        self.installs = PgInstallRepository(connect, directory, cache)
+        self.runs = PgRunRepository(connect)
+        self.rate_limits = PgRateLimiter(connect)
+        self.housekeeping = PgHousekeeping(connect)
 
 
-class SqlUnitOfWorkFactory:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+class PgUnitOfWorkFactory:
+    """Units of work on `pool`; endpoint reads go through `endpoint_cache` when given."""
 
-    def __call__(self, *, autocommit: bool = False) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, autocommit=autocommit)
+    def __init__(self, pool: DatabasePool, endpoint_cache: EndpointCache | None = None) -> None:
+        self.pool = pool
+        self._cache = endpoint_cache
+        self._directory = InstallDirectory()
+
+    def __call__(self, *, autocommit: bool = False) -> PgUnitOfWork:
+        return PgUnitOfWork(self.pool, self._directory, self._cache, autocommit=autocommit)
+
+
+def traced_connection_class(tracer: Any, database: str) -> type[Any]:
+    """An asyncpg Connection whose statements are spans of `tracer` (children of the current
+    span, e.g. the RPC's)."""
+    from opentelemetry.trace import SpanKind
+
+    def span(conn: Any, query: str) -> Any:
+        verb = query.split(None, 1)[0].upper() if query.strip() else "SQL"
+        addr = conn._addr  # (host, port) or a socket path
+        attributes: dict[str, Any] = {
+            "db.system": "postgresql",
+            "db.name": database,
+            "db.statement": query,
+        }
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            attributes["net.peer.name"], attributes["net.peer.port"] = str(addr[0]), addr[1]
+        return tracer.start_as_current_span(
+            f"{verb} {database}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+
+    class TracedConnection(asyncpg.Connection):
+        async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            with span(self, query):
+                return await super().execute(query, *args, **kwargs)
+
+        async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            with span(self, query):
+                return await super().fetch(query, *args, **kwargs)
+
+        async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            with span(self, query):
+                return await super().fetchrow(query, *args, **kwargs)
+
+        async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+            with span(self, query):
+                return await super().fetchval(query, *args, **kwargs)
+
+    return TracedConnection

@@ -1,4 +1,4 @@
-"""Schema migrations (Alembic) for PostgreSQL and SQLite, configured in code (no alembic.ini).
+"""Schema migrations (Alembic), configured in code (no alembic.ini).
 
 Every function opens its own short-lived async engine and disposes it before returning.
 """
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # The newest revision in versions/; a test checks it against the scripts.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 _SCRIPT_LOCATION = Path(__file__).resolve().parent
 
@@ -61,16 +61,6 @@ def _config(connection: Connection) -> Config:
     return config
 
 
-def _sqlite_file(url: URL) -> Path | None:
-    """The database file of a plain SQLite URL; None for other backends, memory and URIs."""
-    if url.get_backend_name() != "sqlite":
-        return None
-    database = url.database
-    if not database or database == ":memory:" or url.query.get("uri"):
-        return None
-    return Path(database)
-
-
 def _one_line(exc: BaseException) -> str:
     # SQLAlchemy errors append the SQL and a documentation link on further lines.
     lines = str(exc).strip().splitlines()
@@ -80,7 +70,8 @@ def _one_line(exc: BaseException) -> str:
 
 def _parse(url: str, action: str) -> URL:
     try:
-        return make_url(url)
+        # Alembic runs on SQLAlchemy's asyncpg dialect, whatever driver the URL names.
+        return make_url(url).set(drivername="postgresql+asyncpg")
     except Exception as exc:
         # The URL itself may carry a password, so it is not repeated here.
         raise MigrationError(f"cannot {action}: invalid database URL ({_one_line(exc)})") from exc
@@ -106,15 +97,6 @@ async def _run(url: URL, action: str, work: Callable[[Connection], _T]) -> _T:
 async def upgrade_database(url: str, revision: str = "head") -> None:
     """Migrate the database at ``url`` up to ``revision`` (a no-op when already there)."""
     parsed = _parse(url, f"upgrade to {revision}")
-    path = _sqlite_file(parsed)
-    if path is not None:
-        # SQLite creates the file but not its directory (default: ./var/scheduler-host.db).
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MigrationError(
-                f"cannot upgrade to {revision}: cannot create {path.parent}: {_one_line(exc)}"
-            ) from exc
 
     def work(connection: Connection) -> None:
         command.upgrade(_config(connection), revision)
@@ -137,10 +119,6 @@ async def downgrade_database(url: str, revision: str = "base") -> None:
 async def current_revision(url: str) -> str | None:
     """The revision the database is at, or None when it was never migrated."""
     parsed = _parse(url, "read the schema revision")
-    path = _sqlite_file(parsed)
-    if path is not None and not path.exists():
-        # Connecting would create an empty file as a side effect of merely asking.
-        return None
 
     def work(connection: Connection) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()

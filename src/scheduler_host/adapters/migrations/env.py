@@ -16,11 +16,7 @@ def _run_migrations() -> None:
         raise RuntimeError(
             "run migrations through scheduler_host.adapters.migrations, not the alembic CLI"
         )
-    context.configure(
-        connection=connection,
-        # SQLite cannot ALTER most things; batch mode rebuilds tables for later migrations.
-        render_as_batch=connection.dialect.name == "sqlite",
-    )
+    context.configure(connection=connection)
     # The caller holds the transaction (engine.begin()), so on PostgreSQL an upgrade is all or
     # nothing; this is then a no-op.
     with context.begin_transaction():

@@ -21,9 +21,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Frozen copies of the types in tables.py at this revision; never import the live schema here.
-JsonValue = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-# BIGSERIAL on PostgreSQL; on SQLite only INTEGER PRIMARY KEY aliases the autoincrementing rowid.
-RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+JsonValue = postgresql.JSONB()
+RowId = sa.BigInteger()  # BIGSERIAL
 
 
 def _timestamp() -> sa.DateTime:
@@ -111,14 +110,12 @@ def upgrade() -> None:
         ["install_id", "name"],
         unique=True,
         postgresql_where=sa.text("name IS NOT NULL"),
-        sqlite_where=sa.text("name IS NOT NULL"),
     )
     op.create_index(
         op.f("ix_schedules_due"),
         "schedules",
         ["next_run_time"],
         postgresql_where=sa.text("enabled AND next_run_time IS NOT NULL"),
-        sqlite_where=sa.text("enabled AND next_run_time IS NOT NULL"),
     )
 
     op.create_table(
@@ -159,7 +156,6 @@ def upgrade() -> None:
         "schedule_runs",
         ["lease_until"],
         postgresql_where=sa.text("status IN ('pending', 'running')"),
-        sqlite_where=sa.text("status IN ('pending', 'running')"),
     )
 
     op.create_table(

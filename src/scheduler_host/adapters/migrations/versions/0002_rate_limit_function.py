@@ -10,7 +10,6 @@ long until the oldest of those leaves it. Being VOLATILE, each statement in it s
 committed before the lock was granted, so the count is exact across processes even when the
 call is a statement of its own (autocommit). The lock key is the one the repository used before
 this revision, so processes of both versions serialise together during a rolling upgrade.
-SQLite has no functions of this kind; its repository keeps the statements.
 """
 
 from __future__ import annotations
@@ -58,10 +57,8 @@ _DROP = "DROP FUNCTION rate_limit_hit(text, text, integer, interval, timestamptz
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(_CREATE)
+    op.execute(_CREATE)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(_DROP)
+    op.execute(_DROP)
