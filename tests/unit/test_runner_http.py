@@ -10,10 +10,13 @@ import pytest
 
 from scheduler_host.adapters.runner_http import RunnerResponse, judge_response, runner_request
 from scheduler_host.domain.runs import RunTrigger
-from scheduler_host.service.ports import RunnerCall
+from scheduler_host.service.ports import CallOutcome, RunnerCall
 from tests.unit.test_dispatch import target
 
 # --- the verdict on an answer -----------------------------------------------------------------
+
+INVALID = "invalid runner response"
+NON_JSON_200 = "Runner returned non-JSON response (http 200)"
 
 
 @pytest.mark.parametrize(
@@ -21,11 +24,11 @@ from tests.unit.test_dispatch import target
     [
         (RunnerResponse(200, b'{"status":200}'), True, None, False),
         (RunnerResponse(201, b"{}"), True, None, False),
-        (RunnerResponse(200, b"[1, 2]"), True, None, False),
-        (RunnerResponse(200, b'{"status": true}'), True, None, False),
+        (RunnerResponse(200, b'{"status": 100}'), True, None, False),
         (RunnerResponse(200, b'{"status": 399}'), True, None, False),
         (RunnerResponse(200, b'{"status": 404}'), False, "Runner returned status 404", False),
         (RunnerResponse(200, b'{"status": 500}'), False, "Runner returned status 500", False),
+        (RunnerResponse(200, b'{"status": 599}'), False, "Runner returned status 599", False),
         (RunnerResponse(503, b'{"error":"x"}'), False, "Runner returned status 503", True),
         (RunnerResponse(502, b'{"status": 504}'), False, "Runner returned status 504", True),
         (RunnerResponse(400, b'{"error":"x"}'), False, "Runner returned status 400", False),
@@ -33,19 +36,9 @@ from tests.unit.test_dispatch import target
         (RunnerResponse(429, b""), False, "Runner returned empty body (http 429)", True),
         (RunnerResponse(204, b""), False, "Runner returned empty body (http 204)", False),
         (RunnerResponse(200, b" \n"), False, "Runner returned empty body (http 200)", False),
-        (
-            RunnerResponse(200, b"<html/>"),
-            False,
-            "Runner returned non-JSON response (http 200)",
-            False,
-        ),
+        (RunnerResponse(200, b"<html/>"), False, NON_JSON_200, False),
         (RunnerResponse(500, b"oops"), False, "Runner returned non-JSON response (http 500)", True),
-        (
-            RunnerResponse(200, b"\xff\xfe"),
-            False,
-            "Runner returned non-JSON response (http 200)",
-            False,
-        ),
+        (RunnerResponse(200, b"\xff\xfe"), False, NON_JSON_200, False),
         (
             RunnerResponse(200, b"{", oversize=True),
             False,
@@ -53,9 +46,9 @@ from tests.unit.test_dispatch import target
             False,
         ),
         (
-            RunnerResponse(transport_error="ConnectError: refused"),
+            RunnerResponse(transport_error="Runner call failed: connection error (ClientOSError)"),
             False,
-            "ConnectError: refused",
+            "Runner call failed: connection error (ClientOSError)",
             True,
         ),
     ],
@@ -65,6 +58,66 @@ def test_judge_response(
 ) -> None:
     outcome = judge_response(response)
     assert (outcome.ok, outcome.error, outcome.retryable) == (ok, error, retryable)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1, 2]",
+        b'"ok"',
+        b"null",
+        b"200",
+        b"true",
+        b'{"status": true}',
+        b'{"status": false}',
+        b'{"status": "500"}',
+        b'{"status": null}',
+        b'{"status": 1e400}',
+        b'{"status": -1e400}',
+        b'{"status": 500.5}',
+        b'{"status": 200.0}',
+        b'{"status": -404}',
+        b'{"status": 0}',
+        b'{"status": 99}',
+        b'{"status": 600}',
+        b'{"status": {"code": 500}}',
+        b'{"status": 1' + b"0" * 5000 + b"}",  # past Python's limit on integer digits
+        b"[" * 100_000 + b"]" * 100_000,  # past the recursion limit
+    ],
+    ids=lambda body: body[:24].decode(),
+)
+def test_json_that_is_not_an_object_with_a_valid_status_is_an_invalid_runner_response(
+    body: bytes,
+) -> None:
+    assert judge_response(RunnerResponse(200, body)) == CallOutcome(False, INVALID)
+
+
+@pytest.mark.parametrize(
+    ("http", "retryable"), [(200, False), (404, False), (429, True), (503, True)]
+)
+def test_an_invalid_runner_response_is_retried_only_on_429_and_5xx(
+    http: int, retryable: bool
+) -> None:
+    assert judge_response(RunnerResponse(http, b"[]")) == CallOutcome(False, INVALID, retryable)
+    assert judge_response(RunnerResponse(http, b'{"status": true}')) == CallOutcome(
+        False, INVALID, retryable
+    )
+
+
+@pytest.mark.parametrize(
+    "body", [b"NaN", b"Infinity", b"-Infinity", b'{"status": NaN}', b'{"x": Infinity}']
+)
+def test_nan_and_infinity_are_not_json(body: bytes) -> None:
+    assert judge_response(RunnerResponse(200, body)) == CallOutcome(False, NON_JSON_200)
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"status": 200}'.encode("utf-16"), b"\xef\xbb\xbf{}", '{"é": 1}'.encode()],
+    ids=["utf-16", "utf-8-bom", "utf-8"],
+)
+def test_json_in_the_encodings_json_allows_is_read(body: bytes) -> None:
+    assert judge_response(RunnerResponse(200, body)) == CallOutcome(True)
 
 
 # --- the request --------------------------------------------------------------------------------

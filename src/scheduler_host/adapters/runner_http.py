@@ -15,6 +15,7 @@ from scheduler_host.service.ports import CallOutcome, RunnerCall
 
 EXECUTE_PATH = "/v1/execute"
 MAX_RESPONSE_BYTES = 256 * 1024
+INVALID_RESPONSE = "invalid runner response"
 
 
 def empty_body_error(http_status: int) -> str:
@@ -89,12 +90,31 @@ def runner_request(call: RunnerCall) -> RunnerRequest:
     return RunnerRequest(body, headers)
 
 
-def judge_response(response: RunnerResponse) -> CallOutcome:
-    """Success is HTTP 2xx with a JSON body whose `status`, if any, is below 400.
+class _NotJson(ValueError):
+    """A constant JSON does not have (NaN, Infinity)."""
 
-    In "Runner returned status N", N is the body's `status` when it is 400 or more, else the HTTP
-    status. Retries follow the HTTP exchange only (transport errors, 429, 5xx): a 2xx whose body
-    reports the extension's failure is a finished execution and is not repeated.
+
+def _refuse_constant(name: str) -> object:
+    raise _NotJson(name)
+
+
+# One decoder for every answer: json.loads with an option builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def _valid_status(value: object) -> bool:
+    # bool is an int in Python, and JSON's true is not a status.
+    return type(value) is int and 100 <= value <= 599
+
+
+def judge_response(response: RunnerResponse) -> CallOutcome:
+    """Success is HTTP 2xx with a JSON object whose `status`, if any, is an integer 100-399.
+
+    The body is judged first: oversize, empty, not JSON, then `invalid runner response` for JSON
+    that is not an object or whose `status` is not an integer 100-599. In "Runner returned status
+    N", N is the body's `status` when it is 400 or more, else the HTTP status. Retries follow the
+    HTTP exchange only (transport errors, 429, 5xx): a 2xx whose body reports the extension's
+    failure is a finished execution and is not repeated.
     """
     if response.transport_error is not None or response.http_status is None:
         return CallOutcome(False, response.transport_error or "Runner call failed", True)
@@ -105,12 +125,23 @@ def judge_response(response: RunnerResponse) -> CallOutcome:
     if not response.body.strip():
         return CallOutcome(False, empty_body_error(http), retryable)
     try:
-        data = json.loads(response.body)
-    except ValueError:
+        body = response.body
+        # As json.loads does with bytes: UTF-8, -16 or -32, told by the first bytes.
+        data = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except (json.JSONDecodeError, UnicodeDecodeError, _NotJson):
         return CallOutcome(False, non_json_error(http), retryable)
-    reported = data.get("status") if isinstance(data, dict) else None
-    if isinstance(reported, int | float) and not isinstance(reported, bool) and reported >= 400:
-        return CallOutcome(False, status_error(int(reported)), retryable)
+    except (ValueError, RecursionError):
+        # JSON that Python will not read: an integer past its digit limit, nesting past the
+        # recursion limit.
+        return CallOutcome(False, INVALID_RESPONSE, retryable)
+    if not isinstance(data, dict):
+        return CallOutcome(False, INVALID_RESPONSE, retryable)
+    if "status" in data:
+        reported = data["status"]
+        if not _valid_status(reported):
+            return CallOutcome(False, INVALID_RESPONSE, retryable)
+        if reported >= 400:
+            return CallOutcome(False, status_error(reported), retryable)
     if not 200 <= http < 300:
         return CallOutcome(False, status_error(http), retryable)
     return CallOutcome(True)
