@@ -1,14 +1,25 @@
-"""The Runner adapter's request (SPEC §7 body and headers) and its verdict on an answer."""
+"""The Runner adapter's request (SPEC §7 body and headers), its verdict on an answer and the
+words of its failures, without a network."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
 
+import aiohttp
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
-from scheduler_host.adapters.runner_http import RunnerResponse, judge_response, runner_request
+from scheduler_host.adapters.runner_http import (
+    HttpRunnerClient,
+    RunnerResponse,
+    judge_response,
+    runner_request,
+    transport_failure,
+)
 from scheduler_host.domain.runs import RunTrigger
 from scheduler_host.service.ports import CallOutcome, RunnerCall
 from tests.unit.test_dispatch import target
@@ -118,6 +129,75 @@ def test_nan_and_infinity_are_not_json(body: bytes) -> None:
 )
 def test_json_in_the_encodings_json_allows_is_read(body: bytes) -> None:
     assert judge_response(RunnerResponse(200, body)) == CallOutcome(True)
+
+
+# --- failures in words of ours ----------------------------------------------------------------
+
+REQUEST_INFO = aiohttp.RequestInfo(
+    URL("http://runner/v1/execute"),
+    "POST",
+    CIMultiDictProxy(CIMultiDict[str]()),
+    URL("http://runner/v1/execute"),
+)
+
+
+@pytest.mark.parametrize(
+    ("exc", "error"),
+    [
+        (
+            aiohttp.ClientResponseError(REQUEST_INFO, (), status=400, message="SECRET-BODY"),
+            "Runner call failed: invalid HTTP response (ClientResponseError)",
+        ),
+        (
+            aiohttp.ClientPayloadError("SECRET-BODY"),
+            "Runner call failed: the response body was cut short or malformed (ClientPayloadError)",
+        ),
+        (
+            aiohttp.ServerDisconnectedError("SECRET-BODY"),
+            "Runner call failed: the Runner closed the connection without answering "
+            "(ServerDisconnectedError)",
+        ),
+        (
+            aiohttp.ClientOSError(104, "Connection reset by peer"),
+            "Runner call failed: connection error (ClientOSError: Connection reset by peer)",
+        ),
+        (
+            ConnectionResetError(104, "Connection reset by peer"),
+            "Runner call failed: connection error (ConnectionResetError: Connection reset by peer)",
+        ),
+        (
+            asyncio.LimitOverrunError("SECRET-BODY", 10),
+            "Runner call failed: response head too large (LimitOverrunError)",
+        ),
+        (ValueError("SECRET-BODY"), "Runner call failed: unexpected error (ValueError)"),
+        (OverflowError("SECRET-BODY"), "Runner call failed: unexpected error (OverflowError)"),
+        (
+            UnicodeDecodeError("utf-8", b"SECRET-BODY", 0, 1, "bad"),
+            "Runner call failed: unexpected error (UnicodeDecodeError)",
+        ),
+        (KeyError("SECRET-BODY"), "Runner call failed: unexpected error (KeyError)"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else "",
+)
+def test_a_failed_exchange_is_told_in_words_of_ours(exc: BaseException, error: str) -> None:
+    assert transport_failure(exc) == error
+
+
+async def test_a_request_that_cannot_be_built_is_a_failed_call_not_an_exception() -> None:
+    client = HttpRunnerClient("http://127.0.0.1:9")
+    try:
+        outcome = await client.execute(
+            RunnerCall(target(payload={"x": object()}), RunTrigger.SCHEDULE, "k", "r", 1)
+        )
+    finally:
+        await client.close()
+    assert outcome == CallOutcome(False, "Runner call failed: cannot build the request (TypeError)")
+
+
+@pytest.mark.parametrize("url", ["ftp://runner", "runner:8080", "http://"])
+def test_a_bad_base_url_is_refused_at_construction(url: str) -> None:
+    with pytest.raises(ValueError):
+        HttpRunnerClient(url)
 
 
 # --- the request --------------------------------------------------------------------------------
