@@ -581,7 +581,7 @@ async def test_close_ends_the_pooled_connections_and_later_calls_fail() -> None:
 
 def test_the_client_is_made_outside_a_running_loop() -> None:
     # app.py builds it before serving; the aiohttp session is made on the first call.
-    HttpRunnerClient("http://127.0.0.1:9", 10)
+    HttpRunnerClient("http://127.0.0.1:9", 10, call_token="t" * 32)
 
 
 # --- with the stand-in Runner -----------------------------------------------------------------
@@ -618,6 +618,18 @@ async def test_the_stand_in_receives_the_spec_body_and_headers(
     assert execution.idempotency_key == "key-1"
     assert execution.headers["x-alga-tenant"] == "tenant-a"
     assert execution.headers["x-alga-extension"] == "ext.registry"
+    assert "authorization" not in execution.headers
+
+
+async def test_the_call_token_authenticates_every_call_to_the_runner(
+    stand_in: tuple[StandInRunner, list[Execution]], clients: Callable[..., HttpRunnerClient]
+) -> None:
+    runner, seen = stand_in
+    token = "host-call-token-" + "x" * 32
+    client = clients(runner.url, call_token=token)
+    for n in range(3):
+        assert await client.execute(call(f"req-{n}")) == CallOutcome(True)
+    assert [e.headers.get("authorization") for e in seen] == [f"Bearer {token}"] * 3
 
 
 # --- TLS ----------------------------------------------------------------------------------------

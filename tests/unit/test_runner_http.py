@@ -200,6 +200,14 @@ def test_a_bad_base_url_is_refused_at_construction(url: str) -> None:
         HttpRunnerClient(url)
 
 
+@pytest.mark.parametrize("token", ["", "token\r\nx-injected: 1", "token\x00"])
+def test_a_call_token_that_cannot_be_a_header_value_is_refused_at_construction(
+    token: str,
+) -> None:
+    with pytest.raises(ValueError):
+        HttpRunnerClient("http://runner", call_token=token)
+
+
 # --- the request --------------------------------------------------------------------------------
 
 

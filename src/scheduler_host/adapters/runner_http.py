@@ -248,7 +248,8 @@ class HttpRunnerClient:
     """Keeps one pool of keep-alive connections to the Runner for the life of the application.
 
     `max_connections` bounds the connections open at once (calls beyond it wait for one, inside
-    their deadline).
+    their deadline). `call_token`, when set, is sent as `authorization: Bearer <token>` on every
+    call so that the Runner can tell the host from anyone else.
     """
 
     def __init__(
@@ -256,6 +257,7 @@ class HttpRunnerClient:
         base_url: str,
         max_connections: int = 200,
         *,
+        call_token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(base_url)
@@ -265,6 +267,10 @@ class HttpRunnerClient:
             raise ValueError("max_connections must be at least 1")
         self._url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}{EXECUTE_PATH}"
         self._fixed_headers = {"content-type": "application/json"}
+        if call_token is not None:
+            if not call_token or _UNSAFE_HEADER_CHARACTER.search(call_token):
+                raise ValueError("the Runner call token must be non-empty, without controls")
+            self._fixed_headers["authorization"] = f"Bearer {call_token}"
         self._max_connections = max_connections
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
