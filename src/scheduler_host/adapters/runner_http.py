@@ -7,6 +7,20 @@ do for us is done here: one deadline over the whole exchange, the 256 KiB cap on
 refusal of control characters in header values, and a pool that never hands out a connection on
 which bytes arrived while it was idle (aiohttp would read them as the next call's answer, which
 may be another tenant's).
+
+Cost, measured with `python -m bench.runner_client` (20,000 calls at concurrency 500 against the
+stand-in Runner in another process; uvloop, Python 3.11, aiohttp 3.14.5; the old client and this
+one alternated three times in the same run on the shared 2-core machine, medians of 3 rounds):
+
+    hand-written HTTP/1.1 client (replaced)   11,500 calls/s    75 us CPU per call
+    this client                                5,500 calls/s   180 us CPU per call
+    aiohttp with its defaults                  3,900 calls/s   205 us CPU per call
+
+The difference is aiohttp's own work per request: about 130 more Python calls (the request and
+response objects, header merging, a task to write the body on Python 3.11) and the garbage
+collection they bring. In the dispatcher's burst (bench/dispatch.py, 10,000 runs due at once, the
+two clients alternated three times) its event loop is saturated, and it shows: 2,000 runs/s with
+the old client, 1,300 with this one.
 """
 
 from __future__ import annotations
