@@ -239,7 +239,8 @@ class IdleCheckingConnector(aiohttp.TCPConnector):
 
     aiohttp parses what an idle connection receives and queues it; the next request on that
     connection would read it as its answer. `should_close` is set by anything queued or left
-    unread there, and is False for a connection that was only waiting.
+    unread there, and is False for a connection that was only waiting. (Part of a head is not
+    queued: it goes with the parser that the next request replaces.)
     """
 
     async def connect(
@@ -340,7 +341,7 @@ class HttpRunnerClient:
             aiohttp.ClientOSError,
             aiohttp.ClientConnectionResetError,
         ):
-            # No answer began: a Runner may close an idle keep-alive connection just as it is
+            # No answer came: a Runner may close an idle keep-alive connection just as it is
             # reused, and the call then never reached it. One more try (on a new connection, as
             # the closed one is gone) is safe: the Runner deduplicates on x-idempotency-key.
             return await session.post(self._url, data=body, headers=headers, allow_redirects=False)
