@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import zoneinfo
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +38,7 @@ RUN_NOW_TIMEOUT_SECONDS = 120.0
 DEFAULT_MIN_INTERVAL_SECONDS = 300
 
 
-def admin_token_from_environment(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
+def admin_token_from_environment(env: Mapping[str, str] = os.environ) -> str:
     """The first of SCHEDULER_HOST_ADMIN_TOKENS, else SCHEDULER_HOST_ADMIN_TOKEN, else the
     development default (which a server accepts only on loopback in development)."""
     for token in env.get("SCHEDULER_HOST_ADMIN_TOKENS", "").split(","):
