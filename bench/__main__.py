@@ -1,6 +1,6 @@
 """`make bench`: the echo baseline, the API, scale, the dispatcher and memory, in one run.
 
-Prints one table, writes bench/out/results.json and, for a full run (default sizes),
+Prints one table, writes bench/out/results.json and, for a full run (default sizes, every part),
 bench/RESULTS.md. Settings (environment): BENCH_SECONDS (per point, 6), BENCH_WARMUP (1),
 BENCH_ROWS (1000000), BENCH_SMALL_ROWS (1000), BENCH_DUE (10000, the dispatcher's rate burst),
 BENCH_DUE_SMALL (1000, its lateness burst), BENCH_PROFILE_SECONDS (10).
@@ -8,6 +8,7 @@ BENCH_DUE_SMALL (1000, its lateness burst), BENCH_PROFILE_SECONDS (10).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -51,6 +52,41 @@ DEFAULTS = {
 }
 CONCURRENCIES = (1, 32)
 SCALE_ROUNDS = 3
+# What `--only` can name; echo is measured in every run (each ratio is against it).
+PARTS = {
+    "echo": "the echo server: the gRPC ceiling of this machine (always measured)",
+    "api": "every API call at c=1 and c=32 on the service, and a profile of GetSchedule",
+    "scale": "reads with BENCH_SMALL_ROWS vs BENCH_ROWS stored, statements per RPC, query plans",
+    "dispatch": "the dispatcher's bursts (BENCH_DUE, BENCH_DUE_SMALL) on BENCH_ROWS stored",
+}
+
+
+def part_names(text: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(names - PARTS.keys())
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown part {', '.join(unknown) or '(none)'}; choose from {', '.join(PARTS)}"
+        )
+    return names
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    assert __doc__ is not None
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="parts:\n" + "\n".join(f"  {name:9} {text}" for name, text in PARTS.items()),
+    )
+    parser.add_argument(
+        "--only",
+        type=part_names,
+        metavar="NAME[,NAME]",
+        help="measure only these parts (echo is always measured, for the ratios); a partial run "
+        "writes bench/out/RESULTS.md, never bench/RESULTS.md",
+    )
+    return parser.parse_args(argv)
 
 
 def setting(name: str) -> float:
@@ -197,7 +233,9 @@ def h2load_version() -> str:
     return done.stdout.strip().split("/")[-1]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    only: frozenset[str] | None = parse_arguments(argv).only
+    parts = (only or frozenset(PARTS)) | {"echo"}
     if not load.h2load_available():
         print(
             "bench: h2load is not installed. `make bench` installs it as root on Debian/Ubuntu "
@@ -209,7 +247,9 @@ def main() -> int:
     big, small = int(setting("BENCH_ROWS")), int(setting("BENCH_SMALL_ROWS"))
     due, profile_seconds = int(setting("BENCH_DUE")), setting("BENCH_PROFILE_SECONDS")
     due_small = int(setting("BENCH_DUE_SMALL"))
-    full_run = all(setting(k) >= v for k, v in DEFAULTS.items() if k not in {"BENCH_WARMUP"})
+    full_run = only is None and all(
+        setting(k) >= v for k, v in DEFAULTS.items() if k not in {"BENCH_WARMUP"}
+    )
     OUT.mkdir(parents=True, exist_ok=True)
     workdir = OUT / "h2load"
     connections, streams = load.layout(32)
@@ -230,6 +270,7 @@ def main() -> int:
             f"{connections} processes x {streams} tasks (py-client)",
         },
         "memory": {},
+        "parts": sorted(parts),
     }
     phase = Phases()
 
@@ -237,6 +278,8 @@ def main() -> int:
         echo, echo_peak = run_echo(seconds, warmup, workdir)
     results["echo"] = [p.to_json() for p in echo]
     results["memory"]["echo_server_peak_mib"] = echo_peak
+    if parts == {"echo"}:
+        return finish(results, phase, full_run)
 
     with contextlib.ExitStack() as stack:
         pg = stack.enter_context(postgres_server())
@@ -247,78 +290,99 @@ def main() -> int:
         results["postgres"] = asyncio.run(pg_info.probe(dsn))
         results["postgres_version"] = results["postgres"]["version"]
 
-        with phase("service start and set-up"):
-            server = service.start_server(url, OUT / "service.log")
-            stack.callback(server.stop)
-            fixture = asyncio.run(service.prepare(server.target))
-        api, prof = measure_api(server, fixture, phase, seconds, warmup, profile_seconds, workdir)
-        results["api"] = [p.to_json() for p in api]
-        results["profile"] = prof.to_json()
-        results["memory"]["api_server_peak_mib"] = procstat.peak_rss_mib(server.process.pid)
+        # The API part and the scale part's small side run on the first service.
+        if parts & {"api", "scale"}:
+            with phase("service start and set-up"):
+                server = service.start_server(url, OUT / "service.log")
+                stack.callback(server.stop)
+                fixture = asyncio.run(service.prepare(server.target))
+        if "api" in parts:
+            api, prof = measure_api(
+                server, fixture, phase, seconds, warmup, profile_seconds, workdir
+            )
+            results["api"] = [p.to_json() for p in api]
+            results["profile"] = prof.to_json()
+            results["memory"]["api_server_peak_mib"] = procstat.peak_rss_mib(server.process.pid)
 
         # Scale: a second server on a second database holding `big` rows; the first database is
         # topped up to `small`. Reads alternate between the two, so drift on the machine hits both.
-        with phase(f"second service, bulk load to {big:,} schedules"):
-            server_big = service.start_server(url_big, OUT / "service-big.log")
-            stack.callback(server_big.stop)
-            fixture_big = asyncio.run(service.prepare(server_big.target))
-            loads = [asyncio.run(scale.bulk_load(dsn_big, big)).to_json()]
-        with phase(f"bulk load to {small:,} schedules"):
-            loads.insert(0, asyncio.run(scale.bulk_load(dsn, small)).to_json())
-        with phase("scale reads, alternating"):
-            points = scale_reads(
-                {"small": (server, fixture), "big": (server_big, fixture_big)}, seconds, workdir
-            )
-        results["scale"] = {
-            "small_rows": small,
-            "big_rows": big,
-            "rounds": SCALE_ROUNDS,
-            "loads": loads,
-            "points": [p.to_json() for p in points],
-        }
-        with phase(f"SQL statements per RPC and read plans at {big:,}"):
-            counts, samples = asyncio.run(statements.count_per_rpc(url_big, fixture_big))
-            results["statements"] = [c.to_json() for c in counts]
-            results["read_plans"] = {
-                rpc: [
-                    {"statement": sql, "plan": asyncio.run(scale.explain(url_big, sql, params))}
-                    for sql, params in samples.get(rpc, [])
-                    if sql.lstrip().upper().startswith("SELECT")
-                ]
-                for rpc in ("GetSchedule", "ListSchedules")
-            }
-        with phase("due query plan"):
-            results["due_plan"] = asyncio.run(scale.explain_due_query(url_big)).to_json()
-        results["memory"]["big_api_server_peak_mib"] = procstat.peak_rss_mib(server_big.process.pid)
-
-        if dispatch.dispatcher_present() and due > 0:
-            with phase(f"dispatcher: {due:,} due at once"):
-                burst = asyncio.run(
-                    dispatch.measure(
-                        dsn_big,
-                        url_big,
-                        due,
-                        OUT / "dispatch-service.log",
-                        OUT / "profile-dispatcher.txt",
-                    )
+        # The dispatcher's bursts pick their schedules from the same `big` rows.
+        if parts & {"scale", "dispatch"}:
+            with phase(f"second service, bulk load to {big:,} schedules"):
+                server_big = service.start_server(url_big, OUT / "service-big.log")
+                stack.callback(server_big.stop)
+                fixture_big = asyncio.run(service.prepare(server_big.target))
+                loads = [asyncio.run(scale.bulk_load(dsn_big, big)).to_json()]
+        if "scale" in parts:
+            with phase(f"bulk load to {small:,} schedules"):
+                loads.insert(0, asyncio.run(scale.bulk_load(dsn, small)).to_json())
+            with phase("scale reads, alternating"):
+                points = scale_reads(
+                    {"small": (server, fixture), "big": (server_big, fixture_big)},
+                    seconds,
+                    workdir,
                 )
-            results["dispatch"] = burst.to_json()
-            if due_small > 0:
-                with phase(f"dispatcher: {due_small:,} due at once"):
-                    small_burst = asyncio.run(
+            results["scale"] = {
+                "small_rows": small,
+                "big_rows": big,
+                "rounds": SCALE_ROUNDS,
+                "loads": loads,
+                "points": [p.to_json() for p in points],
+            }
+            with phase(f"SQL statements per RPC and read plans at {big:,}"):
+                counts, samples = asyncio.run(statements.count_per_rpc(url_big, fixture_big))
+                results["statements"] = [c.to_json() for c in counts]
+                results["read_plans"] = {
+                    rpc: [
+                        {"statement": sql, "plan": asyncio.run(scale.explain(url_big, sql, params))}
+                        for sql, params in samples.get(rpc, [])
+                        if sql.lstrip().upper().startswith("SELECT")
+                    ]
+                    for rpc in ("GetSchedule", "ListSchedules")
+                }
+            with phase("due query plan"):
+                results["due_plan"] = asyncio.run(scale.explain_due_query(url_big)).to_json()
+            big_pid = server_big.process.pid
+            results["memory"]["big_api_server_peak_mib"] = procstat.peak_rss_mib(big_pid)
+
+        if "dispatch" in parts:
+            if dispatch.dispatcher_present() and due > 0:
+                with phase(f"dispatcher: {due:,} due at once"):
+                    burst = asyncio.run(
                         dispatch.measure(
-                            dsn_big, url_big, due_small, OUT / "dispatch-small-service.log", None
+                            dsn_big,
+                            url_big,
+                            due,
+                            OUT / "dispatch-service.log",
+                            OUT / "profile-dispatcher.txt",
                         )
                     )
-                results["dispatch_small"] = small_burst.to_json()
-            with phase("due query plan after the burst"):
-                results["due_plan_after_burst"] = asyncio.run(
-                    scale.explain_due_query(url_big)
-                ).to_json()
-        else:
-            print("dispatcher: not measured: dispatcher not present", file=sys.stderr)
-            results["dispatch"] = "not measured: dispatcher not present"
+                results["dispatch"] = burst.to_json()
+                if due_small > 0:
+                    with phase(f"dispatcher: {due_small:,} due at once"):
+                        small_burst = asyncio.run(
+                            dispatch.measure(
+                                dsn_big,
+                                url_big,
+                                due_small,
+                                OUT / "dispatch-small-service.log",
+                                None,
+                            )
+                        )
+                    results["dispatch_small"] = small_burst.to_json()
+                with phase("due query plan after the burst"):
+                    results["due_plan_after_burst"] = asyncio.run(
+                        scale.explain_due_query(url_big)
+                    ).to_json()
+            else:
+                print("dispatcher: not measured: dispatcher not present", file=sys.stderr)
+                results["dispatch"] = "not measured: dispatcher not present"
 
+    return finish(results, phase, full_run)
+
+
+def finish(results: dict[str, Any], phase: Phases, full_run: bool) -> int:
+    """Prints the table and writes the results of what was measured."""
     results["phases"] = phase.seconds
     results["duration_s"] = round(time.monotonic() - _started, 1)
     results["machine"]["load_average_at_end"] = machine.load_average()

@@ -1,5 +1,6 @@
-"""scheduler_host.client through the real server: every operation, and every exception class of
-the client raised by a real failure (SPEC sections 2, 5 and 6)."""
+"""The Python client (scheduler-host-client, also importable as scheduler_host.client) through the
+real server: every operation, and every exception class of the client raised by a real failure
+(SPEC sections 2, 5 and 6)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from schedulerhost.v1 import schedule_pb2
 
+import scheduler_host_client
+from scheduler_host import client as reexported
 from scheduler_host.app import Application, start_application
 from scheduler_host.client import (
     Schedule,
@@ -24,6 +28,7 @@ from scheduler_host.client import (
 )
 from tests.e2e.conftest import e2e_settings
 from tests.support.postgres import PostgresServer, scratch_database
+from tests.support.runner_standin import RecordingRunner
 from tests.support.server import (
     ADMIN_TOKEN,
     CAPABILITY,
@@ -58,7 +63,7 @@ async def expect(cls: type[E], call: Awaitable[Any]) -> E:
         await call
     assert type(info.value) is cls, f"{type(info.value).__name__}: {info.value}"
     assert isinstance(info.value.__cause__, grpc.aio.AioRpcError)
-    return info.value  # type: ignore[return-value]
+    return info.value
 
 
 def pg_dsn(url: str) -> str:
@@ -203,6 +208,98 @@ async def test_one_channel_for_many_installs(admin: SchedulerAdminClient, target
         await expect(errors.NotFound, b.get_schedule(made.id))
         await b.close()  # a channel passed in stays open
         assert (await a.get_schedule(made.id)).id == made.id
+
+
+def test_scheduler_host_client_is_the_same_package_under_the_old_name() -> None:
+    assert set(reexported.__all__) == set(scheduler_host_client.__all__)
+    for name in set(scheduler_host_client.__all__) - {"errors"}:
+        assert getattr(reexported, name) is getattr(scheduler_host_client, name), name
+    assert reexported.errors.__all__ == scheduler_host_client.errors.__all__
+    for name in scheduler_host_client.errors.__all__:
+        assert getattr(reexported.errors, name) is getattr(scheduler_host_client.errors, name)
+
+
+async def test_admin_reads_an_installs_schedules_whatever_its_state(
+    admin: SchedulerAdminClient, target: str
+) -> None:
+    install = install_message()
+    await admin.upsert_install(install)
+    async with SchedulerHostClient(target, RUNNER_TOKEN, install.install_id) as host:
+        made = [
+            await host.create_schedule(new_schedule("POST /sync", "@hourly", name=f"s{i}"))
+            for i in range(3)
+        ]
+    install.enabled = False
+    await admin.upsert_install(install)
+    async with SchedulerHostClient(target, RUNNER_TOKEN, install.install_id) as host:
+        await expect(errors.FailedPrecondition, host.get_schedule(made[0].id))
+
+    page = await admin.list_schedules(install.install_id, page_size=2)
+    assert [s.id for s in page.schedules] == [m.id for m in made[:2]]
+    assert page.total_size == 3 and page.next_page_token
+    rest = await admin.list_schedules(
+        install.install_id, page_size=2, page_token=page.next_page_token
+    )
+    assert [s.id for s in rest.schedules] == [made[2].id] and rest.next_page_token == ""
+    assert [s.id async for s in admin.iter_schedules(install.install_id, page_size=1)] == [
+        m.id for m in made
+    ]
+    got = await admin.get_schedule(install.install_id, made[1].id)
+    assert (got.id, got.name, got.etag, got.endpoint) == (
+        made[1].id,
+        "s1",
+        made[1].etag,
+        "POST /sync",
+    )
+
+    other = await register(admin)
+    missing = await expect(errors.NotFound, admin.get_schedule(other, made[1].id))
+    assert missing.reason == "SCHEDULE_NOT_FOUND", "another install's schedule is not found"
+    gone = await expect(errors.NotFound, admin.list_schedules(str(uuid.uuid4())))
+    assert gone.reason == "INSTALL_NOT_FOUND"
+    bad = await expect(errors.InvalidArgument, admin.get_schedule("nope", made[1].id))
+    assert [v.reason for v in bad.field_violations.values()] == ["ID_INVALID"]
+
+
+@pytest.fixture
+async def runner_target(e2e_database_url: str, app: Application) -> AsyncIterator[str]:
+    """A server on the e2e database whose Runner is a stand-in that answers every run with 200."""
+    runner = RecordingRunner()
+    await runner.start()
+    server = await start_application(e2e_settings(e2e_database_url, runner_base_url=runner.url))
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        await server.stop()
+        await runner.stop()
+
+
+async def test_run_history_for_the_install_and_the_operator(runner_target: str) -> None:
+    async with SchedulerAdminClient(runner_target, ADMIN_TOKEN) as admin:
+        install_id = await register(admin)
+        async with SchedulerHostClient(runner_target, RUNNER_TOKEN, install_id) as host:
+            schedule = await host.create_schedule(new_schedule("POST /sync", "@daily"))
+            assert (await host.list_schedule_runs(schedule.id)).runs == []
+            first = await admin.run_schedule_now(install_id, schedule.id)
+            second = await admin.run_schedule_now(install_id, schedule.id)
+            assert first.status == schedule_pb2.RUN_STATE_SUCCESS
+            assert first.trigger == schedule_pb2.RUN_TRIGGER_MANUAL
+
+            page = await host.list_schedule_runs(schedule.id, page_size=1)
+            assert [r.id for r in page.runs] == [second.id] and page.next_page_token
+            newest_first = [r.id async for r in host.iter_schedule_runs(schedule.id, page_size=1)]
+            assert newest_first == [second.id, first.id]
+            by_operator = [r async for r in admin.iter_schedule_runs(install_id, schedule.id)]
+            assert [r.id for r in by_operator] == newest_first
+            assert by_operator[0] == page.runs[0], "both services describe a run the same way"
+
+            stranger = host.for_install(await register(admin))
+            error = await expect(errors.NotFound, stranger.list_schedule_runs(schedule.id))
+            assert error.reason == "SCHEDULE_NOT_FOUND"
+            invalid = await expect(
+                errors.InvalidArgument, host.list_schedule_runs(schedule.id, page_size=-1)
+            )
+            assert [v.reason for v in invalid.field_violations.values()] == ["PAGE_INVALID"]
 
 
 # --- every exception class ----------------------------------------------------------------------

@@ -1,33 +1,22 @@
-"""Async Python client of scheduler-host.
-
-    from scheduler_host.client import SchedulerHostClient, new_schedule, errors
-
-    async with SchedulerHostClient("127.0.0.1:50051", runner_token, install_id) as client:
-        try:
-            created = await client.create_schedule(
-                new_schedule("POST /sync", "0 * * * *", timezone="Europe/Berlin", payload={"a": 1})
-            )
-        except errors.InvalidArgument as exc:
-            print(exc.field_violations)        # {"schedule.cron": FieldViolation(...), ...}
-        except errors.RateLimited as exc:
-            print(exc.retry_delay)             # datetime.timedelta
-
-Methods return the generated messages of `schedulerhost.v1` (`Schedule`, `Endpoint`, ...); every
-failure raises one `errors.SchedulerHostError` subclass (see `scheduler_host.client.errors`).
-Only grpcio, grpcio-status, protobuf, googleapis-common-protos and the generated code are used.
+"""`scheduler_host.client`: the scheduler-host-client distribution (`scheduler_host_client`) under
+the server package's name, so code written against the client that shipped inside the server
+keeps working. The objects are the same: `scheduler_host.client.SchedulerHostClient is
+scheduler_host_client.SchedulerHostClient`. New code may import `scheduler_host_client` directly.
 """
 
 from __future__ import annotations
 
 from scheduler_host.client import errors
-from scheduler_host.client.admin import EndpointSpec, Install, SchedulerAdminClient
-from scheduler_host.client.errors import (
+from scheduler_host_client import (
     Aborted,
     AlreadyExists,
     DeadlineExceeded,
+    Endpoint,
+    EndpointSpec,
     EtagMismatch,
     FailedPrecondition,
     FieldViolation,
+    Install,
     InternalError,
     InvalidArgument,
     NotFound,
@@ -35,15 +24,14 @@ from scheduler_host.client.errors import (
     QuotaExceeded,
     RateLimited,
     ResourceExhausted,
+    Schedule,
+    SchedulerAdminClient,
+    SchedulerHostClient,
     SchedulerHostError,
+    ScheduleRun,
     Unauthenticated,
     Unavailable,
     ValidationFailed,
-)
-from scheduler_host.client.host import (
-    Endpoint,
-    Schedule,
-    SchedulerHostClient,
     new_schedule,
     schedule_payload,
 )
@@ -66,6 +54,7 @@ __all__ = [
     "RateLimited",
     "ResourceExhausted",
     "Schedule",
+    "ScheduleRun",
     "SchedulerAdminClient",
     "SchedulerHostClient",
     "SchedulerHostError",

@@ -1,4 +1,4 @@
-"""SchedulerAdminClient: the operator-scoped API (installs, manual runs, run history)."""
+"""SchedulerAdminClient: the operator-scoped API (installs, schedules, manual runs, run history)."""
 
 # `timeout` is the gRPC deadline of the call, named as grpc's own API names it.
 # ruff: noqa: ASYNC109
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import grpc
 from schedulerhost.v1 import schedule_pb2, scheduler_admin_pb2, scheduler_admin_pb2_grpc
 
-from scheduler_host.client._base import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ClientBase
+from scheduler_host_client._channel import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ClientBase
 
 if TYPE_CHECKING:
     from schedulerhost.v1.scheduler_admin_pb2_grpc import SchedulerAdminAsyncStub
@@ -117,16 +117,61 @@ class SchedulerAdminClient:
         return await self._base._call(self._stub.ListScheduleRuns, request, timeout)
 
     async def iter_schedule_runs(
-        self, install_id: str, schedule_id: str, *, page_size: int = 100
+        self,
+        install_id: str,
+        schedule_id: str,
+        *,
+        page_size: int = 100,
+        timeout: float | None = None,
     ) -> AsyncIterator[schedule_pb2.ScheduleRun]:
         """Every kept run of the schedule, newest first."""
         token = ""
         while True:
             page = await self.list_schedule_runs(
-                install_id, schedule_id, page_size=page_size, page_token=token
+                install_id, schedule_id, page_size=page_size, page_token=token, timeout=timeout
             )
             for run in page.runs:
                 yield run
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def get_schedule(
+        self, install_id: str, schedule_id: str, *, timeout: float | None = None
+    ) -> schedule_pb2.Schedule:
+        """One schedule of the install, whatever the install's state (disabled included)."""
+        request = scheduler_admin_pb2.SchedulerAdminGetScheduleRequest(
+            install_id=install_id, schedule_id=schedule_id
+        )
+        response = await self._base._call(self._stub.GetSchedule, request, timeout)
+        return response.schedule
+
+    async def list_schedules(
+        self,
+        install_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> scheduler_admin_pb2.SchedulerAdminListSchedulesResponse:
+        """One page (`schedules`, `next_page_token`, `total_size`) of the install's schedules,
+        in creation order, whatever the install's state; page_size 0 means 50."""
+        request = scheduler_admin_pb2.SchedulerAdminListSchedulesRequest(
+            install_id=install_id, page_size=page_size, page_token=page_token
+        )
+        return await self._base._call(self._stub.ListSchedules, request, timeout)
+
+    async def iter_schedules(
+        self, install_id: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> AsyncIterator[schedule_pb2.Schedule]:
+        """Every schedule of the install, page after page, in creation order."""
+        token = ""
+        while True:
+            page = await self.list_schedules(
+                install_id, page_size=page_size, page_token=token, timeout=timeout
+            )
+            for schedule in page.schedules:
+                yield schedule
             token = page.next_page_token
             if not token:
                 return

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import grpc
 
-from scheduler_host.client.errors import error_from_rpc
+from scheduler_host_client.errors import error_from_rpc
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -28,7 +28,14 @@ _RETRIED_METHODS = (
     {"service": "schedulerhost.v1.SchedulerHost"},
     *(
         {"service": "schedulerhost.v1.SchedulerAdmin", "method": name}
-        for name in ("UpsertInstall", "GetInstall", "DeleteInstall", "ListScheduleRuns")
+        for name in (
+            "UpsertInstall",
+            "GetInstall",
+            "DeleteInstall",
+            "ListScheduleRuns",
+            "GetSchedule",
+            "ListSchedules",
+        )
     ),
 )
 

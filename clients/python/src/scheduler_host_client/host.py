@@ -7,37 +7,68 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, json_format, timestamp_pb2
 from schedulerhost.v1 import schedule_pb2, scheduler_host_pb2, scheduler_host_pb2_grpc
 
-from scheduler_host.client._base import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ClientBase
+from scheduler_host_client._channel import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ClientBase
 
 if TYPE_CHECKING:
     from schedulerhost.v1.scheduler_host_pb2_grpc import SchedulerHostAsyncStub
 
 Schedule = schedule_pb2.Schedule
 Endpoint = schedule_pb2.Endpoint
+ScheduleRun = schedule_pb2.ScheduleRun
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp; a naive datetime is taken as UTC."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _duration(value: timedelta) -> duration_pb2.Duration:
+    stamp = duration_pb2.Duration()
+    stamp.FromTimedelta(value)
+    return stamp
 
 
 def new_schedule(
     endpoint: str,
-    cron: str,
+    cron: str = "",
     *,
     name: str = "",
     timezone: str = "",
     enabled: bool | None = None,
     payload: Any = None,
+    run_at: datetime | None = None,
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+    jitter: timedelta | None = None,
 ) -> schedule_pb2.Schedule:
-    """A Schedule message for create or update; `payload` is any JSON object or array."""
+    """A Schedule message for create or update; `payload` is any JSON object or array.
+
+    Recurring: `cron` (in `timezone`). One-time: `run_at` and no `cron`. `start_time` and
+    `end_time` bound when occurrences may fire; `jitter` spreads each occurrence over
+    [0, jitter). Naive datetimes are taken as UTC. Arguments left at None are not set.
+    """
     schedule = schedule_pb2.Schedule(endpoint=endpoint, cron=cron, name=name, timezone=timezone)
     if enabled is not None:
         schedule.enabled = enabled
     if payload is not None:
         json_format.ParseDict(payload, schedule.payload)
+    if run_at is not None:
+        schedule.run_at.CopyFrom(_timestamp(run_at))
+    if start_time is not None:
+        schedule.start_time.CopyFrom(_timestamp(start_time))
+    if end_time is not None:
+        schedule.end_time.CopyFrom(_timestamp(end_time))
+    if jitter is not None:
+        schedule.jitter.CopyFrom(_duration(jitter))
     return schedule
 
 
@@ -66,7 +97,7 @@ class SchedulerHostClient:
     `target` is `host:port` (the client opens and owns the channel) or an open `grpc.aio.Channel`
     (shared, left open by `close()`). Every call sends `x-runner-auth` and `x-install-id`, has a
     deadline of `timeout` seconds (None: no deadline) unless the call passes its own, and raises a
-    `scheduler_host.client.errors.SchedulerHostError` subclass on failure. Channels opened by the
+    `scheduler_host_client.errors.SchedulerHostError` subclass on failure. Channels opened by the
     client repeat a call that failed UNAVAILABLE up to `max_attempts` times in all (1 disables).
 
         async with SchedulerHostClient("127.0.0.1:50051", token, install_id) as client:
@@ -195,23 +226,61 @@ class SchedulerHostClient:
 
     async def preview_schedule(
         self,
-        cron: str,
+        cron: str = "",
         timezone: str = "",
         *,
         count: int = 0,
         start_time: datetime | None = None,
+        schedule_id: str = "",
         timeout: float | None = None,
     ) -> scheduler_host_pb2.PreviewScheduleResponse:
         """The next `count` run times (0 means 10) after `start_time` (default now), as the
-        dispatcher fires them, and `min_interval`. A naive `start_time` is taken as UTC."""
+        dispatcher fires them, and `min_interval`. A naive `start_time` is taken as UTC.
+
+        Either `cron` (with `timezone`), or `schedule_id` alone: one of the install's stored
+        schedules, previewed as stored (one-time run, time bounds and jitter included)."""
         request = scheduler_host_pb2.PreviewScheduleRequest(
-            cron=cron, timezone=timezone, count=count
+            cron=cron, timezone=timezone, count=count, schedule_id=schedule_id
         )
         if start_time is not None:
-            stamp = timestamp_pb2.Timestamp()
-            stamp.FromDatetime(start_time)
-            request.start_time.CopyFrom(stamp)
+            request.start_time.CopyFrom(_timestamp(start_time))
         return await self._base._call(self._stub.PreviewSchedule, request, timeout)
 
+    async def list_schedule_runs(
+        self,
+        schedule_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> scheduler_host_pb2.SchedulerHostListScheduleRunsResponse:
+        """One page (`runs`, `next_page_token`) of one schedule's runs, newest first."""
+        request = scheduler_host_pb2.SchedulerHostListScheduleRunsRequest(
+            schedule_id=schedule_id, page_size=page_size, page_token=page_token
+        )
+        return await self._base._call(self._stub.ListScheduleRuns, request, timeout)
 
-__all__ = ["Endpoint", "Schedule", "SchedulerHostClient", "new_schedule", "schedule_payload"]
+    async def iter_schedule_runs(
+        self, schedule_id: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> AsyncIterator[schedule_pb2.ScheduleRun]:
+        """Every kept run of one of the install's schedules, newest first."""
+        token = ""
+        while True:
+            page = await self.list_schedule_runs(
+                schedule_id, page_size=page_size, page_token=token, timeout=timeout
+            )
+            for run in page.runs:
+                yield run
+            token = page.next_page_token
+            if not token:
+                return
+
+
+__all__ = [
+    "Endpoint",
+    "Schedule",
+    "ScheduleRun",
+    "SchedulerHostClient",
+    "new_schedule",
+    "schedule_payload",
+]
