@@ -237,7 +237,11 @@ async def _start(
     )
     dispatcher = Dispatcher(
         PgDispatchStore(pool, RUN_HISTORY_LIMIT, settings.dispatch_connections),
-        HttpRunnerClient(settings.runner_base_url, settings.dispatch_max_in_flight),
+        HttpRunnerClient(
+            settings.runner_base_url,
+            settings.dispatch_max_in_flight,
+            call_token=settings.runner_call_token or None,
+        ),
         dispatch_policy(settings),
         clock,
         observe=metrics.record_run,

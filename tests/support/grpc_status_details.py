@@ -27,7 +27,7 @@ class RpcFailure:
 
 def failure_of(error: grpc.aio.AioRpcError) -> RpcFailure:
     out = RpcFailure(code=error.code(), message=error.details() or "")
-    st = rpc_status.from_call(error)  # type: ignore[arg-type]
+    st = rpc_status.from_call(error)
     if st is None:
         return out
     for detail in st.details:

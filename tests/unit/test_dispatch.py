@@ -5,23 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from scheduler_host.app import dispatch_policy
 from scheduler_host.config import Settings
+from scheduler_host.domain.endpoints import Endpoint
 from scheduler_host.domain.errors import DatabaseUnavailable
-from scheduler_host.domain.install import InstallContext
+from scheduler_host.domain.install import Install, InstallContext
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.domain.schedule import Schedule
-from scheduler_host.service.dispatch import (
+from scheduler_host.service.dispatch import Dispatcher
+from scheduler_host.service.dispatch.planning import (
     ENDPOINT_MISSING,
+    MAX_TAKEOVERS,
     SKIPPED_IN_FLIGHT,
     SKIPPED_MISSED,
     UNEVALUABLE,
-    Dispatcher,
     idempotency_key,
     lease_length,
     plan_claim,
@@ -30,13 +33,13 @@ from scheduler_host.service.dispatch import (
 from scheduler_host.service.ports import (
     CallOutcome,
     ClaimBatch,
-    ClaimedRun,
     ClaimPlan,
     RunnerCall,
     RunOutcome,
     RunTarget,
     SkippedOccurrence,
 )
+from tests.unit.fakes import Data, FakeDispatchStore, FakeRunner
 
 T0 = datetime(2026, 3, 7, 17, 5, tzinfo=UTC)
 CATCHUP = timedelta(seconds=600)
@@ -164,99 +167,90 @@ def test_idempotency_key_names_one_occurrence() -> None:
 
 
 def test_lease_outlasts_every_attempt_and_backoff() -> None:
-    settings = Settings()
-    assert [retry_delay(settings, n) for n in (1, 2)] == [1.0, 2.0]
-    assert lease_length(settings) == timedelta(seconds=3 * 30 + 1 + 2 + 30)
+    policy = dispatch_policy(Settings())
+    assert [retry_delay(policy, n) for n in (1, 2)] == [1.0, 2.0]
+    assert lease_length(policy) == timedelta(seconds=3 * 30 + 1 + 2 + 30)
 
 
-# --- retries with fakes -----------------------------------------------------------------------
+# --- the dispatcher with in-memory fakes of its ports -----------------------------------------
 
 
-@dataclass
-class FakeStore:
-    """Just enough of DispatchStore for one claimed run."""
+def stored(data: Data, *targets: RunTarget) -> None:
+    """Put the targets' installs (with their endpoint) and schedules into `data`."""
+    for t in targets:
+        ctx = t.install
+        endpoint = Endpoint(t.schedule.endpoint_id, t.schedule.endpoint_method, "/sync", "sync")
+        data.installs[ctx.install_id] = Install(
+            ctx.install_id,
+            ctx.tenant_id,
+            ctx.registry_id,
+            ctx.version_id,
+            ctx.content_hash,
+            ctx.enabled,
+            tuple(sorted(ctx.capabilities)),
+            (endpoint,) if t.endpoint_found else (),
+            T0,
+            T0,
+        )
+        data.schedules[t.schedule.id] = t.schedule
+        data.running[t.schedule.id] = None
 
-    claim: ClaimedRun | None
-    keep_claim_until_attempt: int = 99
-    due: list[RunTarget] = field(default_factory=list)
-    plans: list[ClaimPlan] = field(default_factory=list)
-    attempts: list[int] = field(default_factory=list)
-    finished: list[tuple[RunState, str | None, int]] = field(default_factory=list)
 
-    async def take_over_expired(
-        self, now: datetime, limit: int, lease_until: datetime, exclude: Collection[uuid.UUID]
-    ) -> list[ClaimedRun]:
-        return []
+def due_schedules(data: Data, count: int) -> None:
+    for n in range(count):
+        t = target()
+        stored(data, replace(t, schedule=replace(t.schedule, id=uuid.UUID(int=1000 + n))))
+
+
+class CountingStore(FakeDispatchStore):
+    """The fake store, counting claim batches and finish calls (or failing the finishes)."""
+
+    def __init__(self, data: Data, fail_finish: Exception | None = None) -> None:
+        super().__init__(data)
+        self.batches: list[int] = []
+        self.finish_calls: list[int] = []
+        self.fail_finish = fail_finish
 
     async def claim_due(
         self,
+        bucket: int,
         now: datetime,
         limit: int,
         lease_until: datetime,
         plan: Callable[[RunTarget], ClaimPlan],
     ) -> ClaimBatch:
-        self.plans.extend(plan(t) for t in self.due)
-        claims = [self.claim] if self.claim is not None else []
-        self.claim, self.due = None, []
-        return ClaimBatch(len(claims), claims)
-
-    async def record_attempt(self, claim: ClaimedRun, attempt: int) -> bool:
-        self.attempts.append(attempt)
-        return attempt < self.keep_claim_until_attempt
+        self.batches.append(limit)
+        return await super().claim_due(bucket, now, limit, lease_until, plan)
 
     async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
-        runs: list[ScheduleRun | None] = []
-        for o in outcomes:
-            self.finished.append((o.status, o.error, o.attempt))
-            runs.append(replace(o.claim.run, status=o.status, error=o.error, attempt=o.attempt))
-        return runs
+        self.finish_calls.append(len(outcomes))
+        if self.fail_finish is not None:
+            raise self.fail_finish
+        return await super().finish_runs(outcomes)
 
 
-@dataclass
-class FakeRunner:
-    answers: list[CallOutcome]
-    calls: list[RunnerCall] = field(default_factory=list)
-
-    async def execute(self, call: RunnerCall) -> CallOutcome:
-        self.calls.append(call)
-        return self.answers.pop(0)
-
-    async def close(self) -> None:
-        pass
-
-
-def claimed_run() -> ClaimedRun:
-    t = target()
-    run = ScheduleRun(
-        id=uuid.uuid4(),
-        tenant_id="tenant-a",
-        install_id=t.schedule.install_id,
-        schedule_id=t.schedule.id,
-        trigger=RunTrigger.SCHEDULE,
-        scheduled_time=T0,
-        start_time=T0,
-        finish_time=None,
-        status=RunState.RUNNING,
-        attempt=1,
-        error=None,
-    )
-    return ClaimedRun(run, t, T0 + timedelta(minutes=2))
-
-
-async def dispatch(store: FakeStore, runner: FakeRunner) -> tuple[list[ScheduleRun], list[float]]:
-    delays: list[float] = []
-
+def dispatcher_of(
+    store: FakeDispatchStore,
+    runner: FakeRunner | HeldRunner,
+    clock: Callable[[], datetime] = lambda: T0,
+    delays: list[float] | None = None,
+    **settings: object,
+) -> Dispatcher:
     async def sleep(seconds: float) -> None:
-        delays.append(seconds)
+        if delays is not None:
+            delays.append(seconds)
 
-    dispatcher = Dispatcher(store, runner, Settings(), lambda: T0, sleep=sleep)  # type: ignore[arg-type]
-    return await dispatcher.run_once(), delays
+    policy = dispatch_policy(replace(Settings(), **settings))  # type: ignore[arg-type]
+    return Dispatcher(store, runner, policy, clock, sleep=sleep)
 
 
 async def test_transport_errors_are_tried_three_times_with_backoff_and_one_key() -> None:
-    store = FakeStore(claimed_run())
+    data = Data()
+    stored(data, target())
+    store = FakeDispatchStore(data)
     runner = FakeRunner([CallOutcome(False, "ConnectError: refused", retryable=True)] * 3)
-    (run,), delays = await dispatch(store, runner)
+    delays: list[float] = []
+    (run,) = await dispatcher_of(store, runner, delays=delays).run_once()
     assert (run.status, run.error, run.attempt) == (RunState.ERROR, "ConnectError: refused", 3)
     assert delays == [1.0, 2.0] and store.attempts == [2, 3]
     assert len({c.idempotency_key for c in runner.calls}) == 1
@@ -264,54 +258,79 @@ async def test_transport_errors_are_tried_three_times_with_backoff_and_one_key()
 
 
 async def test_a_claim_lost_between_attempts_stops_the_run_without_recording() -> None:
-    store = FakeStore(claimed_run(), keep_claim_until_attempt=2)
-    runner = FakeRunner([CallOutcome(False, "Runner returned status 503", retryable=True)] * 3)
-    runs, _ = await dispatch(store, runner)
-    assert runs == [] and len(runner.calls) == 1 and store.finished == []
+    data = Data()
+    stored(data, target())
+    store = FakeDispatchStore(data)
+
+    class TakenOver(FakeRunner):
+        async def execute(self, call: RunnerCall) -> CallOutcome:
+            # Meanwhile another process took the run over: its lease is no longer ours.
+            for lease in data.leases.values():
+                lease.until = T0 + timedelta(hours=1)
+            return await super().execute(call)
+
+    runner = TakenOver([CallOutcome(False, "Runner returned status 503", retryable=True)] * 3)
+    assert await dispatcher_of(store, runner).run_once() == []
+    assert len(runner.calls) == 1
+    (run,) = data.runs.values()
+    assert run.status == RunState.RUNNING, "nothing recorded by the process that lost it"
 
 
 async def test_a_schedule_that_cannot_be_evaluated_is_disabled_not_retried_forever() -> None:
-    store = FakeStore(None, due=[target(timezone="Mars/Olympus_Mons")])
-    runs, _ = await dispatch(store, FakeRunner([]))
-    assert runs == [] and store.plans == [ClaimPlan(disable_error=UNEVALUABLE)]
+    data = Data()
+    stored(data, target(timezone="Mars/Olympus_Mons"))
+    runs = await dispatcher_of(FakeDispatchStore(data), FakeRunner()).run_once()
+    (schedule,) = data.schedules.values()
+    assert runs == [] and not schedule.enabled and schedule.last_error == UNEVALUABLE
 
 
-# --- the pipeline with fakes: claims while runs are in flight, finishes written together -----
+async def test_a_run_taken_over_too_often_is_abandoned_and_the_schedule_goes_on() -> None:
+    data = Data()
+    stored(data, target())
+    store = FakeDispatchStore(data)
+    clock = SteppedClock(T0)
+    # A process that claims the run and dies (its run never finishes).
+    first = await dispatcher_of(store, FakeRunner(), clock).dispatch_due()
+    for task in first:
+        task.cancel()
+    runner = FakeRunner()
+    for takeover in range(1, MAX_TAKEOVERS + 2):
+        clock.now += timedelta(hours=1)  # past every lease
+        (lease,) = data.leases.values()
+        if takeover <= MAX_TAKEOVERS:
+            lease.until = clock.now - timedelta(seconds=1)
+            taken = await store.take_over_expired(0, clock.now, 10, clock.now, ())
+            assert [c.takeovers for c in taken] == [takeover]
+            lease.until = clock.now - timedelta(seconds=1)  # and that process died too
+    (lease,) = data.leases.values()
+    lease.until = clock.now - timedelta(seconds=1)
+    dispatcher = dispatcher_of(store, runner, clock)
+    await dispatcher.dispatch_due()
+    await until(lambda: next(iter(data.runs.values())).status != RunState.RUNNING)
+    (run,) = [r for r in data.runs.values() if r.trigger == RunTrigger.SCHEDULE][:1]
+    assert run.status == RunState.ERROR and run.error is not None
+    assert run.error.startswith("abandoned after")
+    assert runner.calls == [], "an abandoned run is not called again"
+    (schedule,) = data.schedules.values()
+    assert schedule.enabled and schedule.next_run_time is not None
 
 
-@dataclass
-class QueueStore:
-    """Due occurrences handed out a batch at a time; records what the dispatcher asked for."""
+async def test_finishes_of_many_runs_are_written_in_one_call() -> None:
+    data = Data()
+    due_schedules(data, 7)
+    store = CountingStore(data)
+    runs = await dispatcher_of(store, FakeRunner()).run_once()
+    assert len(runs) == 7 and store.finish_calls == [7]
 
-    due: int
-    next_due: datetime | None = None
-    batches: list[int] = field(default_factory=list)
-    finish_calls: list[int] = field(default_factory=list)
-    fail_finish: Exception | None = None
 
-    async def take_over_expired(
-        self, now: datetime, limit: int, lease_until: datetime, exclude: Collection[uuid.UUID]
-    ) -> list[ClaimedRun]:
-        return []
-
-    async def claim_due(
-        self,
-        now: datetime,
-        limit: int,
-        lease_until: datetime,
-        plan: Callable[[RunTarget], ClaimPlan],
-    ) -> ClaimBatch:
-        taken = min(limit, self.due)
-        self.due -= taken
-        self.batches.append(limit)
-        claims = [claimed_run() for _ in range(taken)]
-        return ClaimBatch(taken, claims, None if taken == limit else self.next_due)
-
-    async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
-        self.finish_calls.append(len(outcomes))
-        if self.fail_finish is not None:
-            raise self.fail_finish
-        return [replace(o.claim.run, status=o.status, attempt=o.attempt) for o in outcomes]
+async def test_an_outage_when_finishing_leaves_the_runs_unrecorded_and_leased() -> None:
+    data = Data()
+    due_schedules(data, 3)
+    store = CountingStore(data, fail_finish=DatabaseUnavailable())
+    assert await dispatcher_of(store, FakeRunner()).run_once() == []
+    assert store.finish_calls == [3]
+    assert all(r.status == RunState.RUNNING for r in data.runs.values())
+    assert all(lease.until is not None for lease in data.leases.values())
 
 
 @dataclass
@@ -337,6 +356,14 @@ class HeldRunner:
         pass
 
 
+class SteppedClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 async def until(condition: Callable[[], bool], within: float = 5) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while not condition():
@@ -344,27 +371,18 @@ async def until(condition: Callable[[], bool], within: float = 5) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_finishes_of_many_runs_are_written_in_one_call() -> None:
-    store = QueueStore(due=7)
-    runner = FakeRunner([CallOutcome(True)] * 7)
-    dispatcher = Dispatcher(store, runner, Settings(), lambda: T0)  # type: ignore[arg-type]
-    runs = await dispatcher.run_once()
-    assert len(runs) == 7 and store.finish_calls == [7]
-
-
-async def test_an_outage_when_finishing_leaves_the_runs_unrecorded_and_leased() -> None:
-    store = QueueStore(due=3, fail_finish=DatabaseUnavailable())
-    runner = FakeRunner([CallOutcome(True)] * 3)
-    dispatcher = Dispatcher(store, runner, Settings(), lambda: T0)  # type: ignore[arg-type]
-    assert await dispatcher.run_once() == []
-    assert store.finish_calls == [3]
-
-
 async def test_the_loop_claims_more_while_runs_are_in_flight_up_to_the_cap() -> None:
-    store = QueueStore(due=40)
+    data = Data()
+    due_schedules(data, 40)
+    store = CountingStore(data)
     runner = HeldRunner()
-    settings = Settings(dispatch_batch_size=4, dispatch_max_in_flight=10, dispatch_poll_seconds=5)
-    dispatcher = Dispatcher(store, runner, settings, lambda: T0)  # type: ignore[arg-type]
+    dispatcher = dispatcher_of(
+        store,
+        runner,
+        dispatch_batch_size=4,
+        dispatch_max_in_flight=10,
+        dispatch_poll_seconds=5,
+    )
     dispatcher.start()
     try:
         # Two batches of 4 claimed without waiting for a run; room for 2 is not a batch.
@@ -372,20 +390,28 @@ async def test_the_loop_claims_more_while_runs_are_in_flight_up_to_the_cap() -> 
         await asyncio.sleep(0.05)
         assert runner.calls == 8 and store.batches == [4, 4]
         runner.release.set()
-        await until(lambda: store.due == 0 and runner.busy == 0)
-        assert runner.most_busy <= 10 and runner.calls == 40
+        await until(lambda: runner.calls == 40 and runner.busy == 0)
+        assert runner.most_busy <= 10
         assert all(limit <= 4 for limit in store.batches)
     finally:
         await dispatcher.stop(1)
 
 
 async def test_the_loop_wakes_when_the_next_schedule_falls_due_not_a_poll_later() -> None:
-    store = QueueStore(due=0, next_due=T0 + timedelta(milliseconds=200))
-    settings = Settings(dispatch_poll_seconds=30)
-    dispatcher = Dispatcher(store, HeldRunner(), settings, lambda: T0)  # type: ignore[arg-type]
+    data = Data()
+    soon = T0 + timedelta(milliseconds=200)
+    stored(data, target(next_run_time=soon))
+    store = CountingStore(data)
+    clock_start = asyncio.get_running_loop().time()
+
+    def clock() -> datetime:
+        return T0 + timedelta(seconds=asyncio.get_running_loop().time() - clock_start)
+
+    dispatcher = dispatcher_of(store, FakeRunner(), clock, dispatch_poll_seconds=30)
     dispatcher.start()
     try:
-        await until(lambda: len(store.batches) == 1)
-        await until(lambda: len(store.batches) == 2, within=2)  # 0.2 s, not 30
+        await until(lambda: len(store.batches) == 1, within=2)  # 0.2 s, not 30
+        (schedule,) = data.schedules.values()
+        assert schedule.next_run_time == T0 + timedelta(minutes=5)  # fired at `soon`
     finally:
         await dispatcher.stop(1)
