@@ -139,9 +139,16 @@ class ServerProcess:
 
 
 def spawn_server(
-    database_url: str, log_path: Path, *, args: tuple[str, ...] = ("serve",), **env: str
+    database_url: str,
+    log_path: Path,
+    *,
+    args: tuple[str, ...] = ("serve",),
+    host: str = "127.0.0.1",
+    **env: str,
 ) -> ServerProcess:
+    """The server on a free port of `host` (calls go to it through 127.0.0.1)."""
     port = free_port()
+    env = {"SCHEDULER_HOST_LISTEN": f"{host}:{port}", **env}
     log_file = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "scheduler_host.cli", *args],
