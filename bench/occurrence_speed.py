@@ -1,0 +1,92 @@
+"""`python -m bench.occurrence_speed`: CPU time of `next_occurrences` on its worst cases.
+
+SPEC §11 allows no call more than about 1 ms of computation. For each case this prints the
+microseconds per call for count 1 and count 100, over starts spread across 2026-2029: the median
+and the slowest start (each start timed as the best of several runs, so that a busy machine
+inflates the figures less), and a "new" column: count 100 on an expression parsed just before,
+so that nothing cached for it is reused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from zoneinfo import ZoneInfo
+
+from scheduler_host.domain.cron import CronExpression, parse_cron
+from scheduler_host.domain.occurrences import next_occurrences
+
+CASES = (
+    ("0 0 29 2 *", "UTC"),
+    ("0 0 29 2 *", "America/New_York"),
+    ("59 23 31 12 *", "UTC"),
+    ("0 0 31 * *", "UTC"),
+    ("0 0 31 2,4,6,7 *", "UTC"),
+    ("0 12 * 2 MON", "UTC"),
+    ("30 2 * 3 SUN", "America/New_York"),
+    ("30 1 1-7 11 *", "America/New_York"),
+    ("15 2 * 10 0", "Australia/Lord_Howe"),
+    ("45 1 29 2 *", "Australia/Lord_Howe"),
+    ("0 0 * * *", "America/New_York"),
+    ("0 * * * *", "Australia/Lord_Howe"),
+    ("* * * * *", "America/New_York"),
+    ("*/5 * * * *", "Australia/Lord_Howe"),
+)
+STARTS = tuple(
+    datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=37 * k, minutes=11 * k) for k in range(40)
+)
+REPEATS = 5
+
+
+def best_of(call: Callable[[], object], repeats: int = REPEATS) -> float:
+    """Fewest seconds that one call took over `repeats` runs."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def per_start(expr: CronExpression, tz: ZoneInfo, count: int) -> list[float]:
+    return [best_of(partial(next_occurrences, expr, tz, after, count)) for after in STARTS]
+
+
+def spellings(text: str) -> Iterator[str]:
+    """The same expression with other whitespace between its fields: a new parse each time."""
+    fields = text.split()
+    for gaps in itertools.product((" ", "  ", "\t", " \t"), repeat=len(fields) - 1):
+        yield fields[0] + "".join(gap + field for gap, field in zip(gaps, fields[1:], strict=True))
+
+
+def first_call(text: str, tz: ZoneInfo) -> float:
+    """Seconds of count 100 on a freshly parsed expression (parse itself not timed); best of 5."""
+    best = float("inf")
+    for spelling in itertools.islice(spellings(text), REPEATS):
+        expr = parse_cron(spelling)
+        started = time.perf_counter()
+        next_occurrences(expr, tz, STARTS[0], 100)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main() -> None:
+    header = f"{'expression':<18} {'zone':<20} {'count 1':>15} {'count 100':>15} {'new':>6}"
+    print(header)
+    print(f"{'':<18} {'':<20} {'median':>7} {'max':>7} {'median':>7} {'max':>7} {'':>6}")
+    for text, zone in CASES:
+        expr, tz = parse_cron(text), ZoneInfo(zone)
+        one, hundred = per_start(expr, tz, 1), per_start(expr, tz, 100)
+        figures = [statistics.median(one), max(one), statistics.median(hundred), max(hundred)]
+        cells = " ".join(f"{seconds * 1e6:7.0f}" for seconds in figures)
+        print(f"{text:<18} {zone:<20} {cells} {first_call(text, tz) * 1e6:6.0f}", flush=True)
+    print("microseconds per call", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
