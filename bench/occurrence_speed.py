@@ -4,7 +4,9 @@ SPEC §11 allows no call more than about 1 ms of computation. For each case this
 microseconds per call for count 1 and count 100, over starts spread across 2026-2029: the median
 and the slowest start (each start timed as the best of several runs, so that a busy machine
 inflates the figures less), and a "new" column: count 100 on an expression parsed just before,
-so that nothing cached for it is reused.
+so that nothing cached for it is reused. Then count 100 of frequent expressions from just before
+a daylight-saving transition (every minute of the hour it touches takes the slow path), and
+`shortest_interval` of expressions not seen before.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from scheduler_host.domain.cron import CronExpression, parse_cron
+from scheduler_host.domain.cron import CronExpression, parse_cron, shortest_interval
 from scheduler_host.domain.occurrences import next_occurrences
 
 CASES = (
@@ -36,6 +38,16 @@ CASES = (
     ("0 * * * *", "Australia/Lord_Howe"),
     ("* * * * *", "America/New_York"),
     ("*/5 * * * *", "Australia/Lord_Howe"),
+)
+ACROSS_TRANSITIONS = (
+    ("* * * * *", "America/New_York", datetime(2026, 3, 8, 6, 30, tzinfo=UTC)),
+    ("* * * * *", "America/New_York", datetime(2026, 11, 1, 4, 30, tzinfo=UTC)),
+    ("*/5 * * * *", "Australia/Lord_Howe", datetime(2026, 4, 4, 13, 0, tzinfo=UTC)),
+    ("* 2 * * *", "Australia/Lord_Howe", datetime(2026, 10, 3, 15, 0, tzinfo=UTC)),
+)
+# Day fields that make shortest_interval compare runs across years (its slowest kind).
+NEW_INTERVALS = tuple(
+    f"0 0 {day} {month},{month + 1} *" for day in range(1, 32) for month in (1, 6, 11)
 )
 STARTS = tuple(
     datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=37 * k, minutes=11 * k) for k in range(40)
@@ -85,6 +97,22 @@ def main() -> None:
         figures = [statistics.median(one), max(one), statistics.median(hundred), max(hundred)]
         cells = " ".join(f"{seconds * 1e6:7.0f}" for seconds in figures)
         print(f"{text:<18} {zone:<20} {cells} {first_call(text, tz) * 1e6:6.0f}", flush=True)
+    print("\nacross a transition, count 100")
+    for text, zone, after in ACROSS_TRANSITIONS:
+        expr, tz = parse_cron(text), ZoneInfo(zone)
+        seconds = best_of(partial(next_occurrences, expr, tz, after, 100))
+        print(f"{text:<18} {zone:<20} {after:%Y-%m-%d %H:%M}Z {seconds * 1e6:7.0f}", flush=True)
+    # Its results are cached by expression and by day fields: time each distinct one once.
+    timings = []
+    for text in NEW_INTERVALS:
+        expr = parse_cron(text)
+        started = time.perf_counter()
+        shortest_interval(expr)
+        timings.append(time.perf_counter() - started)
+    print(
+        f"\nshortest_interval of {len(timings)} new expressions ({NEW_INTERVALS[0]} ...): "
+        f"median {statistics.median(timings) * 1e6:.0f}, max {max(timings) * 1e6:.0f}"
+    )
     print("microseconds per call", file=sys.stderr)
 
 
