@@ -5,8 +5,9 @@ microseconds per call for count 1 and count 100, over starts spread across 2026-
 and the slowest start (each start timed as the best of several runs, so that a busy machine
 inflates the figures less), and a "new" column: count 100 on an expression parsed just before,
 so that nothing cached for it is reused. Then count 100 of frequent expressions from just before
-a daylight-saving transition (every minute of the hour it touches takes the slow path), and
-`shortest_interval` of expressions not seen before.
+a daylight-saving transition (every minute of the hour it touches takes the slow path),
+`timing.next_fire` with a jitter (what the dispatcher asks after each fire) next to a plain
+`next_occurrence`, and `shortest_interval` of expressions not seen before.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import itertools
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
 from scheduler_host.domain.cron import CronExpression, parse_cron, shortest_interval
-from scheduler_host.domain.occurrences import next_occurrences
+from scheduler_host.domain.occurrences import next_occurrence, next_occurrences
+from scheduler_host.domain.timing import Timing, next_fire
 
 CASES = (
     ("0 0 29 2 *", "UTC"),
@@ -53,6 +56,7 @@ STARTS = tuple(
     datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=37 * k, minutes=11 * k) for k in range(40)
 )
 REPEATS = 5
+JITTER_ID = uuid.UUID("6f1c1d2e-3b4a-4c5d-8e9f-0a1b2c3d4e5f")
 
 
 def best_of(call: Callable[[], object], repeats: int = REPEATS) -> float:
@@ -102,6 +106,18 @@ def main() -> None:
         expr, tz = parse_cron(text), ZoneInfo(zone)
         seconds = best_of(partial(next_occurrences, expr, tz, after, 100))
         print(f"{text:<18} {zone:<20} {after:%Y-%m-%d %H:%M}Z {seconds * 1e6:7.0f}", flush=True)
+    print("\nnext_fire with a jitter, after one of its fires, against next_occurrence")
+    for text, zone in (("0 0 29 2 *", "America/New_York"), ("*/5 * * * *", "Australia/Lord_Howe")):
+        expr, tz = parse_cron(text), ZoneInfo(zone)
+        timing = Timing.recurring(JITTER_ID, expr, tz, jitter=shortest_interval(expr) / 2)
+        fires = [next_fire(timing, after) for after in STARTS]
+        jittered = [best_of(partial(next_fire, timing, fire)) for fire in fires if fire]
+        plain = [best_of(partial(next_occurrence, expr, tz, after)) for after in STARTS]
+        print(
+            f"{text:<18} {zone:<20} next_fire {statistics.median(jittered) * 1e6:5.0f}, "
+            f"next_occurrence {statistics.median(plain) * 1e6:5.0f}",
+            flush=True,
+        )
     # Its results are cached by expression and by day fields: time each distinct one once.
     timings = []
     for text in NEW_INTERVALS:
