@@ -9,35 +9,35 @@ allowed month for each month, the sorted days of the month or the days from each
 next allowed one, and whether only leap years can hold a run, so impossible months and years are
 jumped over rather than stepped through. Each allowed hour then costs two readings of the zone's
 offset, and only an hour a transition touches is mapped minute by minute. Microseconds per call,
-before -> after, from `python -m bench.occurrence_speed` on the shared 2-core machine (load
-average about 3 from other jobs; a quiet machine gives about two thirds of these): median over
-40 starts in 2026-2029 for count 1 and 100, the slowest start for 100, and count 100 on a newly
-parsed expression:
+before -> after, from `python -m bench.occurrence_speed` on the shared 2-core machine while it
+was quiet (load average under 1; under a load of 3 they are about half as much again): median
+over 40 starts in 2026-2029 for count 1 and 100, the slowest start for 100, and count 100 on a
+newly parsed expression:
 
     expression        zone                   count 1     count 100       slowest           new
-    0 0 29 2 *        UTC                   30 -> 9    1715 -> 364   1844 -> 397   1602 -> 383
-    0 0 29 2 *        America/New_York      29 -> 9    1255 -> 366   1704 -> 415   1276 -> 377
-    59 23 31 12 *     UTC                   15 -> 8     799 -> 311    828 -> 342    798 -> 224
-    0 0 31 * *        UTC                   15 -> 6     844 -> 328   1171 -> 459    850 -> 343
-    0 0 31 2,4,6,7 *  UTC                   23 -> 10   1230 -> 439   1244 -> 479   1200 -> 457
-    0 12 * 2 MON      UTC                   14 -> 8     759 -> 301   1112 -> 325    755 -> 317
-    30 2 * 3 SUN      America/New_York      15 -> 16   1066 -> 514   1583 -> 579   1056 -> 569
-    30 1 1-7 11 *     America/New_York      12 -> 8     661 -> 348    681 -> 393    656 -> 347
-    15 2 * 10 0       Australia/Lord_Howe   25 -> 15   1045 -> 483   1435 -> 556   1052 -> 505
-    45 1 29 2 *       Australia/Lord_Howe   21 -> 9    1848 -> 368   2057 -> 404   1841 -> 399
-    0 0 * * *         America/New_York      22 -> 17    831 -> 292    926 -> 328    840 -> 329
-    0 * * * *         Australia/Lord_Howe   80 -> 21    436 -> 195    518 -> 226    494 -> 205
-    * * * * *         America/New_York     213 -> 28    748 -> 57     928 -> 71     315 -> 78
-    */5 * * * *       Australia/Lord_Howe  132 -> 21    191 -> 62     393 -> 75     186 -> 70
+    0 0 29 2 *        UTC                   22 -> 6    1208 -> 241   1228 -> 247   1224 -> 258
+    0 0 29 2 *        America/New_York      21 -> 6    1239 -> 245   1253 -> 252   1247 -> 246
+    59 23 31 12 *     UTC                   15 -> 6     769 -> 209    780 -> 214    791 -> 218
+    0 0 31 * *        UTC                   15 -> 6     825 -> 221    835 -> 227    833 -> 229
+    0 0 31 2,4,6,7 *  UTC                   23 -> 7    1200 -> 286   1219 -> 302   1207 -> 295
+    0 12 * 2 MON      UTC                   14 -> 6     751 -> 202    763 -> 214    752 -> 216
+    30 2 * 3 SUN      America/New_York      14 -> 11   1057 -> 352   1073 -> 355   1065 -> 361
+    30 1 1-7 11 *     America/New_York      11 -> 6     657 -> 234    678 -> 241    663 -> 247
+    15 2 * 10 0       Australia/Lord_Howe   24 -> 11   1026 -> 333   1087 -> 337   1041 -> 342
+    45 1 29 2 *       Australia/Lord_Howe   21 -> 6    1238 -> 247   1252 -> 253   1245 -> 259
+    0 0 * * *         America/New_York      17 -> 10    559 -> 198    569 -> 204    570 -> 202
+    0 * * * *         Australia/Lord_Howe   53 -> 14    294 -> 132    300 -> 137    299 -> 154
+    * * * * *         America/New_York     138 -> 18    525 -> 38     629 -> 43     178 -> 40
+    */5 * * * *       Australia/Lord_Howe   93 -> 15    127 -> 44     257 -> 48     133 -> 50
 
 Count 100 from just before a transition (each minute of the hour it touches read twice):
 
-    * * * * *         America/New_York     after 2026-03-08 06:30Z   1060 -> 92
-    * * * * *         America/New_York     after 2026-11-01 04:30Z   1204 -> 140
-    */5 * * * *       Australia/Lord_Howe  after 2026-04-04 13:00Z    319 -> 60
-    * 2 * * *         Australia/Lord_Howe  after 2026-10-03 15:00Z    432 -> 79
+    * * * * *         America/New_York     after 2026-03-08 06:30Z    740 -> 62
+    * * * * *         America/New_York     after 2026-11-01 04:30Z    824 -> 67
+    */5 * * * *       Australia/Lord_Howe  after 2026-04-04 13:00Z    230 -> 47
+    * 2 * * *         Australia/Lord_Howe  after 2026-10-03 15:00Z    285 -> 60
 
-shortest_interval of 93 expressions not seen before: median 265 -> 14, slowest 7048 -> 149.
+shortest_interval of 93 expressions not seen before: median 175 -> 9, slowest 202 -> 36.
 """
 
 from __future__ import annotations

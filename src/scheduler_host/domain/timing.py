@@ -32,6 +32,11 @@ run_at + offset(S, run_at).
 
 **Bounds** apply to fire instants: none before `start_time`, none after `end_time` (inclusive
 bounds). Past `end_time`, or once a one-time schedule's fire has passed, there is no next fire.
+
+**Cost.** With a jitter, `next_fire` after one of the schedule's fires is one search for three
+nominal occurrences plus three hashes: median 18 µs for `0 0 29 2 *` in America/New_York (a
+plain `next_occurrence`: 6 µs) and 21 µs for `*/5 * * * *` in Australia/Lord_Howe (15 µs), from
+`python -m bench.occurrence_speed` on the quiet 2-core development machine.
 """
 
 from __future__ import annotations
