@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
@@ -390,9 +390,9 @@ def test_timing_keeps_instants_in_utc() -> None:
         ),
     ],
 )
-def test_timing_refuses_what_cannot_be_a_timing(build: object, message: str) -> None:
+def test_timing_refuses_what_cannot_be_a_timing(build: Callable[[], Timing], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        build()  # type: ignore[operator]
+        build()
 
 
 def test_naive_after_is_rejected() -> None:
