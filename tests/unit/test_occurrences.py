@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import time
+import calendar
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from itertools import pairwise
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scheduler_host.domain import occurrences
 from scheduler_host.domain.cron import CronError, parse_cron
 from scheduler_host.domain.occurrences import next_occurrence, next_occurrences
-from tests.unit.test_cron import CronCase, cron_cases
+from tests.unit.test_cron import CronCase, cron_cases, rare_cases
 
 NEW_YORK = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -245,33 +247,32 @@ def test_naive_after_is_rejected() -> None:
         next_occurrences(parse_cron("* * * * *"), NEW_YORK, datetime(2026, 1, 1), 1)
 
 
+@pytest.mark.parametrize(
+    ("text", "zone", "after", "expected"),
+    [
+        ("0 12 * * *", "UTC", datetime.min.replace(tzinfo=UTC), ["0001-01-01T12:00"]),
+        # Jan 1 00:00 of year 1 at +14:00 has no UTC instant: the first run is a year later.
+        ("0 0 1 1 *", "Etc/GMT-14", datetime.min.replace(tzinfo=UTC), ["0001-12-31T10:00"]),
+        # An `after` whose UTC instant would be before year 1 counts from the first instant.
+        (
+            "0 12 * * *",
+            "UTC",
+            datetime(1, 1, 1, 5, tzinfo=ZoneInfo("Asia/Tokyo")),
+            ["0001-01-01T12:00"],
+        ),
+        ("0 12 * * *", "UTC", datetime.max.replace(tzinfo=UTC), []),
+        ("0 12 * * *", "UTC", datetime(9999, 12, 31, 23, tzinfo=NEW_YORK), []),
+        ("59 23 31 12 *", "Etc/GMT+12", datetime(9999, 1, 2, tzinfo=UTC), []),
+    ],
+)
+def test_the_ends_of_the_calendar_give_what_datetime_can_hold(
+    text: str, zone: str, after: datetime, expected: list[str]
+) -> None:
+    assert next_occurrences(parse_cron(text), ZoneInfo(zone), after, 1) == utcs(*expected)
+
+
 def test_zero_count_gives_nothing() -> None:
     assert runs("* * * * *", NEW_YORK, "2026-01-01T00:00", 0) == []
-
-
-def test_an_expression_that_never_fires_gives_nothing_quickly() -> None:
-    # parse_cron rejects this; built by hand to show the search is bounded.
-    never = replace(parse_cron("0 0 1 2 *"), days_of_month=frozenset({30}))
-    started = time.perf_counter()
-    assert next_occurrence(never, NEW_YORK, utc("2026-01-01T00:00")) is None
-    assert time.perf_counter() - started < 0.5
-
-
-def test_leap_day_runs_are_found_quickly() -> None:
-    started = time.perf_counter()
-    found = runs("0 0 29 2 *", NEW_YORK, "2026-01-01T00:00", 100)
-    elapsed = time.perf_counter() - started
-    assert len(found) == 100
-    assert all(run.astimezone(NEW_YORK).strftime("%m-%d %H:%M") == "02-29 00:00" for run in found)
-    assert (found[17].year, found[18].year) == (2096, 2104)  # 2100 is not a leap year
-    assert elapsed < 0.05
-
-
-def test_a_hundred_minutely_runs_are_found_quickly() -> None:
-    started = time.perf_counter()
-    found = runs("* * * * *", NEW_YORK, "2026-11-01T05:30", 100)
-    assert time.perf_counter() - started < 0.05
-    assert len(set(found)) == 100
 
 
 # --- Properties against a minute-by-minute oracle ------------------------------------------------
@@ -416,3 +417,124 @@ def test_runs_are_whole_minutes_strictly_after_start_and_increasing(
     assert all(earlier < later for earlier, later in pairwise(found))
     assert all(run.tzinfo is UTC and run.second == run.microsecond == 0 for run in found)
     assert next_occurrence(expr, tz, after) == found[0]
+
+
+# --- Work: the search goes straight from one allowed day to the next -----------------------------
+
+
+class CountingZone(ZoneInfo):
+    """The zone of that name, counting how often the search reads its UTC offset."""
+
+    readings: int
+
+    def utcoffset(self, dt: datetime | None, /) -> timedelta | None:
+        self.readings += 1
+        return super().utcoffset(dt)
+
+
+def counting_zone(name: str) -> CountingZone:
+    zone = CountingZone.no_cache(name)
+    zone.readings = 0
+    return zone
+
+
+@pytest.fixture
+def examined_months(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(year, month) of every month the search looks into for an allowed day."""
+    seen: list[tuple[int, int]] = []
+    look_into = occurrences._first_day_in_month
+
+    def counting(plan: Any, year: int, month: int, first: int) -> date | None:
+        seen.append((year, month))
+        return look_into(plan, year, month, first)
+
+    monkeypatch.setattr(occurrences, "_first_day_in_month", counting)
+    return seen
+
+
+def test_an_expression_that_never_fires_gives_nothing_without_searching(
+    examined_months: list[tuple[int, int]],
+) -> None:
+    # parse_cron rejects this; built by hand to show the search does not start.
+    never = replace(parse_cron("0 0 1 2 *"), days_of_month=frozenset({30}))
+    zone = counting_zone("America/New_York")
+    assert next_occurrence(never, zone, utc("2026-01-01T00:00")) is None
+    assert (examined_months, zone.readings) == ([], 0)
+
+
+def test_leap_day_runs_look_only_into_leap_years_februaries(
+    examined_months: list[tuple[int, int]],
+) -> None:
+    zone = counting_zone("America/New_York")
+    found = next_occurrences(parse_cron("0 0 29 2 *"), zone, utc("2026-01-01T00:00"), 100)
+    assert len(found) == 100
+    assert all(run.astimezone(NEW_YORK).strftime("%m-%d %H:%M") == "02-29 00:00" for run in found)
+    assert (found[17].year, found[18].year) == (2096, 2104)  # 2100 is not a leap year
+    assert {month for _, month in examined_months} == {2}
+    assert all(calendar.isleap(year) for year, _ in examined_months)
+    assert len(examined_months) <= 2 * 100 + 2  # the month of a run, then past its end
+    assert zone.readings <= 2 * 100 + 10  # one steady hour per run: two readings
+
+
+def test_day_31_in_few_months_looks_only_into_the_listed_months(
+    examined_months: list[tuple[int, int]],
+) -> None:
+    found = runs("0 0 31 2,4,6,7 *", ZoneInfo("UTC"), "2026-08-01T00:00", 10)
+    assert found == [utc(f"{year}-07-31T00:00") for year in range(2027, 2037)]
+    assert {month for _, month in examined_months} <= {2, 4, 6, 7}
+    assert len(examined_months) <= 5 * (10 + 2)  # five a year, and the years at either end
+
+
+def test_a_hundred_minutely_runs_across_a_repeated_hour_read_the_zone_little(
+    examined_months: list[tuple[int, int]],
+) -> None:
+    zone = counting_zone("America/New_York")
+    found = next_occurrences(parse_cron("* * * * *"), zone, utc("2026-11-01T05:30"), 100)
+    assert found == [utc("2026-11-01T05:31") + n * MINUTE for n in range(100)]
+    # The repeated hour costs two readings a minute; the other hours two each.
+    assert zone.readings <= 2 * 60 + 2 * 5 + 10
+    assert len(examined_months) <= 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_the_search_looks_into_a_bounded_number_of_months_per_run(data: st.DataObject) -> None:
+    # Never stepping through impossible years: a run's month is at most 12 months past the
+    # previous run's (day 31 in February, April, June, September, November and December only).
+    case = data.draw(st.one_of(cron_cases(), rare_cases()).filter(fires))
+    start = data.draw(starts())
+    seen: list[int] = []
+    look_into = occurrences._first_day_in_month
+
+    def counting(plan: Any, year: int, month: int, first: int) -> date | None:
+        seen.append(month)
+        return look_into(plan, year, month, first)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(occurrences, "_first_day_in_month", counting)
+        found = next_occurrences(parse_cron(case.text), start.tz, start.after, 30)
+    assert len(found) == 30
+    assert len(seen) <= 13 * (len(found) + 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(cron_cases(day_star_chance=0.2), rare_cases()).filter(fires),
+    st.datetimes(datetime(1990, 1, 1), datetime(2110, 1, 1)),
+)
+def test_utc_runs_are_the_matching_minutes_of_a_day_by_day_walk(
+    case: CronCase, start: datetime
+) -> None:
+    after = start.replace(tzinfo=UTC)
+    found = next_occurrences(parse_cron(case.text), ZoneInfo("UTC"), after, 8)
+    times = sorted((hour, minute) for hour in case.hours for minute in case.minutes)
+    expected: list[datetime] = []
+    day = after.date()
+    while len(expected) < 8:
+        if case.matches_day(day):
+            for hour, minute in times:
+                run = datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+                if run > after and len(expected) < 8:
+                    expected.append(run)
+        day += timedelta(days=1)
+    assert found == expected

@@ -5,7 +5,6 @@ Evaluation in a time zone (and the daylight-saving policy) lives in `occurrences
 
 from __future__ import annotations
 
-import calendar
 import datetime
 import re
 from dataclasses import dataclass
@@ -90,6 +89,7 @@ _ITEM = re.compile(
 )
 _LONGEST_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _MINUTES_PER_DAY = 24 * 60
+_FOUR_YEARS = 3 * 365 + 366  # days from a leap year's day to the same day of the next
 
 
 # Parsed expressions are immutable and few distinct ones are in use, while every create, update
@@ -239,28 +239,27 @@ def _shortest_day_gap(
         # into the next week) occurs inside every allowed month.
         weekdays = sorted(days_of_week)
         return min(b - a for a, b in pairwise([*weekdays, weekdays[0] + 7]))
-    # A year's allowed days depend only on whether it is a leap year; join consecutive years
-    # over one whole 400-year Gregorian cycle (2000-2399), plus 2400 to wrap into the next cycle.
-    offsets_by_leap = {
-        leap: _allowed_day_offsets(days_of_month, months, leap) for leap in (False, True)
-    }
-    best = min(
-        (b - a for offsets in offsets_by_leap.values() for a, b in pairwise(offsets)),
-        default=None,
+    # A year's allowed days depend only on whether it is a leap year. The Gregorian calendar
+    # puts a common year after a common one, a leap year after a common one and a common year
+    # after a leap one; if only leap years hold a run (February 29th), the closest two are four
+    # years apart.
+    common, leap = (
+        _allowed_day_offsets(days_of_month, months, is_leap) for is_leap in (False, True)
     )
-    previous_last: int | None = None
-    for year in range(2000, 2401):
-        offsets = offsets_by_leap[calendar.isleap(year)]
-        if not offsets:
-            continue
-        start = datetime.date(year, 1, 1).toordinal()
-        if previous_last is not None:
-            gap = start + offsets[0] - previous_last
-            best = gap if best is None else min(best, gap)
-        previous_last = start + offsets[-1]
-    if best is None:
+    if not leap:
         raise CronError(CRON_INVALID, "expression never fires")
-    return best
+    gaps = [b - a for offsets in (common, leap) for a, b in pairwise(offsets)]
+    if common:
+        # From the last run of one year to the first of the next: common-common, common-leap,
+        # leap-common.
+        gaps += [
+            365 + common[0] - common[-1],
+            365 + leap[0] - common[-1],
+            366 + common[0] - leap[-1],
+        ]
+    else:
+        gaps.append(_FOUR_YEARS + leap[0] - leap[-1])
+    return min(gaps)
 
 
 def _allowed_day_offsets(
