@@ -155,8 +155,6 @@ NON_EMPTY_BAD_UUIDS = [u for u in BAD_UUIDS if u]
 # cron
 
 CRON_INVALID_CASES = [
-    pytest.param("", id="empty"),
-    pytest.param("   ", id="blank"),
     pytest.param("bad", id="word"),
     pytest.param("* * * *", id="four-fields"),
     pytest.param("0 * * * * *", id="six-fields"),
@@ -242,6 +240,14 @@ CRON_FREQUENT_ENOUGH_CASES = [
     pytest.param("55,0 * * * *", id="list-55-0"),
     pytest.param("2-57/5 * * * *", id="2-57-step-5"),
 ]
+
+
+@pytest.mark.parametrize("cron", ["", "   "], ids=["empty", "blank"])
+async def test_create_without_cron_or_run_at_is_refused_on_cron(
+    stubs: Stubs, shared_install: InstallHandle, cron: str
+) -> None:
+    failure = await rpc_failure(create_call(stubs, shared_install, cron=cron))
+    assert_invalid(failure, {"schedule.cron": "SCHEDULE_SPEC_INVALID"})
 
 
 @pytest.mark.parametrize("cron", CRON_INVALID_CASES)

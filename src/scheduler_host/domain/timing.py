@@ -46,11 +46,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from scheduler_host.domain.cron import CronExpression, shortest_interval
+from scheduler_host.domain.cron import CronExpression, parse_cron, shortest_interval
 from scheduler_host.domain.errors import FieldViolation
 from scheduler_host.domain.occurrences import next_occurrences
+from scheduler_host.domain.schedule import Schedule
 
 RUN_AT_INVALID = "RUN_AT_INVALID"
 SCHEDULE_SPEC_INVALID = "SCHEDULE_SPEC_INVALID"
@@ -232,6 +234,38 @@ def _earlier(instant: datetime, span: timedelta) -> datetime:
         return instant - span
     except OverflowError:
         return datetime.min.replace(tzinfo=UTC)
+
+
+_NO_SEED = uuid.UUID(int=0)
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def timing_of(schedule: Schedule) -> Timing:
+    """The timing of a stored schedule (its fields were validated when written). Without a
+    jitter the id plays no part, so schedules on one expression share one timing (and cached
+    results)."""
+    seed = schedule.id if schedule.jitter else _NO_SEED
+    cron = None if schedule.run_at is not None else parse_cron(schedule.cron)
+    # The interval rule is not re-applied to a stored expression; a one-time run has no zone.
+    zone = _UTC_ZONE if cron is None else _zone(schedule.timezone)
+    return Timing(
+        seed,
+        cron,
+        schedule.run_at,
+        zone,
+        schedule.start_time,
+        schedule.end_time,
+        schedule.jitter,
+    )
+
+
+def next_run_of(schedule: Schedule, after: datetime) -> datetime | None:
+    """The next_run_time a schedule gets at `after`: its next fire, None while disabled."""
+    return next_fire(timing_of(schedule), after) if schedule.enabled else None
 
 
 # --- Validation of the timing fields of a request ------------------------------------------------

@@ -21,9 +21,9 @@ from scheduler_host.domain.errors import (
 from scheduler_host.domain.install import Install, InstallContext
 from scheduler_host.domain.remap import remap_schedules
 from scheduler_host.domain.schedule import validate_uuid
+from scheduler_host.domain.timing import next_run_of
 from scheduler_host.service.access import InstallContextCache, mutations_scope
 from scheduler_host.service.ports import Clock, UnitOfWorkFactory
-from scheduler_host.service.schedules import _next_run
 
 _MAX_ID_LENGTH = 128
 _MAX_HANDLER_LENGTH = 256
@@ -180,7 +180,7 @@ async def upsert_install(
                 endpoints,
                 reenabled=install.enabled and not current.enabled,
                 now=now,
-                next_run=lambda s, after: _next_run(s.cron, s.timezone, True, after),
+                next_run=next_run_of,
             )
             if remap.missing and not disable_missing_schedules:
                 raise RemapFailed(remap.missing)

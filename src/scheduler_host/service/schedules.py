@@ -1,24 +1,16 @@
-"""SchedulerHost use cases: create, get, list, update, delete, endpoints and preview.
+"""SchedulerHost use cases: create, get, list, update, delete and endpoints.
 
 Each takes the install context of the caller and a unit-of-work factory, validates with the domain
-(every violation at once) and runs in one transaction.
+(every violation at once, see schedule_input.py) and runs in one unit of work.
 """
 
 from __future__ import annotations
 
 import uuid
-import zoneinfo
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from scheduler_host.domain.cron import CronError, CronExpression, shortest_interval, validate_cron
-from scheduler_host.domain.endpoints import (
-    Endpoint,
-    Selector,
-    parse_selector,
-    resolve_endpoint,
-    unschedulable_reason,
-)
+from scheduler_host.domain.endpoints import Endpoint, resolve_endpoint, unschedulable_reason
 from scheduler_host.domain.errors import (
     EtagMismatch,
     FieldViolation,
@@ -27,42 +19,29 @@ from scheduler_host.domain.errors import (
     ValidationFailed,
 )
 from scheduler_host.domain.install import InstallContext
-from scheduler_host.domain.occurrences import next_occurrence, next_occurrences
-from scheduler_host.domain.schedule import (
-    Json,
-    Schedule,
-    validate_name,
-    validate_payload,
-    validate_timezone,
-    validate_uuid,
-)
+from scheduler_host.domain.schedule import Schedule, validate_uuid
+from scheduler_host.domain.timing import next_run_of
 from scheduler_host.service.policies import SchedulePolicy
 from scheduler_host.service.ports import Clock, PageTokens, UnitOfWork, UnitOfWorkFactory
+from scheduler_host.service.schedule_input import (
+    PREFIX,
+    UPDATABLE_FIELDS,
+    Checked,
+    ScheduleFields,
+    check_fields,
+    check_timing,
+    request_time,
+    timing_request,
+)
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
-DEFAULT_PREVIEW_COUNT = 10
-MAX_PREVIEW_COUNT = 100
-UPDATABLE_FIELDS = frozenset({"endpoint", "cron", "timezone", "enabled", "name", "payload"})
 # Optimistic tries of an update before it takes the row lock.
 _OPTIMISTIC_UPDATES = 3
-
-
-@dataclass(frozen=True)
-class ScheduleFields:
-    """The caller's input for a schedule; `present` names the fields the caller set."""
-
-    endpoint: str = ""
-    name: str = ""
-    cron: str = ""
-    timezone: str = ""
-    enabled: bool | None = None
-    payload: Json | None = None
-    # The payload as the caller encoded it on the wire, stored beside it for reads.
-    payload_wire: bytes | None = None
-    payload_violation: FieldViolation | None = None  # the transport could not read it as JSON
-    present: frozenset[str] = field(default_factory=frozenset)
+# What an update compares to decide whether next_run_time is computed again.
+_TIMING = ("cron", "run_at", "timezone", "start_time", "end_time", "jitter", "enabled")
+_SPEC = frozenset({"cron", "run_at"})
 
 
 @dataclass(frozen=True)
@@ -78,77 +57,19 @@ class EndpointView:
     unschedulable_reason: str
 
 
-@dataclass(frozen=True)
-class Preview:
-    run_times: list[datetime]
-    min_interval: timedelta
-
-
-@dataclass
-class _Checked:
-    """Validated values of the fields that were checked; violations collected on the way."""
-
-    violations: list[FieldViolation] = field(default_factory=list)
-    cron: CronExpression | None = None
-    timezone: str = "UTC"
-    name: str | None = None
-    selector: Selector | None = None
-
-
-def _check(
-    fields: ScheduleFields, names: frozenset[str], policy: SchedulePolicy, prefix: str
-) -> _Checked:
-    out = _Checked()
-
-    def bad(violation: FieldViolation | None) -> bool:
-        if violation is not None:
-            out.violations.append(violation)
-            return True
-        return False
-
-    if "cron" in names:
-        try:
-            out.cron = validate_cron(fields.cron, policy.min_interval_seconds)
-        except CronError as exc:
-            bad(FieldViolation(f"{prefix}cron", exc.reason, str(exc)))
-    if "timezone" in names:
-        tz = validate_timezone(fields.timezone, f"{prefix}timezone")
-        if not (isinstance(tz, FieldViolation) and bad(tz)):
-            out.timezone = str(tz)
-    if "name" in names:
-        name = validate_name(fields.name, f"{prefix}name")
-        if not (isinstance(name, FieldViolation) and bad(name)):
-            out.name = name if isinstance(name, str) else None
-    if "payload" in names and not bad(fields.payload_violation):
-        bad(validate_payload(fields.payload, f"{prefix}payload"))
-    if "endpoint" in names:
-        selector = parse_selector(fields.endpoint, f"{prefix}endpoint")
-        if not (isinstance(selector, FieldViolation) and bad(selector)):
-            out.selector = selector if isinstance(selector, Selector) else None
-    return out
-
-
-def _next_run(cron: str, timezone: str, enabled: bool, now: datetime) -> datetime | None:
-    if not enabled:
-        return None
-    # Stored expressions were validated when written; the interval rule is not re-applied here.
-    expr = validate_cron(cron, 0)
-    return next_occurrence(expr, zoneinfo.ZoneInfo(timezone), now)
-
-
-def _parse_id(raw: str, name: str) -> uuid.UUID:
+def parse_id(raw: str, name: str) -> uuid.UUID:
     parsed = validate_uuid(raw, name)
     if isinstance(parsed, FieldViolation):
         raise ValidationFailed([parsed])
     return parsed
 
 
-async def _resolve_into(uow: UnitOfWork, ctx: InstallContext, checked: _Checked) -> Endpoint | None:
+async def _resolve_into(uow: UnitOfWork, ctx: InstallContext, checked: Checked) -> Endpoint | None:
     """The endpoint the checked selector names, or None with its violation added."""
     if checked.selector is None:
         return None
     eps = await uow.installs.endpoints(ctx.tenant_id, ctx.install_id, ctx.version_id)
-    resolved = resolve_endpoint(checked.selector, eps, "schedule.endpoint")
+    resolved = resolve_endpoint(checked.selector, eps, f"{PREFIX}endpoint")
     if isinstance(resolved, FieldViolation):
         checked.violations.append(resolved)
         return None
@@ -165,13 +86,52 @@ async def _current_endpoint(uow: UnitOfWork, ctx: InstallContext, s: Schedule) -
     raise ValidationFailed(
         [
             FieldViolation(
-                "schedule.endpoint",
+                f"{PREFIX}endpoint",
                 "ENDPOINT_NOT_FOUND",
                 f"endpoint {s.endpoint} is not part of the installed version; "
                 "set another endpoint to enable the schedule",
             )
         ]
     )
+
+
+def _request_uuid(request_id: str, checked: Checked) -> uuid.UUID | None:
+    if not request_id.strip():
+        return None
+    parsed = validate_uuid(request_id, "request_id")
+    return None if checked.add(parsed if isinstance(parsed, FieldViolation) else None) else parsed  # type: ignore[return-value]
+
+
+def _new_schedule(
+    ctx: InstallContext, fields: ScheduleFields, checked: Checked, endpoint: Endpoint, now: datetime
+) -> Schedule:
+    enabled = True if fields.enabled is None else fields.enabled
+    schedule = Schedule(
+        id=uuid.uuid4(),
+        install_id=ctx.install_id,
+        tenant_id=ctx.tenant_id,
+        endpoint_id=endpoint.id,
+        endpoint_method=endpoint.method,
+        endpoint_path=endpoint.path,
+        name=checked.name,
+        cron=checked.cron.source if checked.cron is not None else "",
+        timezone=checked.timezone,
+        enabled=enabled,
+        payload=fields.payload,
+        next_run_time=None,
+        last_run_time=None,
+        last_run_status=None,
+        last_error=None,
+        create_time=now,
+        update_time=now,
+        revision=1,
+        run_at=checked.run_at,
+        start_time=checked.start_time,
+        end_time=checked.end_time,
+        jitter=checked.jitter,
+        payload_wire=fields.payload_wire if fields.payload is not None else None,
+    )
+    return replace(schedule, next_run_time=next_run_of(schedule, now))
 
 
 async def create_schedule(
@@ -183,14 +143,12 @@ async def create_schedule(
     policy: SchedulePolicy,
     clock: Clock,
 ) -> Schedule:
-    checked = _check(fields, UPDATABLE_FIELDS - {"enabled"}, policy, "schedule.")
-    request_uuid: uuid.UUID | None = None
-    if request_id.strip():
-        parsed = validate_uuid(request_id, "request_id")
-        if isinstance(parsed, FieldViolation):
-            checked.violations.append(parsed)
-        else:
-            request_uuid = parsed
+    checked = check_fields(fields, UPDATABLE_FIELDS - {"enabled"}, policy)
+    request_uuid = _request_uuid(request_id, checked)
+    now = clock()
+    check_timing(
+        checked, timing_request(fields, UPDATABLE_FIELDS, checked, None), now, check_run_at=True
+    )
     # One statement writes: the create runs under the install's lock in the database.
     async with uow_factory(autocommit=True) as uow:
         # Resolving the endpoint reads the install's endpoints; its violation is reported together
@@ -198,30 +156,8 @@ async def create_schedule(
         endpoint = await _resolve_into(uow, ctx, checked)
         if checked.violations:
             raise ValidationFailed(checked.violations)
-        assert checked.cron is not None and endpoint is not None
-        now = clock()
-        enabled = True if fields.enabled is None else fields.enabled
-        schedule = Schedule(
-            id=uuid.uuid4(),
-            install_id=ctx.install_id,
-            tenant_id=ctx.tenant_id,
-            endpoint_id=endpoint.id,
-            endpoint_method=endpoint.method,
-            endpoint_path=endpoint.path,
-            name=checked.name,
-            cron=checked.cron.source,
-            timezone=checked.timezone,
-            enabled=enabled,
-            payload=fields.payload,
-            next_run_time=_next_run(checked.cron.source, checked.timezone, enabled, now),
-            last_run_time=None,
-            last_run_status=None,
-            last_error=None,
-            create_time=now,
-            update_time=now,
-            revision=1,
-            payload_wire=fields.payload_wire if fields.payload is not None else None,
-        )
+        assert endpoint is not None
+        schedule = _new_schedule(ctx, fields, checked, endpoint, now)
         # The idempotency check, then the quota, then the name (the unique index): one step.
         outcome = await uow.schedules.create(
             schedule, policy.max_schedules_per_install, request_uuid, now - IDEMPOTENCY_WINDOW
@@ -242,7 +178,7 @@ async def create_schedule(
 async def get_schedule(
     ctx: InstallContext, schedule_id: str, *, uow_factory: UnitOfWorkFactory, field: str = "id"
 ) -> Schedule:
-    sid = _parse_id(schedule_id, field)
+    sid = parse_id(schedule_id, field)
     async with uow_factory(autocommit=True) as uow:
         found = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=False)
     if found is None:
@@ -306,6 +242,33 @@ async def list_schedules(
     return SchedulePage(rows, next_token, total)
 
 
+def _update_names(
+    fields: ScheduleFields, mask: list[str] | None, violations: list[FieldViolation]
+) -> frozenset[str]:
+    """The fields an update changes: the mask's, or without one, those the request sets.
+    `cron` and `run_at` are one choice: naming either sets both from the request."""
+    names = _named(fields, mask, violations)
+    return names | _SPEC if names & _SPEC else names
+
+
+def _named(
+    fields: ScheduleFields, mask: list[str] | None, violations: list[FieldViolation]
+) -> frozenset[str]:
+    if mask is None:
+        return fields.present & UPDATABLE_FIELDS
+    unknown = sorted(set(mask) - UPDATABLE_FIELDS)
+    if unknown:
+        violations.append(
+            FieldViolation(
+                "update_mask",
+                "UPDATE_MASK_INVALID",
+                f"cannot update {', '.join(unknown)}; allowed: "
+                + ", ".join(sorted(UPDATABLE_FIELDS)),
+            )
+        )
+    return frozenset(mask) & UPDATABLE_FIELDS
+
+
 async def update_schedule(
     ctx: InstallContext,
     schedule_id: str,
@@ -318,74 +281,104 @@ async def update_schedule(
     clock: Clock,
 ) -> Schedule:
     violations: list[FieldViolation] = []
-    sid = validate_uuid(schedule_id, "schedule.id")
+    sid = validate_uuid(schedule_id, f"{PREFIX}id")
     if isinstance(sid, FieldViolation):
         violations.append(sid)
-    if mask is None:
-        names = fields.present & UPDATABLE_FIELDS
-    else:
-        unknown = sorted(set(mask) - UPDATABLE_FIELDS)
-        if unknown:
-            violations.append(
-                FieldViolation(
-                    "update_mask",
-                    "UPDATE_MASK_INVALID",
-                    f"cannot update {', '.join(unknown)}; allowed: "
-                    + ", ".join(sorted(UPDATABLE_FIELDS)),
-                )
-            )
-        names = frozenset(mask) & UPDATABLE_FIELDS
-    checked = _check(fields, names, policy, "schedule.")
-    checked.violations[:0] = violations
+    names = _update_names(fields, mask, violations)
     # Optimistic first: read, then write only if the revision is still the one read (no
     # transaction, two statements). A lost race reads again; the last try holds the row lock.
     for attempt in range(_OPTIMISTIC_UPDATES + 1):
         locked = attempt == _OPTIMISTIC_UPDATES
+        checked = check_fields(fields, names, policy)
+        checked.violations[:0] = violations
         async with uow_factory(autocommit=not locked) as uow:
             endpoint = await _resolve_into(uow, ctx, checked)
+            current = None
+            if isinstance(sid, uuid.UUID):
+                current = await uow.schedules.get(
+                    ctx.tenant_id, ctx.install_id, sid, for_update=locked
+                )
+            if current is None and not checked.violations:
+                raise ScheduleNotFound(str(sid))
+            now = clock()
+            if current is not None:
+                _check_merged_timing(checked, fields, names, current, now)
             if checked.violations:
                 raise ValidationFailed(checked.violations)
-            assert isinstance(sid, uuid.UUID)
-            current = await uow.schedules.get(ctx.tenant_id, ctx.install_id, sid, for_update=locked)
-            if current is None:
-                raise ScheduleNotFound(str(sid))
+            assert current is not None
             if etag.strip() and etag.strip() != current.etag:
                 raise EtagMismatch(
                     "the schedule changed since it was read; read it again and retry"
                 )
-            updated = _merged(current, endpoint, checked, fields, names)
-            if updated.enabled and endpoint is None:
-                updated = await _current_endpoint(uow, ctx, updated)
-            if updated == current:
-                return current
-            now = clock()
-            timing = (updated.cron, updated.timezone, updated.enabled) != (
-                current.cron,
-                current.timezone,
-                current.enabled,
-            )
-            if timing:
-                updated = replace(
-                    updated,
-                    next_run_time=_next_run(updated.cron, updated.timezone, updated.enabled, now),
-                )
-            updated = replace(updated, revision=current.revision + 1, update_time=now)
-            stored = await uow.schedules.update_definition(updated, current.revision, timing=timing)
+            stored = await _write_update(uow, ctx, current, endpoint, checked, fields, names, now)
             if stored is not None:
                 await uow.commit()
                 return stored
     raise AssertionError("the locked update found its row changed")
 
 
+def _check_merged_timing(
+    checked: Checked,
+    fields: ScheduleFields,
+    names: frozenset[str],
+    current: Schedule,
+    now: datetime,
+) -> None:
+    """The timing the update leaves, checked as a whole; run_at must lie ahead when it changes
+    or when a one-time schedule is enabled again."""
+    request = timing_request(fields, names, checked, current)
+    enabled = bool(fields.enabled) if "enabled" in names else current.enabled
+    run_at_changed = bool(names & {"cron", "run_at"}) and request.run_at != request_time(
+        current.run_at
+    )
+    check_timing(
+        checked,
+        request,
+        now,
+        check_run_at=run_at_changed or (enabled and not current.enabled),
+    )
+
+
+async def _write_update(
+    uow: UnitOfWork,
+    ctx: InstallContext,
+    current: Schedule,
+    endpoint: Endpoint | None,
+    checked: Checked,
+    fields: ScheduleFields,
+    names: frozenset[str],
+    now: datetime,
+) -> Schedule | None:
+    """Write the merged schedule if the revision is still the one read; the schedule as stored
+    (`current` when nothing changes), or None when another change came first."""
+    updated = _merged(current, endpoint, checked, fields, names)
+    if updated.enabled and endpoint is None:
+        updated = await _current_endpoint(uow, ctx, updated)
+    if updated == current:
+        return current
+    timing = any(getattr(updated, n) != getattr(current, n) for n in _TIMING)
+    if timing:
+        updated = replace(updated, next_run_time=next_run_of(updated, now))
+    updated = replace(updated, revision=current.revision + 1, update_time=now)
+    return await uow.schedules.update_definition(updated, current.revision, timing=timing)
+
+
 def _merged(
     current: Schedule,
     endpoint: Endpoint | None,
-    checked: _Checked,
+    checked: Checked,
     fields: ScheduleFields,
     names: frozenset[str],
 ) -> Schedule:
-    """`current` with the fields the update names."""
-    updated = current
+    """`current` with the fields the update names (the timing as check_timing left it)."""
+    updated = replace(
+        current,
+        cron=checked.cron.source if checked.cron is not None else "",
+        run_at=checked.run_at,
+        start_time=checked.start_time,
+        end_time=checked.end_time,
+        jitter=checked.jitter,
+    )
     if endpoint is not None:
         updated = replace(
             updated,
@@ -393,9 +386,6 @@ def _merged(
             endpoint_method=endpoint.method,
             endpoint_path=endpoint.path,
         )
-    if "cron" in names:
-        assert checked.cron is not None
-        updated = replace(updated, cron=checked.cron.source)
     if "timezone" in names:
         updated = replace(updated, timezone=checked.timezone)
     if "name" in names:
@@ -422,7 +412,7 @@ def revision_in_etag(etag: str, schedule_id: uuid.UUID) -> int | None:
 async def delete_schedule(
     ctx: InstallContext, schedule_id: str, etag: str, *, uow_factory: UnitOfWorkFactory
 ) -> None:
-    sid = _parse_id(schedule_id, "id")
+    sid = parse_id(schedule_id, "id")
     wanted = etag.strip()
     revision = revision_in_etag(wanted, sid) if wanted else None
     # One conditional statement; only a refusal reads why (gone, or changed since read).
@@ -444,44 +434,3 @@ async def get_endpoints(
     async with uow_factory(autocommit=True) as uow:
         eps = await uow.installs.endpoints(ctx.tenant_id, ctx.install_id, ctx.version_id)
     return [EndpointView(e, unschedulable_reason(e.method, e.path)) for e in eps]
-
-
-START_TIME_INVALID = "START_TIME_INVALID"
-
-
-def start_time_violation(description: str) -> FieldViolation:
-    return FieldViolation("start_time", START_TIME_INVALID, description)
-
-
-def preview_schedule(
-    cron: str,
-    timezone: str,
-    count: int,
-    start_time: datetime | FieldViolation | None,
-    *,
-    policy: SchedulePolicy,
-    clock: Clock,
-) -> Preview:
-    """`start_time` is a FieldViolation when the transport could not read it as a time."""
-    fields = ScheduleFields(cron=cron, timezone=timezone)
-    checked = _check(fields, frozenset({"cron", "timezone"}), policy, "")
-    if count < 0:
-        checked.violations.append(
-            FieldViolation("count", "COUNT_INVALID", "count must not be negative")
-        )
-    if isinstance(start_time, FieldViolation):
-        checked.violations.append(start_time)
-    if checked.violations:
-        raise ValidationFailed(checked.violations)
-    assert checked.cron is not None
-    n = DEFAULT_PREVIEW_COUNT if count == 0 else min(count, MAX_PREVIEW_COUNT)
-    start = start_time if isinstance(start_time, datetime) else clock()
-    try:
-        times = next_occurrences(checked.cron, zoneinfo.ZoneInfo(checked.timezone), start, n)
-    except OverflowError:
-        # A start at the very edge of the calendar (year 1) leaves no room to compute in: a
-        # caller's bad value, not a server failure (it answered INTERNAL before).
-        raise ValidationFailed(
-            [start_time_violation("start_time is too close to the first representable date")]
-        ) from None
-    return Preview(times, shortest_interval(checked.cron))

@@ -8,6 +8,7 @@ import grpc
 from schedulerhost.v1 import scheduler_host_pb2 as pb
 from schedulerhost.v1 import scheduler_host_pb2_grpc
 
+from scheduler_host.service import preview as previews
 from scheduler_host.service import runs, schedules
 from scheduler_host.service.deps import UseCaseDeps
 from scheduler_host.transport import messages
@@ -103,13 +104,20 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
     async def PreviewSchedule(
         self, request: pb.PreviewScheduleRequest, context: Context
     ) -> pb.PreviewScheduleResponse:
-        preview = schedules.preview_schedule(
-            request.cron,
-            request.timezone,
-            request.count,
-            messages.start_time_of(request.start_time) if request.HasField("start_time") else None,
+        preview = await previews.preview_schedule(
+            current_install.get(),
+            previews.PreviewRequest(
+                request.cron,
+                request.timezone,
+                request.count,
+                messages.start_time_of(request.start_time)
+                if request.HasField("start_time")
+                else None,
+                request.schedule_id,
+            ),
             policy=self._deps.schedules,
             clock=self._deps.clock,
+            uow_factory=self._deps.uow_factory,
         )
         return pb.PreviewScheduleResponse(
             run_times=[messages.timestamp(t) for t in preview.run_times],

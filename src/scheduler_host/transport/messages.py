@@ -13,8 +13,11 @@ from scheduler_host.domain.errors import FieldViolation
 from scheduler_host.domain.install import Install
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.domain.schedule import Json, Schedule
+from scheduler_host.domain.timing import RequestTime
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput
-from scheduler_host.service.schedules import EndpointView, ScheduleFields, start_time_violation
+from scheduler_host.service.preview import start_time_violation
+from scheduler_host.service.schedule_input import ScheduleFields
+from scheduler_host.service.schedules import EndpointView
 
 _LAST_RUN_STATUS = {
     "success": schedule_pb2.RUN_STATUS_SUCCESS,
@@ -144,6 +147,10 @@ def schedule_fields(msg: schedule_pb2.Schedule, field_prefix: str = "schedule.")
             ("name", bool(msg.name.strip())),
             ("enabled", msg.HasField("enabled")),
             ("payload", msg.HasField("payload")),
+            ("run_at", msg.HasField("run_at")),
+            ("start_time", msg.HasField("start_time")),
+            ("end_time", msg.HasField("end_time")),
+            ("jitter", msg.HasField("jitter")),
         )
         if is_set
     }
@@ -156,8 +163,20 @@ def schedule_fields(msg: schedule_pb2.Schedule, field_prefix: str = "schedule.")
         payload=payload,
         payload_wire=wire,
         payload_violation=payload_violation,
+        run_at=_request_time(msg, "run_at"),
+        start_time=_request_time(msg, "start_time"),
+        end_time=_request_time(msg, "end_time"),
+        jitter=_request_time(msg, "jitter"),
         present=frozenset(present),
     )
+
+
+def _request_time(msg: schedule_pb2.Schedule, name: str) -> RequestTime | None:
+    """A Timestamp or Duration field as the request carried it; None when unset."""
+    if not msg.HasField(name):  # type: ignore[arg-type]
+        return None
+    value = getattr(msg, name)
+    return RequestTime(value.seconds, value.nanos)
 
 
 def fill_schedule(msg: schedule_pb2.Schedule, s: Schedule) -> schedule_pb2.Schedule:
@@ -187,6 +206,14 @@ def fill_schedule(msg: schedule_pb2.Schedule, s: Schedule) -> schedule_pb2.Sched
         set_time(msg.next_run_time, s.next_run_time)
     if s.last_run_time is not None:
         set_time(msg.last_run_time, s.last_run_time)
+    if s.run_at is not None:
+        set_time(msg.run_at, s.run_at)
+    if s.start_time is not None:
+        set_time(msg.start_time, s.start_time)
+    if s.end_time is not None:
+        set_time(msg.end_time, s.end_time)
+    if s.jitter:
+        msg.jitter.FromTimedelta(s.jitter)
     return msg
 
 

@@ -8,12 +8,10 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 from functools import lru_cache
-from zoneinfo import ZoneInfo
 
-from scheduler_host.domain.cron import CronExpression, parse_cron
 from scheduler_host.domain.endpoints import unschedulable_reason
-from scheduler_host.domain.occurrences import next_occurrence
 from scheduler_host.domain.runs import RunTrigger
+from scheduler_host.domain.timing import Timing, next_fire, timing_of
 from scheduler_host.service.policies import DispatchPolicy
 from scheduler_host.service.ports import ClaimPlan, RunTarget, SkippedOccurrence
 
@@ -41,22 +39,11 @@ def idempotency_key(schedule_id: uuid.UUID, trigger: RunTrigger, scheduled_time:
     return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{schedule_id}/{trigger}/{scheduled_time}"))
 
 
-@lru_cache(maxsize=4096)
-def _cron(source: str) -> CronExpression:
-    # Stored expressions were validated when written; the interval rule is not re-applied.
-    return parse_cron(source)
-
-
-@lru_cache(maxsize=1024)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
 @lru_cache(maxsize=8192)
-def _next_after(cron: str, timezone: str, after: datetime) -> datetime | None:
-    # Many schedules share an expression and fall due at the same instant: a burst computes
-    # each following occurrence once.
-    return next_occurrence(_cron(cron), _zone(timezone), after)
+def _next_after(timing: Timing, after: datetime) -> datetime | None:
+    # Many schedules share a timing (those without a jitter share it across ids) and fall due
+    # at the same instant: a burst computes each following fire once.
+    return next_fire(timing, after)
 
 
 @lru_cache(maxsize=4096)
@@ -67,10 +54,11 @@ def endpoint_unschedulable(method: str, path: str) -> bool:
 def plan_claim(target: RunTarget, now: datetime, catchup: timedelta) -> ClaimPlan:
     """Decide what a due schedule does now: run, skip, disable or wait for its install.
 
-    Occurrences from next_run_time up to now are due. Those older than the catch-up window make
-    one skipped record; of those inside it, only the latest runs (or is skipped when a run is
-    still in flight). The schedule then continues with the first occurrence after now, computed
-    by the same function PreviewSchedule uses.
+    Fires from next_run_time up to now are due. Those older than the catch-up window make one
+    skipped record; of those inside it, only the latest runs (or is skipped when a run is still
+    in flight). The schedule then continues with the first fire after now, computed by the same
+    function PreviewSchedule uses; a one-time schedule, whose single fire has passed, is then
+    complete (disabled, no next run).
     """
     schedule = target.schedule
     if not target.install.enabled:
@@ -82,24 +70,22 @@ def plan_claim(target: RunTarget, now: datetime, catchup: timedelta) -> ClaimPla
         return ClaimPlan(disable_error=ENDPOINT_MISSING)
     first = schedule.next_run_time
     assert first is not None  # the due query selects only schedules with one
+    timing = timing_of(schedule)
     window_start = now - catchup
     skipped: list[SkippedOccurrence] = []
     candidate: datetime | None = first
     if first < window_start:
         skipped.append(SkippedOccurrence(first, SKIPPED_MISSED))
-        candidate = _next_after(
-            schedule.cron, schedule.timezone, window_start - timedelta(microseconds=1)
-        )
+        candidate = _next_after(timing, window_start - timedelta(microseconds=1))
     latest: datetime | None = None
     while candidate is not None and candidate <= now:
         latest = candidate
-        candidate = _next_after(schedule.cron, schedule.timezone, candidate)
-    if latest is None:
-        return ClaimPlan(tuple(skipped), None, candidate)
-    if target.run_in_flight:
+        candidate = _next_after(timing, candidate)
+    done = schedule.run_at is not None and candidate is None
+    if latest is not None and target.run_in_flight:
         skipped.append(SkippedOccurrence(latest, SKIPPED_IN_FLIGHT))
-        return ClaimPlan(tuple(skipped), None, candidate)
-    return ClaimPlan(tuple(skipped), latest, candidate)
+        latest = None
+    return ClaimPlan(tuple(skipped), latest, candidate, complete=done)
 
 
 def safe_plan(target: RunTarget, now: datetime, catchup: timedelta) -> ClaimPlan:
