@@ -31,6 +31,7 @@ STEPS = (
     "updateSchedule",
     "updateSchedule.staleEtag",
     "previewSchedule",
+    "oneTimeSchedule",
     "deleteSchedule",
     "errorDetails",
     "unauthenticated",

@@ -61,9 +61,15 @@ function adminMetadata() {
 }
 
 // `fromPartial` of the generated request type fills in the defaults of the fields left out.
+// Request types named after their service where both services have an RPC of that name.
+const REQUEST_TYPES = { listScheduleRuns: "SchedulerHostListScheduleRunsRequest" };
+
 function unary(client, method, partial, metadata) {
   const pb = client === host ? hostPb : adminPb;
-  const request = pb[`${method[0].toUpperCase()}${method.slice(1)}Request`].fromPartial(partial);
+  const typeName =
+    (client === host && REQUEST_TYPES[method]) ||
+    `${method[0].toUpperCase()}${method.slice(1)}Request`;
+  const request = pb[typeName].fromPartial(partial);
   return new Promise((resolve, reject) => {
     client[method](request, metadata, { deadline: Date.now() + DEADLINE_MS }, (err, response) =>
       err ? reject(err) : resolve(response),
@@ -224,6 +230,39 @@ async function main() {
   );
   assert.ok(preview.minInterval.seconds >= 82_800, "about a day between runs");
   ok("previewSchedule", preview.runTimes.map((t) => t.toISOString()).join(","));
+
+  // A one-time run, bounded and spread by a jitter: its preview by id is what will fire.
+  const runAt = new Date(Math.ceil(Date.now() / 60_000) * 60_000 + 3_600_000);
+  const oneTime = (
+    await hostCall("createSchedule", {
+      schedule: {
+        endpoint: "POST /sync",
+        runAt,
+        endTime: new Date(runAt.getTime() + 60_000),
+        jitter: { seconds: 30, nanos: 0 },
+      },
+      requestId: randomUUID(),
+    })
+  ).schedule;
+  assert.equal(oneTime.cron, "");
+  assert.equal(oneTime.runAt.toISOString(), runAt.toISOString());
+  assert.equal(oneTime.jitter.seconds, 30);
+  const firesAt = oneTime.nextRunTime.getTime() - runAt.getTime();
+  assert.ok(firesAt >= 0 && firesAt < 30_000, "fires within the jitter after run_at");
+  const byId = await hostCall("previewSchedule", { scheduleId: oneTime.id, count: 5 });
+  assert.deepEqual(
+    byId.runTimes.map((t) => t.toISOString()),
+    [oneTime.nextRunTime.toISOString()],
+    "a one-time schedule previews its single fire",
+  );
+  assert.equal(byId.minInterval.seconds, 0);
+  const history = await hostCall("listScheduleRuns", {
+    scheduleId: oneTime.id,
+    pageSize: 0,
+    pageToken: "",
+  });
+  assert.deepEqual(history.runs, [], "nothing has run yet");
+  ok("oneTimeSchedule", `${oneTime.id} fires ${oneTime.nextRunTime.toISOString()}`);
 
   await hostCall("deleteSchedule", { id: got.id, etag: updated.etag });
   const gone = await failure(hostCall("getSchedule", { id: got.id }));
