@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from scheduler_host.adapters.db.buckets import bucket_of
 from scheduler_host.adapters.db.dispatch_store import PgDispatchStore
 from scheduler_host.adapters.db.pool import DatabasePool
 from scheduler_host.adapters.db.unit_of_work import PgUnitOfWorkFactory
@@ -37,7 +38,7 @@ from scheduler_host.service.access import InstallContextCache, authorize_install
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput
 from scheduler_host.service.ports import ClaimedRun, RunOutcome
 from scheduler_host.service.schedule_input import ScheduleFields
-from tests.support.storage import Db
+from tests.support.storage import Db, connect, wait_for_lock_waiters
 
 _T = TypeVar("_T")
 
@@ -75,16 +76,7 @@ class Process:
         disable_missing: bool = True,
     ) -> list[uuid.UUID]:
         _, disabled = await installs.upsert_install(
-            InstallInput(
-                install_id=str(install_id),
-                tenant_id=TENANT,
-                registry_id="registry-ext",
-                version_id=version,
-                content_hash=f"sha256:{version}",
-                enabled=None,
-                granted_capabilities=("cap:scheduler.manage",),
-                endpoints=tuple(EndpointSpecInput(m, p, f"handler{p}") for m, p in endpoints),
-            ),
+            install_input(install_id, version, endpoints),
             disable_missing,
             uow_factory=self.factory,
             clock=clock,
@@ -139,6 +131,21 @@ class Process:
         claim = await self.store.start_manual_run(target, now, now, now + LEASE)
         assert claim is not None
         return claim
+
+
+def install_input(
+    install_id: uuid.UUID, version: str, endpoints: tuple[tuple[str, str], ...]
+) -> InstallInput:
+    return InstallInput(
+        install_id=str(install_id),
+        tenant_id=TENANT,
+        registry_id="registry-ext",
+        version_id=version,
+        content_hash=f"sha256:{version}",
+        enabled=None,
+        granted_capabilities=("cap:scheduler.manage",),
+        endpoints=tuple(EndpointSpecInput(m, p, f"handler{p}") for m, p in endpoints),
+    )
 
 
 class _NoTokens:
@@ -536,3 +543,38 @@ async def test_an_update_with_a_context_read_just_before_an_upgrade_is_not_refus
         pytest.fail(f"refused: {exc}")
     assert stored.endpoint_id == endpoint_id(install_id, "v2", "POST", "/sync")
     assert (stored.payload, stored.revision) == ({"n": 1}, 3)
+
+
+async def test_two_registrations_of_one_new_install_for_two_tenants_leave_one_install(
+    processes: list[Process], db: Db, pg_url: str
+) -> None:
+    # Two operators register the same new install id at once, for two tenants (in two buckets).
+    # Done one after the other, the second is refused ("an install cannot change tenant").
+    first, second = processes[0], processes[1]
+    iid = uuid.uuid4()
+    blocker = await connect(pg_url)
+    try:
+        # Holds the first registration after it wrote the directory entry and its install row.
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE endpoints IN SHARE MODE")
+            registering = asyncio.create_task(first.upsert(iid, "v1", V1_ENDPOINTS))
+            await wait_for_lock_waiters(db, 1)
+            other = asyncio.create_task(
+                installs.upsert_install(
+                    replace(install_input(iid, "v1", V1_ENDPOINTS), tenant_id="tenant-b"),
+                    True,
+                    uow_factory=second.factory,
+                    clock=clock,
+                    install_cache=second.cache,
+                )
+            )
+            await wait_for_lock_waiters(db, 2)
+        results = await outcomes([registering, other])
+    finally:
+        await blocker.close()
+
+    rows = await db.fetch("SELECT bucket, tenant_id FROM installs WHERE id = $1", iid)
+    directory = await db.fetch("SELECT bucket, tenant_id FROM install_directory")
+    assert [tuple(r) for r in directory] == [(bucket_of(TENANT), TENANT)]
+    assert [tuple(r) for r in rows] == [(bucket_of(TENANT), TENANT)], "one install, the first"
+    assert results[0] == [] and isinstance(results[1], ValidationFailed), results
