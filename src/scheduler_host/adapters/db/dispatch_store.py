@@ -47,7 +47,7 @@ _POLL = "SELECT bucket, next_run_time, lease_until FROM dispatch_poll($1)"
 
 # A schedule with its install, whether its endpoint is still there and whether its last run is
 # still open: what planning a claim and calling the Runner need.
-_TARGET = f"""SELECT {columns(SCHEDULE_COLUMNS, "s")}, s.running_run_id,
+_TARGET_PART = f"""SELECT {columns(SCHEDULE_COLUMNS, "s")}, s.running_run_id,
     i.enabled AS install_enabled, i.registry_id, i.version_id, i.content_hash,
     i.granted_capabilities,
     EXISTS (SELECT 1 FROM endpoints e
@@ -60,13 +60,13 @@ JOIN installs i ON i.bucket = s.bucket AND i.id = s.install_id
 LEFT JOIN schedule_runs running ON running.bucket = s.bucket AND running.id = s.running_run_id"""
 
 # Literal predicates, so that the partial index ix_schedules_due applies.
-_CLAIM_DUE = f"""{_TARGET}
+_CLAIM_DUE = f"""{_TARGET_PART}
 WHERE s.bucket = $1 AND s.enabled AND s.next_run_time IS NOT NULL AND s.next_run_time <= $2
 ORDER BY s.next_run_time LIMIT $3
 FOR UPDATE OF s SKIP LOCKED"""
 
 _LOAD_TARGET = (
-    f"{_TARGET}\nWHERE s.bucket = $1 AND s.tenant_id = $2 AND s.install_id = $3 AND s.id = $4"
+    f"{_TARGET_PART}\nWHERE s.bucket = $1 AND s.tenant_id = $2 AND s.install_id = $3 AND s.id = $4"
 )
 
 _INSERT_RUNS = """INSERT INTO schedule_runs (bucket, id, tenant_id, install_id, schedule_id,
@@ -101,7 +101,7 @@ WHERE bucket = $1 AND enabled AND next_run_time IS NOT NULL"""
 
 _EXPIRED = f"""SELECT r.id AS run_id, r.trigger, r.scheduled_time, r.start_time AS run_start_time,
     r.attempt, r.takeovers, r.lease_until AS run_lease,
-    {_TARGET.removeprefix("SELECT ")}
+    {_TARGET_PART.removeprefix("SELECT ")}
 JOIN schedule_runs r ON r.bucket = s.bucket AND r.schedule_id = s.id
 WHERE r.bucket = $1 AND r.status IN ('pending', 'running') AND r.lease_until < $2
 ORDER BY r.lease_until LIMIT $3"""
