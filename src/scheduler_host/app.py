@@ -201,11 +201,14 @@ async def start_application(
     clock: Clock = utc_now,
     listen: str | None = None,
     tracer_provider: Any | None = None,
+    reuse_port: bool = False,
 ) -> Application:
     """Build and start everything; `tracer_provider` overrides the one the OTEL_* variables give."""
     url, embedded = await database_url(settings)
     try:
-        return await _start(settings, url, embedded, migrate, clock, listen, tracer_provider)
+        return await _start(
+            settings, url, embedded, migrate, clock, listen, tracer_provider, reuse_port
+        )
     except BaseException:
         if embedded is not None:
             await embedded.stop()
@@ -220,6 +223,7 @@ async def _start(
     clock: Clock,
     listen: str | None,
     tracer_provider: Any | None,
+    reuse_port: bool,
 ) -> Application:
     await prepare_database(url, migrate=migrate)
     metrics = build_metrics()
@@ -248,7 +252,13 @@ async def _start(
     )
     try:
         server = await start_server(
-            settings, deps, dispatcher, listen, metrics=metrics, tracer_provider=tracer_provider
+            settings,
+            deps,
+            dispatcher,
+            listen,
+            metrics=metrics,
+            tracer_provider=tracer_provider,
+            reuse_port=reuse_port,
         )
     except RuntimeError as exc:  # grpc reports a port it cannot bind this way
         await dispatcher.close()
@@ -280,13 +290,14 @@ async def _start(
     return app
 
 
-async def serve(settings: Settings, *, migrate: bool) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+async def serve(settings: Settings, *, migrate: bool, reuse_port: bool = False) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully; `reuse_port` when other processes of a
+    group (serve --workers) listen on the same port."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = await start_application(settings, migrate=migrate)
+    app = await start_application(settings, migrate=migrate, reuse_port=reuse_port)
     log.info("scheduler-host listening on %s (port %d)", settings.listen, app.port)
     with contextlib.suppress(asyncio.CancelledError):
         await stop.wait()

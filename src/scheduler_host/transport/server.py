@@ -71,13 +71,15 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def _options(settings: Settings) -> list[tuple[str, Any]]:
+def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, Any]]:
     """Message size, keepalive in both directions, and connection age."""
     ms = 1000
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        # Off unless a group of workers shares the port: a second server must not silently take
+        # half of another's calls.
+        ("grpc.so_reuseport", int(reuse_port)),
         # The server pings idle connections, so a dead peer's connection is dropped.
         ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * ms)),
         ("grpc.keepalive_timeout_ms", 20 * ms),
@@ -106,6 +108,7 @@ async def start_server(
     *,
     metrics: Metrics | None = None,
     tracer_provider: Any | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     boundary = ErrorBoundary(metrics)
     links = [
@@ -124,7 +127,7 @@ async def start_server(
         chain.insert(0, aio_server_interceptor(tracer_provider=tracer_provider))  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
         interceptors=chain,
-        options=_options(settings),
+        options=_options(settings, reuse_port),
         # Calls beyond this are refused with RESOURCE_EXHAUSTED instead of queueing without end.
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
