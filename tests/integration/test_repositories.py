@@ -55,9 +55,10 @@ async def create(
     limit: int = 50,
     request_id: uuid.UUID | None = None,
     since: datetime = T0 - DAY,
+    version: str = "v1",
 ) -> CreateOutcome:
     async with factory(autocommit=True) as u:
-        outcome = await u.schedules.create(s, limit, request_id, since)
+        outcome = await u.schedules.create(s, limit, request_id, since, version)
         await u.commit()
     return outcome
 
@@ -278,7 +279,7 @@ async def test_leaving_without_commit_rolls_back(factory: PgUnitOfWorkFactory) -
     install = make_install()
     async with factory() as u:
         await u.installs.save(install)
-        assert await u.schedules.create(make_schedule(install), 50, uuid.uuid4(), T0 - DAY)
+        assert await u.schedules.create(make_schedule(install), 50, uuid.uuid4(), T0 - DAY, "v1")
     async with factory(autocommit=True) as u:
         assert await u.installs.get(install.install_id) is None
         assert await u.installs.context(install.install_id) is None
@@ -367,12 +368,12 @@ async def test_a_tenant_sharing_the_install_s_bucket_sees_nothing_of_it(
         if await u.runs.page(stranger, s.id, None, 10):
             seen.append("runs.page")
         moved = replace(s, tenant_id=stranger, name="renamed", revision=2)
-        if await u.schedules.update_definition(moved, 1, timing=False) is not None:
+        if await u.schedules.update_definition(moved, 1, timing=False, version_id="v1") is not None:
             seen.append("schedules.update_definition")
     try:
         async with factory(autocommit=True) as u:
             outcome = await u.schedules.create(
-                replace(make_schedule(install), tenant_id=stranger), 50, None, T0 - DAY
+                replace(make_schedule(install), tenant_id=stranger), 50, None, T0 - DAY, "v1"
             )
         seen.append(f"schedules.create ({outcome})")
     except InstallNotFound:
@@ -606,7 +607,7 @@ async def test_a_taken_name_is_name_in_use(factory: PgUnitOfWorkFactory) -> None
     # In a transaction too; the refusal ends that unit of work, and the next one works.
     with pytest.raises(NameInUse):
         async with factory() as u:
-            await u.schedules.create(make_schedule(install, name="nightly"), 50, None, T0)
+            await u.schedules.create(make_schedule(install, name="nightly"), 50, None, T0, "v1")
     # Names are case-sensitive, several unnamed schedules are fine, and another install (of
     # this tenant or another) may use the same name.
     await created(
@@ -692,7 +693,9 @@ async def test_update_definition_writes_only_at_the_expected_revision(
     )
 
     async with factory(autocommit=True) as u:
-        assert await u.schedules.update_definition(changed, 7, timing=False) is None
+        assert (
+            await u.schedules.update_definition(changed, 7, timing=False, version_id="v1") is None
+        )
         assert await get(factory, s) == replace(
             s,
             last_run_time=ran,
@@ -700,7 +703,7 @@ async def test_update_definition_writes_only_at_the_expected_revision(
             last_error="x",
             next_run_time=ran + WINDOW,
         )
-        stored = await u.schedules.update_definition(changed, 1, timing=False)
+        stored = await u.schedules.update_definition(changed, 1, timing=False, version_id="v1")
 
     assert stored == replace(
         changed,
@@ -717,14 +720,18 @@ async def test_update_definition_writes_only_at_the_expected_revision(
     # With the timing, next_run_time is written too (here: cleared).
     timed = replace(stored, revision=3, next_run_time=None)
     async with factory(autocommit=True) as u:
-        again = await u.schedules.update_definition(timed, 2, timing=True)
+        again = await u.schedules.update_definition(timed, 2, timing=True, version_id="v1")
     assert again is not None and again.next_run_time is None and again.revision == 3
 
     async with factory(autocommit=True) as u:
         with pytest.raises(NameInUse):
-            await u.schedules.update_definition(replace(timed, name="taken"), 3, timing=False)
+            await u.schedules.update_definition(
+                replace(timed, name="taken"), 3, timing=False, version_id="v1"
+            )
         assert (
-            await u.schedules.update_definition(replace(timed, id=uuid.uuid4()), 3, timing=False)
+            await u.schedules.update_definition(
+                replace(timed, id=uuid.uuid4()), 3, timing=False, version_id="v1"
+            )
             is None
         )
     assert await get(factory, s) == again

@@ -98,10 +98,18 @@ class FakeSchedules:
         return key[0] if key is not None and key[1] > since else None
 
     async def create(
-        self, schedule: Schedule, limit: int, request_id: uuid.UUID | None, since: datetime
+        self,
+        schedule: Schedule,
+        limit: int,
+        request_id: uuid.UUID | None,
+        since: datetime,
+        version_id: str,
     ) -> ports.CreateOutcome:
-        if schedule.install_id not in self.d.installs:
+        install = self.d.installs.get(schedule.install_id)
+        if install is None or install.tenant_id != schedule.tenant_id:
             raise InstallNotFound(str(schedule.install_id))
+        if install.version_id != version_id:
+            return ports.CreateOutcome(stale_version=True)
         earlier = self._earlier(schedule.install_id, request_id, since)
         if earlier is not None:
             return ports.CreateOutcome(earlier=earlier)
@@ -121,10 +129,13 @@ class FakeSchedules:
         return ports.CreateOutcome(created=created)
 
     async def update_definition(
-        self, schedule: Schedule, expected_revision: int, *, timing: bool
+        self, schedule: Schedule, expected_revision: int, *, timing: bool, version_id: str
     ) -> Schedule | None:
         current = self.d.schedules.get(schedule.id)
+        install = self.d.installs.get(schedule.install_id)
         if current is None or current.revision != expected_revision:
+            return None
+        if install is None or install.version_id != version_id:
             return None
         self._check_name(schedule)
         stored = replace(
@@ -201,8 +212,12 @@ class FakeInstalls:
             self.cache.keep_endpoints(install_id, version_id, eps)
         return eps
 
-    async def save(self, install: Install) -> None:
+    async def save(self, install: Install) -> bool:
+        stored = self.d.installs.get(install.install_id)
+        if stored is not None and stored.tenant_id != install.tenant_id:
+            return False
         self.d.installs[install.install_id] = install
+        return True
 
     async def delete(self, install_id: uuid.UUID) -> bool:
         if self.d.installs.pop(install_id, None) is None:

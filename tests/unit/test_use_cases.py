@@ -27,7 +27,7 @@ from scheduler_host.service import access, installs, schedules
 from scheduler_host.service.housekeeping import prune_expired
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput
 from scheduler_host.service.page_tokens import SignedPageTokens
-from scheduler_host.service.schedules import ScheduleFields
+from scheduler_host.service.schedule_input import ScheduleFields
 from tests.unit.fakes import FakeUnitOfWorkFactory
 
 T0 = datetime(2026, 3, 7, 17, 2, tzinfo=UTC)

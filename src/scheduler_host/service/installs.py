@@ -151,13 +151,7 @@ async def upsert_install(
         await uow.installs.lock(tenant_id, install_id)
         current = await uow.installs.get(install_id)
         if current is not None and current.tenant_id != tenant_id:
-            raise ValidationFailed(
-                [
-                    FieldViolation(
-                        "install.tenant_id", "INSTALL_INVALID", "an install cannot change tenant"
-                    )
-                ]
-            )
+            raise _tenant_change()
         install = Install(
             install_id=install_id,
             tenant_id=tenant_id,
@@ -186,10 +180,17 @@ async def upsert_install(
                 raise RemapFailed(remap.missing)
             await uow.schedules.apply_remap(tenant_id, install_id, remap.changes)
             disabled = remap.disabled
-        await uow.installs.save(install)
+        if not await uow.installs.save(install):
+            raise _tenant_change()
         await uow.commit()
     install_cache.invalidate(install_id)
     return install, disabled
+
+
+def _tenant_change() -> ValidationFailed:
+    return ValidationFailed(
+        [FieldViolation("install.tenant_id", "INSTALL_INVALID", "an install cannot change tenant")]
+    )
 
 
 async def get_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> Install:
@@ -223,8 +224,13 @@ async def delete_install(
         raise ValidationFailed([iid])
     async with uow_factory() as uow:
         ctx = await uow.installs.context(iid)
+        if ctx is None:
+            raise InstallNotFound(str(iid))
+        # Its schedules locked in id order first, the order a dispatcher's finish takes: the
+        # delete's cascade then cannot deadlock with one.
+        await uow.schedules.lock_install_schedules(ctx.tenant_id, iid)
         # Endpoints, schedules, runs and idempotency keys go with it; so do its rate-limit hits.
-        if ctx is None or not await uow.installs.delete(iid):
+        if not await uow.installs.delete(iid):
             raise InstallNotFound(str(iid))
         await uow.rate_limits.forget(mutations_scope(iid), ctx.tenant_id)
         await uow.commit()

@@ -45,21 +45,28 @@ class ScheduleRepository(Protocol):
         `since` (when set), from one snapshot."""
 
     async def create(
-        self, schedule: Schedule, limit: int, request_id: uuid.UUID | None, since: datetime
+        self,
+        schedule: Schedule,
+        limit: int,
+        request_id: uuid.UUID | None,
+        since: datetime,
+        version_id: str,
     ) -> CreateOutcome:
-        """Under the install's lock: unless `request_id` names a create since `since` (its
-        schedule id is returned, nothing written) or the install already has `limit` schedules,
-        insert the schedule (its create time just after the install's newest, if the clock lags)
-        and remember the request id. Raises NameInUse for a taken name, InstallNotFound when
-        the install is gone."""
+        """Under the install's lock: unless the install is no longer at `version_id` (the
+        version the endpoint was resolved against), `request_id` names a create since `since`
+        (its schedule id is returned, nothing written) or the install already has `limit`
+        schedules, insert the schedule (its create time just after the install's newest, if the
+        clock lags) and remember the request id. Raises NameInUse for a taken name,
+        InstallNotFound when the install is gone."""
 
     async def update_definition(
-        self, schedule: Schedule, expected_revision: int, *, timing: bool
+        self, schedule: Schedule, expected_revision: int, *, timing: bool, version_id: str
     ) -> Schedule | None:
         """Write what a caller may change (the definition), the revision and the update time,
-        and next_run_time when `timing`, if the stored revision is still `expected_revision`;
-        the schedule as stored then, or None when it changed or is gone. The fields the
-        dispatcher keeps (last run, next run) are not written otherwise. Raises NameInUse."""
+        and next_run_time when `timing`, if the stored revision is still `expected_revision` and
+        the install is still at `version_id`; the schedule as stored then, or None when it
+        changed, is gone or the install was upgraded. The fields the dispatcher keeps (last run,
+        next run) are not written otherwise. Raises NameInUse."""
 
     async def delete(
         self,
@@ -96,8 +103,9 @@ class InstallRepository(Protocol):
         """Ordered by path and method; may come from the EndpointCache the unit of work was
         given, as stale as the install context it goes with."""
 
-    async def save(self, install: Install) -> None:
-        """Insert or overwrite the install and the endpoints of its current version."""
+    async def save(self, install: Install) -> bool:
+        """Insert or overwrite the install and the endpoints of its current version; False (and
+        nothing written) when the install id is registered for another tenant."""
 
     async def delete(self, install_id: uuid.UUID) -> bool:
         """Remove the install with its endpoints, schedules, runs and idempotency keys."""
@@ -180,6 +188,8 @@ class CreateOutcome:
     created: Schedule | None = None
     earlier: uuid.UUID | None = None
     full: bool = False
+    # The install was upgraded since the endpoint was resolved: resolve again and retry.
+    stale_version: bool = False
 
 
 class EndpointCache(Protocol):

@@ -14,6 +14,7 @@ from scheduler_host.domain.endpoints import Endpoint, resolve_endpoint, unschedu
 from scheduler_host.domain.errors import (
     EtagMismatch,
     FieldViolation,
+    InstallNotFound,
     QuotaExceeded,
     ScheduleNotFound,
     ValidationFailed,
@@ -76,13 +77,18 @@ async def _resolve_into(uow: UnitOfWork, ctx: InstallContext, checked: Checked) 
     return resolved
 
 
-async def _current_endpoint(uow: UnitOfWork, ctx: InstallContext, s: Schedule) -> Schedule:
+async def _current_endpoint(
+    uow: UnitOfWork, ctx: InstallContext, s: Schedule
+) -> Schedule | None:
     """An enabled schedule must call an endpoint of the install's current version: one that an
-    upgrade left behind while the schedule was disabled is refused until a new one is set."""
+    upgrade left behind while the schedule was disabled is refused until a new one is set. None
+    when `ctx` proves older than the stored install (the caller reads it again and retries)."""
     eps = await uow.installs.endpoints(ctx.tenant_id, ctx.install_id, ctx.version_id)
     for e in eps:
         if (e.method, e.path) == (s.endpoint_method, s.endpoint_path):
             return replace(s, endpoint_id=e.id)
+    if (await _fresh_context(uow, ctx)).version_id != ctx.version_id:
+        return None
     raise ValidationFailed(
         [
             FieldViolation(
@@ -149,30 +155,64 @@ async def create_schedule(
     check_timing(
         checked, timing_request(fields, UPDATABLE_FIELDS, checked, None), now, check_run_at=True
     )
-    # One statement writes: the create runs under the install's lock in the database.
-    async with uow_factory(autocommit=True) as uow:
-        # Resolving the endpoint reads the install's endpoints; its violation is reported together
-        # with the others.
-        endpoint = await _resolve_into(uow, ctx, checked)
-        if checked.violations:
-            raise ValidationFailed(checked.violations)
-        assert endpoint is not None
-        schedule = _new_schedule(ctx, fields, checked, endpoint, now)
-        # The idempotency check, then the quota, then the name (the unique index): one step.
-        outcome = await uow.schedules.create(
-            schedule, policy.max_schedules_per_install, request_uuid, now - IDEMPOTENCY_WINDOW
+    # One statement writes: the create runs under the install's lock in the database. A second
+    # try follows an upgrade the caller's install context had not seen yet.
+    for _ in range(2):
+        async with uow_factory(autocommit=True) as uow:
+            attempt = replace(checked, violations=list(checked.violations))
+            created = await _create(uow, ctx, fields, attempt, request_uuid, policy, now)
+            if created is not None:
+                await uow.commit()
+                return created
+            ctx = await _fresh_context(uow, ctx)
+    raise AssertionError("the install changed version twice during one create")
+
+
+async def _create(
+    uow: UnitOfWork,
+    ctx: InstallContext,
+    fields: ScheduleFields,
+    checked: Checked,
+    request_uuid: uuid.UUID | None,
+    policy: SchedulePolicy,
+    now: datetime,
+) -> Schedule | None:
+    """The create's one step; None when the install's version moved on meanwhile."""
+    # Resolving the endpoint reads the install's endpoints; its violation is reported together
+    # with the others.
+    endpoint = await _resolve_into(uow, ctx, checked)
+    if checked.violations:
+        raise ValidationFailed(checked.violations)
+    assert endpoint is not None
+    schedule = _new_schedule(ctx, fields, checked, endpoint, now)
+    # The idempotency check, then the quota, then the name (the unique index): one step.
+    outcome = await uow.schedules.create(
+        schedule,
+        policy.max_schedules_per_install,
+        request_uuid,
+        now - IDEMPOTENCY_WINDOW,
+        ctx.version_id,
+    )
+    if outcome.stale_version:
+        return None
+    if outcome.earlier is not None:
+        existing = await uow.schedules.get(
+            ctx.tenant_id, ctx.install_id, outcome.earlier, for_update=False
         )
-        if outcome.earlier is not None:
-            existing = await uow.schedules.get(
-                ctx.tenant_id, ctx.install_id, outcome.earlier, for_update=False
-            )
-            if existing is None:
-                raise ScheduleNotFound(str(outcome.earlier))
-            return existing
-        if outcome.created is None:
-            raise QuotaExceeded(f"install:{ctx.install_id}", policy.max_schedules_per_install)
-        await uow.commit()
+        if existing is None:
+            raise ScheduleNotFound(str(outcome.earlier))
+        return existing
+    if outcome.created is None:
+        raise QuotaExceeded(f"install:{ctx.install_id}", policy.max_schedules_per_install)
     return outcome.created
+
+
+async def _fresh_context(uow: UnitOfWork, ctx: InstallContext) -> InstallContext:
+    """The install's context as stored now (a cached one may predate an upgrade)."""
+    fresh = await uow.installs.context(ctx.install_id)
+    if fresh is None:
+        raise InstallNotFound(str(ctx.install_id))
+    return fresh
 
 
 async def get_schedule(
@@ -314,6 +354,8 @@ async def update_schedule(
             if stored is not None:
                 await uow.commit()
                 return stored
+            # Another change came first, or an upgrade the cached context had not seen.
+            ctx = await _fresh_context(uow, ctx)
     raise AssertionError("the locked update found its row changed")
 
 
@@ -351,16 +393,22 @@ async def _write_update(
 ) -> Schedule | None:
     """Write the merged schedule if the revision is still the one read; the schedule as stored
     (`current` when nothing changes), or None when another change came first."""
-    updated = _merged(current, endpoint, checked, fields, names)
-    if updated.enabled and endpoint is None:
-        updated = await _current_endpoint(uow, ctx, updated)
+    merged = _merged(current, endpoint, checked, fields, names)
+    updated = merged
+    if merged.enabled and endpoint is None:
+        on_current = await _current_endpoint(uow, ctx, merged)
+        if on_current is None:
+            return None
+        updated = on_current
     if updated == current:
         return current
     timing = any(getattr(updated, n) != getattr(current, n) for n in _TIMING)
     if timing:
         updated = replace(updated, next_run_time=next_run_of(updated, now))
     updated = replace(updated, revision=current.revision + 1, update_time=now)
-    return await uow.schedules.update_definition(updated, current.revision, timing=timing)
+    return await uow.schedules.update_definition(
+        updated, current.revision, timing=timing, version_id=ctx.version_id
+    )
 
 
 def _merged(

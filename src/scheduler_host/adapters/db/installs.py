@@ -33,6 +33,8 @@ _CONTEXT = f"SELECT {columns(INSTALL_CONTEXT_COLUMNS)} FROM installs WHERE bucke
 _INSTALL = f"SELECT {columns(INSTALL_COLUMNS)} FROM installs WHERE bucket = $1 AND id = $2"
 _ENDPOINTS = f"""SELECT {columns(ENDPOINT_COLUMNS)} FROM endpoints
 WHERE bucket = $1 AND install_id = $2 AND version_id = $3 ORDER BY path, method"""
+# A registration racing another one for the same new install id waits for it, then reads its
+# entry: a different tenant is refused (the row in the other bucket would be an orphan).
 _REGISTER = """INSERT INTO install_directory (install_id, bucket, tenant_id) VALUES ($1, $2, $3)
 ON CONFLICT (install_id) DO NOTHING"""
 _SAVE = """INSERT INTO installs
@@ -148,10 +150,13 @@ class PgInstallRepository:
         rows = await conn.fetch(_ENDPOINTS, bucket, install_id, version_id)
         return [endpoint_from_row(r) for r in rows]
 
-    async def save(self, install: Install) -> None:
+    async def save(self, install: Install) -> bool:
         conn = await self._connect()
         bucket = bucket_of(install.tenant_id)
         await conn.execute(_REGISTER, install.install_id, bucket, install.tenant_id)
+        registered = await conn.fetchrow(_DIRECTORY, install.install_id)
+        if registered is None or registered["tenant_id"] != install.tenant_id:
+            return False
         await conn.execute(
             _SAVE,
             bucket,
@@ -181,6 +186,7 @@ class PgInstallRepository:
                 [e.handler for e in eps],
             )
         self._directory.keep(install.install_id, (bucket, install.tenant_id))
+        return True
 
     async def delete(self, install_id: uuid.UUID) -> bool:
         entry = await self._locate(install_id, fresh=True)

@@ -197,6 +197,8 @@ class DatabasePool:
             if broken:
                 conn.terminate()
             await self._pool.release(conn)
+        except asyncpg.InterfaceError:
+            pass  # its connection closed, and asyncpg already took it back
         finally:
             self._gate.leave()
 

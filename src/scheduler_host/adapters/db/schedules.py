@@ -56,11 +56,12 @@ _PAGE_FIRST = _PAGE.format(after="")
 _PAGE_AFTER = _PAGE.format(after=" AND (create_time, id) > ($5, $6)")
 
 _USAGE = """SELECT
-    (SELECT count(*) FROM schedules WHERE bucket = $1 AND install_id = $2),
+    (SELECT count(*) FROM schedules WHERE bucket = $1 AND tenant_id = $5 AND install_id = $2),
     (SELECT schedule_id FROM idempotency_keys
-     WHERE bucket = $1 AND install_id = $2 AND request_id = $3 AND create_time > $4)"""
+     WHERE bucket = $1 AND tenant_id = $5 AND install_id = $2 AND request_id = $3
+       AND create_time > $4)"""
 
-# The columns create_schedule takes after its six leading parameters, in its order.
+# The columns create_schedule takes after its seven leading parameters, in its order.
 _CREATED_COLUMNS = (
     "id",
     "tenant_id",
@@ -80,20 +81,23 @@ _CREATED_COLUMNS = (
     "next_run_time",
 )
 _CREATE = (
-    "SELECT outcome, earlier, created FROM create_schedule($1, $2, $3, $4, $5, $6, "
-    + ", ".join(f"${i}" for i in range(7, 7 + len(_CREATED_COLUMNS)))
+    "SELECT outcome, earlier, created FROM create_schedule($1, $2, $3, $4, $5, $6, $7, "
+    + ", ".join(f"${i}" for i in range(8, 8 + len(_CREATED_COLUMNS)))
     + ")"
 )
 
 # What UpdateSchedule changes; next_run_time only when the timing changed, since the dispatcher
-# keeps it (and the last-run fields) without a revision of its own.
+# keeps it (and the last-run fields) without a revision of its own. Written only while the
+# install is still at the version the caller resolved the endpoint against.
 _N_DEF = len(DEFINITION_COLUMNS)
 _UPDATE_DEFINITION = (
     "UPDATE schedules SET "
     + ", ".join(f"{name} = ${i}" for i, name in enumerate(DEFINITION_COLUMNS, 5))
     + f", next_run_time = CASE WHEN ${_N_DEF + 5}::boolean THEN ${_N_DEF + 6}::timestamptz "
     "ELSE next_run_time END "
-    f"WHERE {_SCOPE} AND id = $4 AND revision = ${_N_DEF + 7} RETURNING {_COLS}"
+    f"WHERE {_SCOPE} AND id = $4 AND revision = ${_N_DEF + 7} AND EXISTS ("
+    "SELECT 1 FROM installs i WHERE i.bucket = $1 AND i.id = $3 "
+    f"AND i.version_id = ${_N_DEF + 8}) RETURNING {_COLS}"
 )
 
 _DELETE = f"""DELETE FROM schedules
@@ -192,12 +196,19 @@ class PgScheduleRepository:
         since: datetime,
     ) -> tuple[int, uuid.UUID | None]:
         conn = await self._connect()
-        row = await conn.fetchrow(_USAGE, bucket_of(tenant_id), install_id, request_id, since)
+        row = await conn.fetchrow(
+            _USAGE, bucket_of(tenant_id), install_id, request_id, since, tenant_id
+        )
         assert row is not None
         return int(row[0]), row[1]
 
     async def create(
-        self, schedule: Schedule, limit: int, request_id: uuid.UUID | None, since: datetime
+        self,
+        schedule: Schedule,
+        limit: int,
+        request_id: uuid.UUID | None,
+        since: datetime,
+        version_id: str,
     ) -> CreateOutcome:
         conn = await self._connect()
         s = schedule
@@ -210,6 +221,7 @@ class PgScheduleRepository:
                 since,
                 limit,
                 s.create_time,
+                version_id,
                 *schedule_values(s, _CREATED_COLUMNS),
             )
         assert row is not None
@@ -220,11 +232,13 @@ class PgScheduleRepository:
             return CreateOutcome(earlier=row["earlier"])
         if outcome == "full":
             return CreateOutcome(full=True)
+        if outcome == "stale-version":
+            return CreateOutcome(stale_version=True)
         created: datetime = row["created"]
         return CreateOutcome(created=replace(s, create_time=created, update_time=created))
 
     async def update_definition(
-        self, schedule: Schedule, expected_revision: int, *, timing: bool
+        self, schedule: Schedule, expected_revision: int, *, timing: bool, version_id: str
     ) -> Schedule | None:
         conn = await self._connect()
         s = schedule
@@ -237,6 +251,7 @@ class PgScheduleRepository:
                 timing,
                 s.next_run_time,
                 expected_revision,
+                version_id,
             )
         return schedule_from_row(row) if row is not None else None
 

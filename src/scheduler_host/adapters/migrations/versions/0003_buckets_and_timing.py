@@ -161,11 +161,11 @@ $$;
 # quota and the idempotency check hold exactly across processes): an earlier create with the same
 # request id wins, then the quota, then the insert with its key; the name index refuses a taken
 # name. Create times follow commit order (just after the newest), so a page cursor opened before
-# this create does not skip it. `outcome`: added | earlier | full | no-install.
+# this create does not skip it. `outcome`: added | earlier | full | no-install | stale-version.
 _CREATE_SCHEDULE = """
 CREATE FUNCTION create_schedule(
     p_bucket smallint, p_install_id uuid, p_request_id uuid, p_since timestamptz,
-    p_limit integer, p_now timestamptz,
+    p_limit integer, p_now timestamptz, p_version_id text,
     p_id uuid, p_tenant_id text, p_endpoint_id uuid, p_endpoint_method text,
     p_endpoint_path text, p_name text, p_cron text, p_run_at timestamptz,
     p_start_time timestamptz, p_end_time timestamptz, p_jitter_ms integer, p_timezone text,
@@ -175,24 +175,33 @@ CREATE FUNCTION create_schedule(
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     n bigint;
+    installed text;
 BEGIN
     -- NO KEY UPDATE: serialises with other creates, not with rows that merely reference it.
-    PERFORM 1 FROM installs WHERE bucket = p_bucket AND id = p_install_id FOR NO KEY UPDATE;
+    SELECT i.version_id INTO installed FROM installs i
+    WHERE i.bucket = p_bucket AND i.id = p_install_id AND i.tenant_id = p_tenant_id
+    FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         outcome := 'no-install';
         RETURN;
     END IF;
+    -- The caller resolved the endpoint against the version it knew; an upgrade since then
+    -- must be seen, or the schedule would name an endpoint of the old version.
+    IF installed <> p_version_id THEN
+        outcome := 'stale-version';
+        RETURN;
+    END IF;
     IF p_request_id IS NOT NULL THEN
         SELECT k.schedule_id INTO earlier FROM idempotency_keys k
-        WHERE k.bucket = p_bucket AND k.install_id = p_install_id
+        WHERE k.bucket = p_bucket AND k.install_id = p_install_id AND k.tenant_id = p_tenant_id
           AND k.request_id = p_request_id AND k.create_time > p_since;
         IF earlier IS NOT NULL THEN
             outcome := 'earlier';
             RETURN;
         END IF;
     END IF;
-    SELECT count(*), max(s.create_time) INTO n, created
-    FROM schedules s WHERE s.bucket = p_bucket AND s.install_id = p_install_id;
+    SELECT count(*), max(s.create_time) INTO n, created FROM schedules s
+    WHERE s.bucket = p_bucket AND s.tenant_id = p_tenant_id AND s.install_id = p_install_id;
     IF n >= p_limit THEN
         outcome := 'full';
         created := NULL;
@@ -248,7 +257,9 @@ BEGIN
     LOOP
         UPDATE schedules AS s
         SET last_run_time = done.last_run_time, last_run_status = done.status,
-            last_error = coalesce(done.disable_error, done.error),
+            -- A schedule disabled meanwhile (an upgrade without its endpoint) keeps its reason.
+            last_error = CASE WHEN NOT s.enabled AND done.error IS NULL THEN s.last_error
+                              ELSE coalesce(done.disable_error, done.error) END,
             running_run_id = CASE WHEN s.running_run_id = done.id THEN NULL
                                   ELSE s.running_run_id END,
             enabled = s.enabled AND done.disable_error IS NULL,
@@ -289,8 +300,8 @@ _DROP_FUNCTIONS = """
 DROP FUNCTION dispatch_poll(integer);
 DROP FUNCTION finish_runs(smallint, uuid[], uuid[], timestamptz[], text[], timestamptz[], text[],
                           integer[], timestamptz[], text[]);
-DROP FUNCTION create_schedule(smallint, uuid, uuid, timestamptz, integer, timestamptz, uuid, text,
-                              uuid, text, text, text, text, timestamptz, timestamptz,
+DROP FUNCTION create_schedule(smallint, uuid, uuid, timestamptz, integer, timestamptz, text,
+                              uuid, text, uuid, text, text, text, text, timestamptz, timestamptz,
                               timestamptz, integer, text, boolean, jsonb, bytea, timestamptz);
 DROP FUNCTION rate_limit_hit(smallint, text, text, integer, interval, timestamptz);
 """
