@@ -1,9 +1,13 @@
-"""`make bench`: the echo baseline, the API, scale, the dispatcher and memory, in one run.
+"""`make bench`: the echo baseline, the API, workers, scale, the dispatcher and memory, in one run.
 
 Prints one table, writes bench/out/results.json and, for a full run (default sizes, every part),
-bench/RESULTS.md. Settings (environment): BENCH_SECONDS (per point, 6), BENCH_WARMUP (1),
-BENCH_ROWS (1000000), BENCH_SMALL_ROWS (1000), BENCH_DUE (10000, the dispatcher's rate burst),
-BENCH_DUE_SMALL (1000, its lateness burst), BENCH_PROFILE_SECONDS (10).
+bench/RESULTS.md, which keeps its history table (and its "Before and after" section) from the
+previous RESULTS.md and adds a row when the measured src/ is committed and differs from the last
+row's. Settings (environment): BENCH_SECONDS (per point, 6), BENCH_WARMUP (1), BENCH_ROWS
+(1000000), BENCH_SMALL_ROWS (1000), BENCH_DUE (10000, the dispatcher's rate burst),
+BENCH_DUE_SMALL (1000, its lateness burst), BENCH_PROFILE_SECONDS (10), BENCH_CHANGE (the "what
+changed" text of a new history row; default: the subject of the last commit touching src/).
+`python -m bench.compare REV` measures REV and the work tree one after the other.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from bench import (
     scale,
     service,
     statements,
+    workers,
 )
 from bench.echo_server import PATH as ECHO_PATH
 from tests.support.postgres import postgres_server, scratch_database
@@ -56,6 +61,8 @@ SCALE_ROUNDS = 3
 PARTS = {
     "echo": "the echo server: the gRPC ceiling of this machine (always measured)",
     "api": "every API call at c=1 and c=32 on the service, and a profile of GetSchedule",
+    "workers": "GetSchedule and GetEndpoints at c=64 on serve --workers 2 and on one process, "
+    "against the echo run twice on one port (SO_REUSEPORT) and once",
     "scale": "reads with BENCH_SMALL_ROWS vs BENCH_ROWS stored, statements per RPC, query plans",
     "dispatch": "the dispatcher's bursts (BENCH_DUE, BENCH_DUE_SMALL) on BENCH_ROWS stored",
 }
@@ -253,10 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     workdir = OUT / "h2load"
     connections, streams = load.layout(32)
+    code = machine.code()
     results: dict[str, Any] = {
         "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "commit": machine.commit(),
-        "source_digest": machine.source_digest(),
+        "commit": code["commit"],
+        "source_digest": code["source_digest"],
+        "code": code,
+        "full_run": full_run,
         "machine": machine.describe(),
         "h2load_version": h2load_version(),
         "config": {
@@ -278,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         echo, echo_peak = run_echo(seconds, warmup, workdir)
     results["echo"] = [p.to_json() for p in echo]
     results["memory"]["echo_server_peak_mib"] = echo_peak
+    results["machine"]["echo_cpu_per_call_us"] = report.echo_cpu_per_call_us(results)
     if parts == {"echo"}:
         return finish(results, phase, full_run)
 
@@ -290,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         results["postgres"] = asyncio.run(pg_info.probe(dsn))
         results["postgres_version"] = results["postgres"]["version"]
 
-        # The API part and the scale part's small side run on the first service.
-        if parts & {"api", "scale"}:
+        # The API part, the workers part's one process and the scale part's small side run on
+        # the first service.
+        if parts & {"api", "scale", "workers"}:
             with phase("service start and set-up"):
                 server = service.start_server(url, OUT / "service.log")
                 stack.callback(server.stop)
@@ -303,6 +315,17 @@ def main(argv: list[str] | None = None) -> int:
             results["api"] = [p.to_json() for p in api]
             results["profile"] = prof.to_json()
             results["memory"]["api_server_peak_mib"] = procstat.peak_rss_mib(server.process.pid)
+        if "workers" in parts:
+            with phase(f"workers: c={workers.CONCURRENCY}, 1 and {workers.WORKERS} processes"):
+                results["workers"] = workers.measure(
+                    server,
+                    fixture,
+                    url,
+                    OUT / "service-workers.log",
+                    seconds=seconds,
+                    warmup=warmup,
+                    workdir=workdir,
+                ).to_json()
 
         # Scale: a second server on a second database holding `big` rows; the first database is
         # topped up to `small`. Reads alternate between the two, so drift on the machine hits both.
@@ -330,18 +353,18 @@ def main(argv: list[str] | None = None) -> int:
                 "points": [p.to_json() for p in points],
             }
             with phase(f"SQL statements per RPC and read plans at {big:,}"):
-                counts, samples = asyncio.run(statements.count_per_rpc(url_big, fixture_big))
+                counts, samples = asyncio.run(statements.count_per_rpc(dsn_big, fixture_big))
                 results["statements"] = [c.to_json() for c in counts]
                 results["read_plans"] = {
                     rpc: [
-                        {"statement": sql, "plan": asyncio.run(scale.explain(url_big, sql, params))}
+                        {"statement": sql, "plan": asyncio.run(scale.explain(dsn_big, sql, params))}
                         for sql, params in samples.get(rpc, [])
                         if sql.lstrip().upper().startswith("SELECT")
                     ]
                     for rpc in ("GetSchedule", "ListSchedules")
                 }
             with phase("due query plan"):
-                results["due_plan"] = asyncio.run(scale.explain_due_query(url_big)).to_json()
+                results["due_plan"] = asyncio.run(scale.explain_due_query(dsn_big)).to_json()
             big_pid = server_big.process.pid
             results["memory"]["big_api_server_peak_mib"] = procstat.peak_rss_mib(big_pid)
 
@@ -372,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["dispatch_small"] = small_burst.to_json()
                 with phase("due query plan after the burst"):
                     results["due_plan_after_burst"] = asyncio.run(
-                        scale.explain_due_query(url_big)
+                        scale.explain_due_query(dsn_big)
                     ).to_json()
             else:
                 print("dispatcher: not measured: dispatcher not present", file=sys.stderr)
@@ -392,7 +415,7 @@ def finish(results: dict[str, Any], phase: Phases, full_run: bool) -> int:
     print(report.text_table(rows))
     report.write_json(OUT / "results.json", results)
     target = RESULTS_MD if full_run else OUT / "RESULTS.md"
-    report.write_results_md(target, results, rows)
+    report.write_results_md(target, results, rows, previous=RESULTS_MD)
     say(f"wrote {OUT / 'results.json'} and {target}")
     return 0
 

@@ -70,14 +70,29 @@ class DispatchResult:
         return asdict(self)
 
 
-async def _pick(conn: Any, count: int) -> list[Any]:
-    """`count` bulk schedules spread over as many installs as possible."""
+async def _pick(conn: Any, count: int) -> tuple[list[int], list[Any]]:
+    """`count` bulk schedules spread over as many installs (and so buckets) as possible: their
+    buckets and ids."""
     rows = await conn.fetch(
-        "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY install_id ORDER BY id) AS k "
+        "SELECT bucket, id FROM (SELECT bucket, id, row_number() OVER "
+        "(PARTITION BY bucket, install_id ORDER BY id) AS k "
         "FROM schedules WHERE name LIKE 'bulk-%' AND enabled) s ORDER BY k, id LIMIT $1",
         count,
     )
-    return [r["id"] for r in rows]
+    return [r["bucket"] for r in rows], [r["id"] for r in rows]
+
+
+# The chosen schedules by their keys (bucket, id), as the service addresses them.
+_CHOSEN = "(SELECT * FROM unnest($2::smallint[], $3::uuid[]) AS c(bucket, id))"
+_SET_DUE = f"""UPDATE schedules AS s SET next_run_time = $1
+FROM {_CHOSEN} AS c WHERE s.bucket = c.bucket AND s.id = c.id"""
+_FINISHED = f"""SELECT count(*) FROM schedule_runs r JOIN {_CHOSEN} AS c
+    ON r.bucket = c.bucket AND r.schedule_id = c.id
+WHERE r.scheduled_time >= $1 AND r.status NOT IN ('pending', 'running')"""
+_RUNS = f"""SELECT r.status, EXTRACT(EPOCH FROM r.start_time - r.scheduled_time)::float8 AS late,
+    EXTRACT(EPOCH FROM r.finish_time - r.scheduled_time)::float8 AS done
+FROM schedule_runs r JOIN {_CHOSEN} AS c ON r.bucket = c.bucket AND r.schedule_id = c.id
+WHERE r.scheduled_time >= $1 AND r.trigger = 'schedule'"""
 
 
 async def measure(
@@ -109,7 +124,7 @@ async def measure(
     conn = await asyncpg.connect(dsn, command_timeout=600)
     server = None
     try:
-        ids = await _pick(conn, due)
+        buckets, ids = await _pick(conn, due)
         chosen.update(str(i) for i in ids)
         # What autovacuum would have done between bursts minutes apart (the test server may run
         # without it): the dead index entries of an earlier burst are not this one's cost.
@@ -124,9 +139,7 @@ async def measure(
         )
         await asyncio.sleep(2)  # the dispatcher loop is polling
         at = datetime.fromtimestamp(time.time() + lead_seconds, UTC)
-        await conn.execute(
-            "UPDATE schedules SET next_run_time = $1 WHERE id = ANY($2::uuid[])", at, ids
-        )
+        await conn.execute(_SET_DUE, at, buckets, ids)
         await asyncio.sleep(max(0.0, at.timestamp() - time.time()))
         cpu = procstat.cpu_seconds(server.process.pid)
         bench_cpu = time.process_time()
@@ -146,14 +159,7 @@ async def measure(
         finished = 0
         while time.monotonic() - started < TIMEOUT_SECONDS:
             await asyncio.sleep(0.5)
-            finished = int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM schedule_runs WHERE schedule_id = ANY($2::uuid[]) "
-                    "AND scheduled_time >= $1 AND status NOT IN ('pending', 'running')",
-                    at,
-                    ids,
-                )
-            )
+            finished = int(await conn.fetchval(_FINISHED, at, buckets, ids))
             if finished >= len(ids):
                 break
         elapsed = time.monotonic() - started
@@ -161,14 +167,7 @@ async def measure(
         cpu = (procstat.cpu_seconds(server.process.pid) - cpu) / elapsed
         peak = procstat.peak_rss_mib(server.process.pid)
         sampled = await sampling if sampling is not None else None
-        rows = await conn.fetch(
-            "SELECT status, EXTRACT(EPOCH FROM start_time - scheduled_time)::float8 AS late, "
-            "EXTRACT(EPOCH FROM finish_time - scheduled_time)::float8 AS done "
-            "FROM schedule_runs WHERE schedule_id = ANY($2::uuid[]) AND scheduled_time >= $1 "
-            "AND trigger = 'schedule'",
-            at,
-            ids,
-        )
+        rows = await conn.fetch(_RUNS, at, buckets, ids)
     finally:
         await conn.close()
         if server is not None:

@@ -3,14 +3,16 @@
 Same process model as `scheduler-host serve` (one process, the same event loop, grpc.aio) and the
 same server options (message size limits, no SO_REUSEPORT), but no interceptors, no database and
 no protobuf decoding: the cheapest answer grpc.aio can give. Run as
-`python -m bench.echo_server PORT`; it prints "ready" once it listens.
+`python -m bench.echo_server PORT [--reuseport]`; it prints "ready" once it listens. With
+`--reuseport` (SO_REUSEPORT, as each worker of `scheduler-host serve --workers N` sets it) several
+echo processes share the port, the baseline of a group of workers.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
-import sys
 from typing import Any
 
 import grpc
@@ -27,18 +29,18 @@ async def _echo(request: bytes, context: Any) -> bytes:
     return request
 
 
-def server_options() -> list[tuple[str, Any]]:
+def server_options(reuse_port: bool = False) -> list[tuple[str, Any]]:
     """The options `scheduler_host.transport.server.start_server` gives its server."""
     settings = Settings()
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
-async def serve(port: int) -> None:
-    server = grpc.aio.server(options=server_options())
+async def serve(port: int, reuse_port: bool = False) -> None:
+    server = grpc.aio.server(options=server_options(reuse_port))
     handler = grpc.method_handlers_generic_handler(
         SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(_echo)}
     )
@@ -54,5 +56,17 @@ async def serve(port: int) -> None:
     await server.stop(1)
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.echo_server")
+    parser.add_argument("port", type=int)
+    parser.add_argument(
+        "--reuseport",
+        action="store_true",
+        help="set SO_REUSEPORT, so that several echo processes share the port",
+    )
+    arguments = parser.parse_args()
+    event_loop.run(serve(arguments.port, arguments.reuseport))
+
+
 if __name__ == "__main__":
-    event_loop.run(serve(int(sys.argv[1])))
+    main()

@@ -54,6 +54,8 @@ class LoadResult:
     server_cpu: float  # cores the server process used on average during the window
     error_codes: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    # With several server processes (workers, a 2-process echo): the cores of each.
+    server_cpu_split: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,10 +75,21 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def layout(concurrency: int) -> tuple[int, int]:
+def layout(concurrency: int, max_connections: int = MAX_CONNECTIONS) -> tuple[int, int]:
     """(connections, streams per connection) for a concurrency."""
-    connections = min(concurrency, MAX_CONNECTIONS)
+    connections = min(concurrency, max_connections)
     return connections, max(1, concurrency // connections)
+
+
+Pids = int | Sequence[int]
+
+
+def _pids(server_pid: Pids) -> list[int]:
+    return [server_pid] if isinstance(server_pid, int) else list(server_pid)
+
+
+def _cpu_each(pids: Sequence[int]) -> list[float]:
+    return [procstat.cpu_seconds(pid) for pid in pids]
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,8 +116,9 @@ def _h2load_argv(
     concurrency: int,
     seconds: float,
     log_file: Path | None,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> list[str]:
-    connections, streams = layout(concurrency)
+    connections, streams = layout(concurrency, max_connections)
     argv = [
         H2LOAD,
         "-D",
@@ -140,14 +154,19 @@ def h2load(
     *,
     seconds: float,
     warmup: float,
-    server_pid: int,
+    server_pid: Pids,
     workdir: Path,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> LoadResult:
     """Run `path` with `request` at `concurrency` for `seconds` after a separate warm-up run.
 
     `response` is the serialised OK answer (as a stub received it); every answer must have its
-    length, so that an answer with a gRPC error status is counted as an error.
+    length, so that an answer with a gRPC error status is counted as an error. `server_pid` may
+    name several processes (a group sharing a port): their CPU is added up, and each one's is
+    kept in `server_cpu_split`. `max_connections` caps the connections (the rest of the
+    concurrency is streams on them).
     """
+    pids = _pids(server_pid)
     workdir.mkdir(parents=True, exist_ok=True)
     slug = f"{name}-c{concurrency}".replace(" ", "_").replace("/", "_")
     body_file = workdir / f"{slug}.req"
@@ -157,17 +176,22 @@ def h2load(
     if warmup > 0:
         # A warm-up of its own: with --warm-up-time h2load counts warm-up bytes in its totals.
         subprocess.run(
-            _h2load_argv(address, path, body_file, metadata, concurrency, warmup, None),
+            _h2load_argv(
+                address, path, body_file, metadata, concurrency, warmup, None, max_connections
+            ),
             check=True,
             capture_output=True,
         )
-    argv = _h2load_argv(address, path, body_file, metadata, concurrency, seconds, log_file)
-    cpu_gen, cpu_server = procstat.children_cpu_seconds(), procstat.cpu_seconds(server_pid)
+    argv = _h2load_argv(
+        address, path, body_file, metadata, concurrency, seconds, log_file, max_connections
+    )
+    cpu_gen, cpu_before = procstat.children_cpu_seconds(), _cpu_each(pids)
     started = time.monotonic()
     done = subprocess.run(argv, check=False, capture_output=True, text=True)
     wall = time.monotonic() - started
     cpu_gen = procstat.children_cpu_seconds() - cpu_gen
-    cpu_server = procstat.cpu_seconds(server_pid) - cpu_server
+    cpu_each = [after - before for after, before in zip(_cpu_each(pids), cpu_before, strict=True)]
+    cpu_server = sum(cpu_each)
     (workdir / f"{slug}.out").write_text(done.stdout + done.stderr)
     finished, counts, data = (
         _FINISHED.search(done.stdout),
@@ -207,6 +231,7 @@ def h2load(
         if grpc_errors or http_errors
         else {},
         note=note,
+        server_cpu_split=[c / wall for c in cpu_each] if len(pids) > 1 else [],
     )
 
 
@@ -392,7 +417,7 @@ def py_client(
     *,
     seconds: float,
     warmup: float,
-    server_pid: int,
+    server_pid: Pids,
 ) -> dict[str, LoadResult]:
     """Run `workload` at `concurrency` (spread over up to MAX_CONNECTIONS processes, one channel
     each); a LoadResult per call label ("CreateSchedule", ...), and `name` for all calls."""
@@ -417,9 +442,10 @@ def py_client(
         raise
     go.set()
     time.sleep(warmup)
-    cpu_server = procstat.cpu_seconds(server_pid)
+    pids = _pids(server_pid)
+    cpu_server = procstat.total_cpu_seconds(pids)
     time.sleep(seconds)
-    cpu_server = procstat.cpu_seconds(server_pid) - cpu_server
+    cpu_server = procstat.total_cpu_seconds(pids) - cpu_server
     outcomes = [json.loads(results.get(timeout=seconds + warmup + 120)) for _ in workers]
     for w in workers:
         w.join(timeout=30)

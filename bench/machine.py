@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,44 @@ def commit() -> str:
     return "unknown"
 
 
-def source_digest() -> str:
-    """sha256 over src/ (paths and contents): the code measured, even with uncommitted edits."""
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def source_digest(root: Path = ROOT) -> str:
+    """sha256 over the files of `git ls-files src` (path NUL content NUL, in path order), read
+    from the work tree: with a clean src/ (see `source_changes`), the committed src/ tree."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "src").rglob("*.py")):
-        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    for name in sorted(_git(root, "ls-files", "-z", "src").split("\0")):
+        if not name:
+            continue
+        path = root / name
+        content = path.read_bytes() if path.is_file() else b"(deleted)"
+        digest.update(name.encode() + b"\0" + content + b"\0")
+    return digest.hexdigest()
+
+
+def source_changes(root: Path = ROOT) -> list[str]:
+    """`git status --porcelain src`: uncommitted changes (and untracked files) under src/. A run
+    with any is not landable: its digest names no commit."""
+    return [line for line in _git(root, "status", "--porcelain", "src").splitlines() if line]
+
+
+def commit_subject(root: Path = ROOT, path: str = "src") -> str:
+    """The subject of the last commit that touched `path`."""
+    return _git(root, "log", "-1", "--format=%s", "--", path).strip()
+
+
+def code(root: Path = ROOT) -> dict[str, Any]:
+    """What was measured: HEAD, the src/ digest, and whether src/ had uncommitted changes."""
+    changes = source_changes(root)
+    return {
+        "commit": _git(root, "rev-parse", "HEAD").strip(),
+        "source_digest": source_digest(root),
+        "source_changes": changes,
+        "landable": not changes,
+        "src_subject": commit_subject(root),
+    }

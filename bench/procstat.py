@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -33,3 +34,23 @@ def children_cpu_seconds() -> float:
     """CPU time of this process's children that have been waited for (the load generators)."""
     times = os.times()
     return times.children_user + times.children_system
+
+
+def total_cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of several processes (a group of servers) so far."""
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (e.g. the workers of `serve --workers N`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)

@@ -15,7 +15,14 @@ RATE = 100  # samples per second
 _ROOT = str(Path(__file__).resolve().parent.parent) + "/"
 _SHORT = re.compile(rf"^.*(?:site-packages/|/src/|/lib/python3\.\d+/|{re.escape(_ROOT)})")
 # Frames every sample passes through (the loop, the command): left out of the inclusive list.
-_FRAMEWORK = ("/asyncio/", "<frozen runpy>", "/scheduler_host/cli.py", "/threading.py")
+_FRAMEWORK = (
+    "/asyncio/",
+    "<frozen runpy>",
+    "/scheduler_host/cli.py",
+    "/scheduler_host/cli/",
+    "/click/",
+    "/threading.py",
+)
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # Areas by the path of a frame's file, first match wins.
 _AREAS = (
@@ -25,6 +32,9 @@ _AREAS = (
     ("grpc", "grpc/_cython"),
     ("sqlalchemy", "/sqlalchemy/"),
     ("asyncpg", "/asyncpg/"),
+    ("aiohttp (the Runner client)", "/aiohttp/"),
+    ("aiohttp (the Runner client)", "/yarl/"),
+    ("aiohttp (the Runner client)", "/multidict/"),
     ("protobuf", "/google/protobuf/"),
     ("opentelemetry", "/opentelemetry/"),
     ("prometheus_client", "/prometheus_client/"),
@@ -110,7 +120,9 @@ def summarise(raw: str, seconds: float, top: int = 12) -> Profile:
         for name in {n for n, file in frames if not any(f in file for f in _FRAMEWORK)}:
             inclusive[name] += count
         for name in {
-            n for n, file in frames if "/scheduler_host/" in file and "/cli.py" not in file
+            n
+            for n, file in frames
+            if "/scheduler_host/" in file and "/cli.py" not in file and "/cli/" not in file
         }:
             own[name] += count
 

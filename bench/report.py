@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +41,25 @@ def _find(points: Iterable[dict[str, Any]], name: str, c: int) -> dict[str, Any]
         if p["name"] == name and p["concurrency"] == c:
             return p
     return None
+
+
+def echo_point(results: dict[str, Any], c: int = 32) -> dict[str, Any] | None:
+    """The h2load echo point at concurrency `c`."""
+    return next(
+        (
+            p
+            for p in results.get("echo", [])
+            if p["concurrency"] == c and p["generator"] == "h2load" and p.get("rps")
+        ),
+        None,
+    )
+
+
+def echo_cpu_per_call_us(results: dict[str, Any]) -> float | None:
+    """The echo server's CPU per call at c=32 (h2load): what a call costs this machine's gRPC
+    at the least, to compare machines by."""
+    echo = echo_point(results)
+    return round(echo["server_cpu"] / echo["rps"] * 1e6, 1) if echo else None
 
 
 def median_p50(points: Iterable[dict[str, Any]], name: str) -> float | None:
@@ -98,6 +118,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 rows.append(
                     Row(f"{name} c={c} {metric}{suffix}", value, unit, baseline, ratio, target, met)
                 )
+    rows += _workers_rows(results.get("workers"))
     dispatch = results.get("dispatch")
     if isinstance(dispatch, dict):
         n = dispatch["due"]
@@ -181,6 +202,12 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
         )
         if plan.get("execution_ms") is not None:
             rows.append(Row("due query execution time", plan["execution_ms"], "ms"))
+        if plan.get("poll_execution_ms") is not None:
+            rows.append(
+                Row(
+                    "dispatcher poll (every bucket) execution time", plan["poll_execution_ms"], "ms"
+                )
+            )
     memory = results.get("memory", {})
     if "big_api_server_peak_mib" in memory:
         rows.append(
@@ -204,6 +231,51 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
         )
     if "echo_server_peak_mib" in memory:
         rows.append(Row("echo server peak RSS", memory["echo_server_peak_mib"], "MiB"))
+    return rows
+
+
+def _workers_rows(workers: dict[str, Any] | None) -> list[Row]:
+    """Each service at c=64 against the echo of as many processes, and what a second process
+    gave each of them."""
+    if not workers:
+        return []
+    n, c = workers["workers"], workers["concurrency"]
+    points = {p["name"]: p for p in workers["points"]}
+    rows: list[Row] = []
+    for processes in (1, n):
+        echo = points.get(f"echo x{processes}")
+        what = f"{processes} processes (SO_REUSEPORT)" if processes > 1 else "1 process"
+        if echo:
+            rows.append(Row(f"echo c={c}, {what} req/s", echo["rps"], "req/s"))
+        for name in ("GetSchedule", "GetEndpoints"):
+            point = points.get(f"{name} x{processes}")
+            if point is None:
+                continue
+            suffix = f" ({point['errors']} errors)" if point["errors"] else ""
+            kind = f"serve --workers {n}" if processes > 1 else "serve, 1 process"
+            for metric, key, unit in (("req/s", "rps", "req/s"), ("p99", "p99_ms", "ms")):
+                base = echo[key] if echo else None
+                rows.append(
+                    Row(
+                        f"{name} c={c}, {kind} {metric}{suffix}",
+                        point[key],
+                        unit,
+                        base,
+                        _ratio(point[key], base),
+                    )
+                )
+    for name in ("echo", "GetSchedule", "GetEndpoints"):
+        one, many = points.get(f"{name} x1"), points.get(f"{name} x{n}")
+        if one and many:
+            rows.append(
+                Row(
+                    f"{name} c={c}: {n} processes / 1, req/s",
+                    many["rps"],
+                    "req/s",
+                    one["rps"],
+                    _ratio(many["rps"], one["rps"]),
+                )
+            )
     return rows
 
 
@@ -315,28 +387,29 @@ def _statements_md(counts: list[dict[str, Any]]) -> list[str]:
             c["rpc"],
             f"{c['statements']:g}",
             f"{c['transactions']:g}",
-            f"{c['checkouts']:g}",
             f"{c['round_trips']:g}",
+            f"{c.get('database_ms', float('nan')):.2f}",
             f"{c['cold_statements']}",
             ", ".join(f"{k} x{v:g}" for k, v in c["shapes"].items()),
         ]
         for c in counts
     ]
     return [
-        "Counted in-process (`start_application`, real stubs): the API's PostgreSQL statements "
-        "through a query logger on its asyncpg pool (`app.api_pool`), anything through SQLAlchemy "
-        "by an `after_cursor_execute` listener on `app.engine.sync_engine`; averaged over 5 calls "
-        'with the install context cached; "cold" is the first call after the install cache was '
-        "emptied. Round trips = statements + BEGIN and COMMIT/ROLLBACK per transaction + a ping "
-        "per pool checkout where the pool pings (neither pool does any more, so checkouts are 0).",
+        "Counted in-process (`start_application`, real stubs): every PostgreSQL statement through "
+        "a query logger on the service's one asyncpg pool (`app.pool.add_query_logger`); "
+        'averaged over 5 calls with the install context cached; "cold" is the first call after '
+        "the install cache was emptied. Round trips = statements + BEGIN and COMMIT/ROLLBACK per "
+        "transaction (asyncpg's pool sends nothing on checkout or release). Database ms: the "
+        "time asyncpg measured from sending each statement (BEGIN and COMMIT included) to its "
+        "answer, per call at c=1: the database's share of the call's latency.",
         "",
         markdown_table(
             [
                 "RPC",
                 "SQL statements",
                 "transactions",
-                "checkouts",
                 "round trips",
+                "database ms",
                 "cold",
                 "statements",
             ],
@@ -399,14 +472,7 @@ def _bounds_md(results: dict[str, Any]) -> list[str]:
     were the only limit, with echo's cores, the ratio could reach echo's CPU per call over the
     RPC's; a measured ratio below that bound means the server was not saturated (the database
     and the load generator share the machine's cores)."""
-    echo = next(
-        (
-            p
-            for p in results.get("echo", [])
-            if p["concurrency"] == 32 and p["generator"] == "h2load" and p.get("rps")
-        ),
-        None,
-    )
+    echo = echo_point(results)
     api = {p["name"]: p for p in results.get("api", []) if p["concurrency"] == 32}
     if echo is None or not api:
         return []
@@ -449,7 +515,143 @@ def _bounds_md(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> None:
+def _workers_md(workers: dict[str, Any] | None) -> list[str]:
+    if not workers:
+        return ["Not measured."]
+    n = workers["workers"]
+    body = []
+    for p in workers["points"]:
+        split = p.get("server_cpu_split") or []
+        body.append(
+            [
+                p["name"],
+                f"{p['rps']:,.0f}",
+                f"{p['p50_ms']:.2f}",
+                f"{p['p99_ms']:.2f}",
+                f"{p['server_cpu']:.2f}",
+                " / ".join(f"{c:.2f}" for c in split) or "-",
+                _per_call(p),
+                f"{p['generator_cpu']:.2f}",
+                f"{p['errors']}",
+            ]
+        )
+    peaks = "; ".join(
+        f"{k}: {' / '.join(f'{v:.0f}' for v in values)} MiB"
+        for k, values in workers.get("peak_mib", {}).items()
+    )
+    return [
+        f"`scheduler-host serve --workers {n}` ({n} processes on one port, SO_REUSEPORT, each with "
+        "its share of the pool; the dispatcher off) against the echo server run "
+        f"{n} times on one port (`bench/echo_server.py --reuseport`); for comparison one "
+        "`scheduler-host serve` process (the API part's) against one echo process. GetSchedule "
+        f"and GetEndpoints of the API part's fixture, h2load at c={workers['concurrency']} as "
+        f"{workers['connections']} connections x {workers['streams']} streams (the kernel gives "
+        "each connection to one process; the per-process CPU shows how evenly), each server "
+        "measured while the others idle. The ratios are in the results table above (each "
+        "service against the echo of as many processes). Server CPU adds up the processes.",
+        "",
+        markdown_table(
+            [
+                "point (x processes)",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "server cores",
+                "cores per process",
+                "CPU per call",
+                "h2load cores",
+                "errors",
+            ],
+            body,
+        ),
+        "",
+        f"Peak RSS per process: {peaks or 'not read'}.",
+    ]
+
+
+def _due_plan_md(plan: dict[str, Any], label: str) -> list[str]:
+    if not plan:
+        return []
+    out = [
+        f"{label}: {plan.get('query', '?')}, EXPLAIN (ANALYZE, BUFFERS), rolled back; "
+        f"parameters: {plan.get('parameters') or 'none'}; returned {plan.get('rows', '?')} rows:",
+        "",
+        "```",
+        plan.get("plan", ""),
+        "```",
+        "",
+    ]
+    if plan.get("empty_plan"):
+        out += [
+            "The same claim in the same bucket at the current time (nothing due there):",
+            "",
+            "```",
+            plan["empty_plan"],
+            "```",
+            "",
+        ]
+    if plan.get("poll_plan"):
+        out += [
+            f"The lock-free poll (`{' '.join(plan.get('poll_statement', '').split())}`, "
+            f"buckets with work: {plan.get('poll_buckets', '?')}):",
+            "",
+            "```",
+            plan["poll_plan"],
+            "```",
+            "",
+        ]
+    return out
+
+
+def _code_line(results: dict[str, Any]) -> str:
+    code = results.get("code") or {}
+    digest = results["source_digest"]
+    line = (
+        f"- Commit: `{results['commit']}`; src/ digest `{digest}` (sha256 over the files of "
+        "`git ls-files src`, path and content)"
+    )
+    changes = code.get("source_changes") or []
+    if changes:
+        line += (
+            f". **NOT LANDABLE: src/ had {len(changes)} uncommitted change(s) when measured** "
+            f"(`git status --porcelain src`: {', '.join(changes[:5])}"
+            + (", ..." if len(changes) > 5 else "")
+            + "); the digest names the files as measured, not a commit"
+        )
+    elif code:
+        line += "; src/ was committed (clean), so the digest is that commit's src/ tree"
+    return line
+
+
+def _echo_line(results: dict[str, Any]) -> str:
+    per_call = results.get("machine", {}).get("echo_cpu_per_call_us")
+    if per_call is None:
+        return "- Echo CPU per call: not measured"
+    return (
+        f"- Echo CPU per call (this machine's gRPC floor): {per_call:,.0f} us, the echo server's "
+        "CPU seconds per call at c=32 (h2load), from its process's CPU time over the window; "
+        "compare two machines' figures by it"
+    )
+
+
+def write_results_md(
+    path: Path, results: dict[str, Any], rows: list[Row], previous: Path | None = None
+) -> None:
+    """RESULTS.md for this run; the history and "Before and after" of `previous` are kept (a
+    full run adds its row to the history: see bench/history.py)."""
+    from bench import history
+
+    root = Path(__file__).resolve().parent.parent
+    earlier = history.read(previous, root) if previous is not None else []
+    kept_text = previous.read_text() if previous is not None and previous.exists() else ""
+    rows_history, note = history.update(
+        earlier,
+        results,
+        history.cells_of(rows),
+        os.environ.get("BENCH_CHANGE", "").strip(),
+        full_run=bool(results.get("full_run")) and path == previous,
+    )
+    before_after = history.section(kept_text, history.BEFORE_AFTER)
     m = results["machine"]
     cfg = results["config"]
     echo = [p for p in results.get("echo", [])]
@@ -458,16 +660,22 @@ def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> No
     after = results.get("due_plan_after_burst") or {}
     dispatch = results.get("dispatch")
     small = results.get("dispatch_small")
+    kind = (
+        "The last full `make bench` run"
+        if results.get("full_run")
+        else "A partial run (`python -m bench` with --only or smaller settings; parts: "
+        + ", ".join(results.get("parts", []))
+        + "), not the project's figures"
+    )
     lines = [
         "# Benchmark results",
         "",
-        "The last full `make bench` run (written by `bench/report.py`; raw numbers in "
-        "`bench/out/results.json`).",
+        f"{kind} (written by `bench/report.py`; raw numbers in `bench/out/results.json`).",
         "",
         f"- Date: {results['started']} (UTC); `make bench` (python -m bench) took "
         f"{results['duration_s'] / 60:.1f} min",
-        f"- Commit: `{results['commit']}`; src/ digest `{results['source_digest']}` (sha256 of "
-        "src/**/*.py, which identifies the measured code when the tree has uncommitted changes)",
+        _code_line(results),
+        _echo_line(results),
         f"- Machine: {m['cpu_model']}, {m['nproc']} CPUs, {m['memory_gib']} GiB RAM, Linux "
         f"{m['kernel']}, Python {m['python']}; load average {m['load_average_at_start']} at "
         f"start, {results.get('load_average_at_end')} at end (other work on the machine shows "
@@ -484,7 +692,8 @@ def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> No
         f"{pg.get('round_trip_ms', float('nan')):.2f} ms and one INSERT transaction with its "
         f"durable commit {pg.get('insert_transaction_ms', float('nan')):.2f} ms",
         f"- Windows: {cfg['seconds']:g} s per point after a {cfg['warmup']:g} s warm-up; "
-        f"c=32 is {cfg['layout_32']}",
+        f"c=32 is {cfg['layout_32']}; {cfg['big_rows']:,} and {cfg['small_rows']:,} rows stored "
+        f"for scale, bursts of {cfg['due']:,} and {cfg['due_small']:,} due",
         "- Generators: h2load (nghttp2 "
         f"{results.get('h2load_version', '?')}, one thread, pre-serialised gRPC frames) for the "
         "echo baseline, GetSchedule, ListSchedules, GetEndpoints, PreviewSchedule and the scale "
@@ -530,6 +739,10 @@ def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> No
         ),
         "",
         *_bounds_md(results),
+        "## Workers",
+        "",
+        *_workers_md(results.get("workers")),
+        "",
         "## How it is measured",
         "",
         "- Echo baseline: `bench/echo_server.py`, a grpc.aio server in its own process with the "
@@ -546,10 +759,13 @@ def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> No
         "error, so the DATA bytes received must equal requests x the length of the OK answer a "
         "grpc stub got for the same bytes; p50/p99 come from h2load's per-request log.",
         f"- Scale: a second server on a second database whose table was brought to "
-        f"{cfg['big_rows']:,} rows by `INSERT ... SELECT generate_series` (50 per install, with "
-        "endpoints, daily crons 3 to 23 hours ahead so none falls due during the run, next run "
-        "times, payloads), then `VACUUM ANALYZE` and `CHECKPOINT`; the first database is topped "
-        f"up the same way to {cfg['small_rows']:,} rows. GetSchedule and ListSchedules of a "
+        f"{cfg['big_rows']:,} rows by `INSERT ... SELECT generate_series` from installs staged "
+        "by COPY (50 schedules per install, each install its own tenant with its bucket computed "
+        "by `bucket_of` and its install_directory entry, endpoints, daily crons 3 to 23 hours "
+        "ahead so none falls due during the run, next run times, payloads as JSONB and as their "
+        "google.protobuf.Value bytes), then `VACUUM ANALYZE` and `CHECKPOINT`; the first "
+        f"database is topped up the same way to {cfg['small_rows']:,} rows. GetSchedule and "
+        "ListSchedules of a "
         "50-schedule install are measured at c=1 on both, alternating for "
         f"{results.get('scale', {}).get('rounds', '?')} rounds; the table shows the median "
         "p50 of the rounds.",
@@ -557,25 +773,13 @@ def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> No
         "",
         "## Due query plan",
         "",
-        f"{plan.get('query', 'not run')}, EXPLAIN (ANALYZE, BUFFERS) at "
-        f"{cfg['big_rows']:,} rows, rolled back:",
+        f"The dispatcher's statements at {cfg['big_rows']:,} rows, as `PgDispatchStore` sends "
+        "them: the claim of one bucket (the one holding the most schedules, at a `now` that makes "
+        "a full batch due there, so nothing is written and the plan shows the batch's cost), the "
+        "same claim with nothing due, and the poll over every bucket.",
         "",
-        "```",
-        plan.get("plan", ""),
-        "```",
-        "",
-        *(
-            [
-                f"After the dispatcher burst ({after.get('query')}), with its runs stored:",
-                "",
-                "```",
-                after.get("plan", ""),
-                "```",
-                "",
-            ]
-            if after
-            else []
-        ),
+        *(_due_plan_md(plan, "Before the dispatcher bursts") or ["Not run.", ""]),
+        *_due_plan_md(after, "After the dispatcher bursts, with their runs stored"),
         "## Read query plans",
         "",
         f"The SQL of a warm GetSchedule and ListSchedules call (captured in-process), "
@@ -636,5 +840,8 @@ def write_results_md(path: Path, results: dict[str, Any], rows: list[Row]) -> No
             ["phase", "seconds"], ([k, f"{v:.0f}"] for k, v in results.get("phases", {}).items())
         ),
         "",
+        *history.markdown(rows_history, note),
     ]
+    if before_after:
+        lines += [before_after.rstrip("\n"), ""]
     path.write_text("\n".join(lines))

@@ -1,40 +1,62 @@
-"""Scale: bulk-loaded schedules (INSERT ... SELECT generate_series), and the due query's plan.
+"""Scale: bulk-loaded schedules (COPY, then INSERT ... SELECT generate_series), and the plans of
+the dispatcher's poll and claim.
 
-Bulk rows are what the API would have written: installs with the scheduler capability, their
-endpoints (ids as the service derives them), 50 schedules per install with daily crons, unique
-names, payloads and the next run time of their cron in UTC.
+Bulk rows are what the API would have written: installs with the scheduler capability (each its
+own tenant, registered in install_directory, with its tenant's bucket), their endpoints (ids as
+the service derives them), 50 schedules per install with daily crons, unique names, payloads in
+both encodings (JSONB and the google.protobuf.Value bytes a read sends back) and the next run time
+of their cron in UTC. Buckets are computed in Python (`bucket_of`, per install's tenant) and
+passed in the staged table; everything else is computed by PostgreSQL.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
+from google.protobuf import struct_pb2
 
+from scheduler_host.adapters.db.buckets import BUCKETS, bucket_of
+from scheduler_host.adapters.db.pool import connect_dsn
 from scheduler_host.domain.endpoints import endpoint_id
 
 PER_INSTALL = 50
 # Bulk crons are daily at hours 3 to 23 hours ahead: none of them falls due during the run.
 BULK_ENDPOINTS = (("POST", "/sync", "sync"), ("GET", "/status", "status"))
-FALLBACK_DUE_QUERY = (
-    "SELECT id FROM schedules WHERE enabled AND next_run_time IS NOT NULL "
-    "AND next_run_time <= now() ORDER BY next_run_time LIMIT 100 FOR UPDATE SKIP LOCKED"
-)
+# The dispatcher's batch (Settings.dispatch_batch_size): the claim explained takes this many.
+CLAIM_LIMIT = 100
 
+_STAGE = """CREATE TEMP TABLE bench_bulk_installs (
+    n bigint PRIMARY KEY, id uuid, tenant_id text, bucket smallint, sync_id uuid, status_id uuid
+) ON COMMIT DROP"""
+_INSTALLS = """INSERT INTO installs (bucket, id, tenant_id, registry_id, version_id, content_hash,
+    enabled, granted_capabilities, create_time, update_time)
+SELECT bucket, id, tenant_id, 'bulk-ext', 'v1', 'sha256:bulk', true,
+       '["cap:scheduler.manage"]'::jsonb, $1, $1
+FROM bench_bulk_installs"""
+_DIRECTORY = """INSERT INTO install_directory (install_id, bucket, tenant_id)
+SELECT id, bucket, tenant_id FROM bench_bulk_installs"""
+_ENDPOINTS = """INSERT INTO endpoints (bucket, install_id, version_id, method, path, id, tenant_id,
+    handler)
+SELECT bucket, id, 'v1', 'POST', '/sync', sync_id, tenant_id, 'sync' FROM bench_bulk_installs
+UNION ALL
+SELECT bucket, id, 'v1', 'GET', '/status', status_id, tenant_id, 'status' FROM bench_bulk_installs
+"""
+# $3: the Value encodings of the PER_INSTALL payloads {"full": true, "n": k}, k = g % PER_INSTALL.
 _SCHEDULES = """
 INSERT INTO schedules (
-    id, tenant_id, install_id, endpoint_id, endpoint_method, endpoint_path, name, cron,
-    timezone, enabled, payload, next_run_time, last_run_time, last_run_status, last_error,
-    running_run_id, revision, create_time, update_time)
-SELECT gen_random_uuid(), b.tenant_id, b.id, b.endpoint_id, 'POST', '/sync',
-       'bulk-' || g, (g % 60) || ' ' || t.hour || ' * * *', 'UTC', true,
-       jsonb_build_object('full', true, 'n', g),
+    bucket, id, tenant_id, install_id, endpoint_id, endpoint_method, endpoint_path, name, cron,
+    run_at, start_time, end_time, jitter_ms, timezone, enabled, payload, payload_wire,
+    next_run_time, last_run_time, last_run_status, last_error, running_run_id, revision,
+    create_time, update_time)
+SELECT b.bucket, gen_random_uuid(), b.tenant_id, b.id, b.sync_id, 'POST', '/sync',
+       'bulk-' || g, (g % 60) || ' ' || t.hour || ' * * *', NULL, NULL, NULL, 0, 'UTC', true,
+       jsonb_build_object('full', true, 'n', g % 50), ($3::bytea[])[g % 50 + 1],
        CASE WHEN t.at > now() THEN t.at ELSE t.at + interval '1 day' END,
        NULL, NULL, NULL, NULL, 1, now() - make_interval(secs => g), now()
 FROM generate_series($1::bigint, $2::bigint - 1) AS g
@@ -50,6 +72,16 @@ CROSS JOIN LATERAL (
 """
 
 
+def payload_wires() -> list[bytes]:
+    """The google.protobuf.Value bytes of each bulk payload, as the API stores a caller's."""
+    wires = []
+    for k in range(PER_INSTALL):
+        value = struct_pb2.Value()
+        value.struct_value.update({"full": True, "n": k})
+        wires.append(value.SerializeToString(deterministic=True))
+    return wires
+
+
 @dataclass
 class BulkLoad:
     rows: int
@@ -60,6 +92,16 @@ class BulkLoad:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+async def connect(dsn: str, **kwargs: Any) -> Any:
+    """A connection with the service's JSON codecs (JSONB in and out as Python values)."""
+    conn = await asyncpg.connect(connect_dsn(dsn), **kwargs)
+    for type_name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+    return conn
 
 
 async def schedule_count(dsn: str) -> int:
@@ -81,52 +123,27 @@ async def bulk_load(dsn: str, total: int) -> BulkLoad:
         started = time.monotonic()
         now = datetime.now(UTC)
         staged = []
-        install_rows = []
-        endpoint_rows = []
         for n in range(installs):
             iid = uuid.uuid4()
             tenant = f"bulk-tenant-{start + n}"
-            install_rows.append(
-                (iid, tenant, "bulk-ext", "v1", "sha256:bulk", True, '["cap:scheduler.manage"]')
-            )
-            for method, path, handler in BULK_ENDPOINTS:
-                eid = endpoint_id(iid, "v1", method, path)
-                endpoint_rows.append((eid, tenant, iid, "v1", method, path, handler))
-            staged.append((n, iid, tenant, endpoint_id(iid, "v1", "POST", "/sync")))
+            sync, status = (endpoint_id(iid, "v1", m, p) for m, p, _ in BULK_ENDPOINTS)
+            staged.append((n, iid, tenant, bucket_of(tenant), sync, status))
         async with conn.transaction():
-            await conn.execute(
-                "CREATE TEMP TABLE bench_bulk_installs "
-                "(n bigint PRIMARY KEY, id uuid, tenant_id text, endpoint_id uuid) ON COMMIT DROP"
-            )
+            await conn.execute(_STAGE)
             await conn.copy_records_to_table("bench_bulk_installs", records=staged)
-            await conn.executemany(
-                "INSERT INTO installs (id, tenant_id, registry_id, version_id, content_hash, "
-                "enabled, granted_capabilities, create_time, update_time) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $8)",
-                [(*row, now) for row in install_rows],
-            )
-            await conn.copy_records_to_table(
-                "endpoints",
-                records=endpoint_rows,
-                columns=[
-                    "id",
-                    "tenant_id",
-                    "install_id",
-                    "version_id",
-                    "method",
-                    "path",
-                    "handler",
-                ],
-            )
+            await conn.execute(_INSTALLS, now)
+            await conn.execute(_DIRECTORY)
+            await conn.execute(_ENDPOINTS)
             # In chunks, so one statement's memory stays small.
             chunk = 200_000
+            wires = payload_wires()
             for first in range(0, rows, chunk):
-                await conn.execute(_SCHEDULES, first, min(rows, first + chunk))
+                await conn.execute(_SCHEDULES, first, min(rows, first + chunk), wires)
         loaded = time.monotonic() - started
         started = time.monotonic()
         await conn.execute("VACUUM ANALYZE schedules")
-        await conn.execute("ANALYZE installs")
-        await conn.execute("ANALYZE endpoints")
+        for table in ("installs", "install_directory", "endpoints"):
+            await conn.execute(f"ANALYZE {table}")
         # Flush what the load dirtied, so no checkpoint runs during the measurements after it.
         await conn.execute("CHECKPOINT")
         analyzed = time.monotonic() - started
@@ -136,70 +153,50 @@ async def bulk_load(dsn: str, total: int) -> BulkLoad:
     return BulkLoad(rows, installs, round(loaded, 2), round(analyzed, 2), table_rows)
 
 
-class _Captured(Exception):
-    def __init__(self, statement: str, parameters: Any) -> None:
-        super().__init__(statement)
-        self.statement = statement
-        self.parameters = parameters
-
-
 @dataclass
 class DuePlan:
-    query: str  # "dispatcher claim query" or "fallback"
+    query: str  # what was explained
     statement: str
     plan: str
     uses_index: bool
     execution_ms: float | None
+    parameters: str = ""
+    rows: int | None = None  # rows the statement returned
+    # The poll (`dispatch_poll` over every bucket, lock-free), explained beside the claim.
+    poll_statement: str = ""
+    poll_plan: str = ""
+    poll_execution_ms: float | None = None
+    poll_buckets: int | None = None  # buckets the poll reported work in
+    # The same claim at the current time in the same bucket (nothing due: an empty claim).
+    empty_plan: str = ""
+    empty_execution_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-async def _claim_statement(url: str) -> tuple[str, Any]:
-    """The SQL the dispatcher's claim runs, captured before it executes (nothing is claimed)."""
-    from scheduler_host.adapters.db.dispatch_store import SqlDispatchStore
-
-    engine = create_async_engine(url)
-
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if "FOR UPDATE" in statement and "schedules" in statement:
-            raise _Captured(statement, parameters)
-
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    now = datetime.now(UTC)
-    store: Any = SqlDispatchStore(engine, 100)
-    try:
-        await store.claim_due(now, 100, now + timedelta(minutes=5), lambda target: None)
-    except _Captured as captured:
-        return captured.statement, captured.parameters
-    except Exception as exc:
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, _Captured):
-            return cause.statement, cause.parameters
-        raise
-    finally:
-        await engine.dispose()
-    raise RuntimeError("the claim ran no FOR UPDATE query on schedules")
 
 
 def _uses_index(plan: str) -> bool:
     return "Seq Scan on schedules" not in plan and "ix_schedules_due" in plan
 
 
-async def explain(url: str, statement: str, parameters: Any = ()) -> str:
+async def explain(dsn: str, statement: str, parameters: Any = ()) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of `statement` in a transaction that is rolled back."""
-    engine = create_async_engine(url)
+    conn = await connect(dsn)
     try:
-        async with engine.connect() as conn:
-            transaction = await conn.begin()
-            rows = await conn.exec_driver_sql(
-                "EXPLAIN (ANALYZE, BUFFERS) " + statement, tuple(parameters or ())
-            )
-            plan = "\n".join(str(r[0]) for r in rows)
-            await transaction.rollback()
+        return await _explain(conn, statement, parameters)
     finally:
-        await engine.dispose()
-    return plan
+        await conn.close()
+
+
+async def _explain(conn: Any, statement: str, parameters: Any = ()) -> str:
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + statement, *(parameters or ()))
+    finally:
+        await transaction.rollback()
+    return "\n".join(str(r[0]) for r in rows)
 
 
 def execution_ms(plan: str) -> float | None:
@@ -209,13 +206,62 @@ def execution_ms(plan: str) -> float | None:
     return None
 
 
-async def explain_due_query(url: str) -> DuePlan:
-    """The dispatcher's claim query as it runs, explained; else the plain due query."""
+def _returned_rows(plan: str) -> int | None:
+    """The rows the top node returned (`actual time=... rows=N`)."""
+    for line in plan.splitlines():
+        if "actual time=" in line:
+            return int(line.split(" rows=")[-1].split()[0])
+    return None
+
+
+async def explain_due_query(dsn: str) -> DuePlan:
+    """The dispatcher's statements as they run (`PgDispatchStore`): the claim `_CLAIM_DUE` of
+    the bucket holding the most due-able schedules with `now` set to the CLAIM_LIMIT-th earliest
+    next run time there (so a full batch is due; nothing is written, the transaction is rolled
+    back), the same claim at the current time, and the lock-free poll `_POLL`."""
+    from scheduler_host.adapters.db import dispatch_store
+
+    claim, poll = dispatch_store._CLAIM_DUE, dispatch_store._POLL
+    conn = await connect(dsn)
     try:
-        statement, parameters = await _claim_statement(url)
-        which = "dispatcher claim query (SqlDispatchStore.claim_due)"
-    except Exception as exc:
-        statement, parameters = FALLBACK_DUE_QUERY, ()
-        which = f"fallback query (capturing the claim failed: {type(exc).__name__})"
-    plan = await explain(url, statement, parameters)
-    return DuePlan(which, statement, plan, _uses_index(plan), execution_ms(plan))
+        bucket = await conn.fetchval(
+            "SELECT bucket FROM schedules WHERE enabled AND next_run_time IS NOT NULL "
+            "GROUP BY bucket ORDER BY count(*) DESC, bucket LIMIT 1"
+        )
+        if bucket is None:
+            raise RuntimeError("no schedule has a next run time")
+        due_at = await conn.fetchval(
+            "SELECT next_run_time FROM schedules WHERE bucket = $1 AND enabled "
+            "AND next_run_time IS NOT NULL ORDER BY next_run_time OFFSET $2 - 1 LIMIT 1",
+            bucket,
+            CLAIM_LIMIT,
+        )
+        if due_at is None:  # fewer than a batch in the bucket: all of them
+            due_at = await conn.fetchval(
+                "SELECT max(next_run_time) FROM schedules WHERE bucket = $1 AND enabled "
+                "AND next_run_time IS NOT NULL",
+                bucket,
+            )
+        plan = await _explain(conn, claim, (bucket, due_at, CLAIM_LIMIT))
+        now = datetime.now(UTC)
+        empty = await _explain(conn, claim, (bucket, now, CLAIM_LIMIT))
+        poll_plan = await _explain(conn, poll, (BUCKETS,))
+        poll_buckets = len(await conn.fetch(poll, BUCKETS))
+    finally:
+        await conn.close()
+    return DuePlan(
+        query="dispatcher claim (PgDispatchStore.claim_due, _CLAIM_DUE)",
+        statement=claim,
+        plan=plan,
+        uses_index=_uses_index(plan),
+        execution_ms=execution_ms(plan),
+        parameters=f"bucket {bucket}, now {due_at.isoformat()} (the {CLAIM_LIMIT}th earliest "
+        f"next run time there), limit {CLAIM_LIMIT}",
+        rows=_returned_rows(plan),
+        poll_statement=poll,
+        poll_plan=poll_plan,
+        poll_execution_ms=execution_ms(poll_plan),
+        poll_buckets=poll_buckets,
+        empty_plan=empty,
+        empty_execution_ms=execution_ms(empty),
+    )

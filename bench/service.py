@@ -1,7 +1,8 @@
 """`scheduler-host serve` on PostgreSQL under load: its set-up data and the API workloads.
 
 The server is the real command in its own process (tests.support.server.spawn_server), with the
-rate limit raised so that the limiter's database work is measured, not its refusals.
+mutation rate limit raised so that the limiter's database work is measured, not its refusals, and
+the per-process read limit raised so that reads are not refused.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tests.support.server import (
 
 HOST = "/schedulerhost.v1.SchedulerHost/"
 RATE_LIMIT_PER_MINUTE = "1000000"
+READ_LIMIT_PER_MINUTE = "100000000"
 PAGE_SIZE = 50
 # Installs the mutations spread over (each a Runner's install), and schedules updated per install.
 MUTATION_INSTALLS = 128
@@ -40,13 +42,20 @@ UPDATE_SCHEDULES_PER_INSTALL = 2
 Metadata = tuple[tuple[str, str], ...]
 
 
-def start_server(database_url: str, log_path: Path, **env: str) -> ServerProcess:
-    """`scheduler-host serve --migrate` on `database_url`; returns once health says SERVING."""
+def start_server(
+    database_url: str,
+    log_path: Path,
+    args: tuple[str, ...] = ("serve", "--migrate"),
+    **env: str,
+) -> ServerProcess:
+    """`scheduler-host serve --migrate` (or `args`) on `database_url`; returns once health says
+    SERVING."""
     server = spawn_server(
         database_url,
         log_path,
-        args=("serve", "--migrate"),
+        args=args,
         SCHEDULER_HOST_RATE_LIMIT_PER_MINUTE=RATE_LIMIT_PER_MINUTE,
+        SCHEDULER_HOST_READ_LIMIT_PER_MINUTE=READ_LIMIT_PER_MINUTE,
         **env,
     )
     try:
@@ -188,9 +197,10 @@ def measure_read(
     *,
     seconds: float,
     warmup: float,
-    server_pid: int,
+    server_pid: load.Pids,
     workdir: Path,
     label: str = "",
+    max_connections: int = load.MAX_CONNECTIONS,
 ) -> list[load.LoadResult]:
     answer = expected_answer(address, call.path, call.request, call.metadata)
     if call.name == "ListSchedules":
@@ -208,6 +218,7 @@ def measure_read(
             warmup=warmup,
             server_pid=server_pid,
             workdir=workdir,
+            max_connections=max_connections,
         )
         for c in concurrencies
     ]

@@ -1,6 +1,6 @@
-"""SQL statements per RPC, counted in-process: the app from `start_application`, with SQLAlchemy
-event listeners on its engine and a query logger on its raw-asyncpg API pool (PostgreSQL),
-called through real stubs."""
+"""SQL statements per RPC, counted in-process: the app from `start_application`, with a query
+logger on its one asyncpg pool (`app.pool`, `DatabasePool.add_query_logger`), called through real
+stubs."""
 
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ import grpc
 from google.protobuf import field_mask_pb2, struct_pb2
 from schedulerhost.v1 import schedule_pb2
 from schedulerhost.v1 import scheduler_host_pb2 as pb
-from sqlalchemy import event
 
-from bench.service import PAGE_SIZE, RATE_LIMIT_PER_MINUTE, Fixture, new_schedule
+from bench.service import (
+    PAGE_SIZE,
+    RATE_LIMIT_PER_MINUTE,
+    READ_LIMIT_PER_MINUTE,
+    Fixture,
+    new_schedule,
+)
 from scheduler_host.app import start_application
 from scheduler_host.config import Settings
 from tests.support.server import ADMIN_TOKEN, RUNNER_TOKEN, Stubs
@@ -36,8 +41,9 @@ def shape(statement: str) -> str:
     verb = text.split(" ", 1)[0].upper()
     if "pg_advisory_xact_lock" in text:
         return "SELECT pg_advisory_xact_lock"
-    if "rate_limit_hit(" in text:
-        return "SELECT rate_limit_hit()"
+    for function in ("rate_limit_hit", "create_schedule", "finish_runs", "dispatch_poll"):
+        if f"{function}(" in text:
+            return f"SELECT {function}()"
     if verb == "WITH":
         # A data-modifying CTE: named by what it writes.
         writes = _WRITE.findall(text)
@@ -54,12 +60,13 @@ class Tally:
     statements: list[str] = field(default_factory=list)
     parameters: list[Any] = field(default_factory=list)
     transactions: int = 0
-    checkouts: int = 0
+    elapsed: float = 0.0  # seconds the statements took, as asyncpg timed them (client side)
 
     def reset(self) -> None:
         self.statements.clear()
         self.parameters.clear()
-        self.transactions = self.checkouts = 0
+        self.transactions = 0
+        self.elapsed = 0.0
 
 
 @dataclass
@@ -67,49 +74,34 @@ class StatementCount:
     rpc: str
     statements: float  # SQL statements per call, install context cached
     transactions: float  # each one a BEGIN and a COMMIT or ROLLBACK round trip
-    checkouts: float  # SQLAlchemy pool checkouts (each one a pre-ping round trip)
-    round_trips: float  # statements + BEGIN and COMMIT/ROLLBACK + pings
+    round_trips: float  # statements + BEGIN and COMMIT/ROLLBACK
     cold_statements: int  # the first call after the install context cache was emptied
     shapes: dict[str, float]
+    # Milliseconds per call in the statements, BEGIN and COMMIT included (asyncpg's timing of
+    # each, from sending it to its answer): the database's share of the call's latency at c=1.
+    database_ms: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _listen(sync_engine: Any, tally: Tally) -> None:
-    def on_execute(*args: Any) -> None:
-        tally.statements.append(args[2])
-        tally.parameters.append(args[3])
-
-    def on_begin(conn: Any) -> None:
-        tally.transactions += 1
-
-    def on_checkout(*args: Any) -> None:
-        tally.checkouts += 1
-
-    event.listen(sync_engine, "after_cursor_execute", on_execute)
-    event.listen(sync_engine, "begin", on_begin)
-    # A checkout costs a round trip only when the pool pings first.
-    if getattr(sync_engine.pool, "_pre_ping", False):
-        event.listen(sync_engine, "checkout", on_checkout)
-
-
 _TRANSACTION_END = frozenset({"COMMIT", "ROLLBACK", "END"})
 
 
-def _listen_asyncpg(pool: Any, tally: Tally) -> None:
-    """The API pool's statements (no pre-ping there: a checkout is no round trip). BEGIN opens
-    a transaction; COMMIT and ROLLBACK are its second round trip, not statements."""
+async def _listen(pool: Any, tally: Tally) -> None:
+    """The pool's statements (asyncpg's pool pings nothing: a checkout is no round trip). BEGIN
+    opens a transaction; COMMIT and ROLLBACK are its second round trip, not statements."""
 
     def on_query(record: Any) -> None:
         verb = record.query.lstrip().split(None, 1)[0].upper().rstrip(";")
+        tally.elapsed += record.elapsed or 0.0
         if verb == "BEGIN":
             tally.transactions += 1
         elif verb not in _TRANSACTION_END:
             tally.statements.append(record.query)
             tally.parameters.append(record.args)
 
-    pool.add_query_logger(on_query)
+    await pool.add_query_logger(on_query)
 
 
 # The SQL (statement, parameters) of one warm call per RPC, to EXPLAIN.
@@ -123,18 +115,16 @@ async def count_per_rpc(
         database_url=database_url,
         listen="127.0.0.1:0",
         runner_tokens=(RUNNER_TOKEN,),
-        admin_token=ADMIN_TOKEN,
+        admin_tokens=(ADMIN_TOKEN,),
         environment="test",
         rate_limit_per_minute=int(RATE_LIMIT_PER_MINUTE),
+        read_limit_per_minute=int(READ_LIMIT_PER_MINUTE),
         dispatcher_enabled=False,
         health_check_seconds=3600,  # no health probes among the counted statements
     )
     app = await start_application(settings)
     tally = Tally()
-    _listen(app.engine.sync_engine, tally)
-    api_pool = getattr(app, "api_pool", None)
-    if api_pool is not None:
-        _listen_asyncpg(api_pool, tally)
+    await _listen(app.pool, tally)
     results = []
     samples: Samples = {}
     try:
@@ -212,7 +202,8 @@ async def count_per_rpc(
                 await asyncio.sleep(0)
                 cold = len(tally.statements)
                 shapes: Counter[str] = Counter()
-                statements = transactions = checkouts = 0
+                statements = transactions = 0
+                elapsed = 0.0
                 for _ in range(WARM_CALLS):
                     tally.reset()
                     await call()
@@ -221,17 +212,17 @@ async def count_per_rpc(
                     statements += len(tally.statements)
                     samples[rpc] = list(zip(tally.statements, tally.parameters, strict=True))
                     transactions += tally.transactions
-                    checkouts += tally.checkouts
+                    elapsed += tally.elapsed
                 n = WARM_CALLS
                 results.append(
                     StatementCount(
                         rpc=rpc,
                         statements=statements / n,
                         transactions=transactions / n,
-                        checkouts=checkouts / n,
-                        round_trips=(statements + 2 * transactions + checkouts) / n,
+                        round_trips=(statements + 2 * transactions) / n,
                         cold_statements=cold,
                         shapes={k: v / n for k, v in sorted(shapes.items())},
+                        database_ms=round(elapsed / n * 1000, 3),
                     )
                 )
     finally:
