@@ -45,6 +45,7 @@ def dispatcher_present() -> bool:
 @dataclass
 class DispatchResult:
     due: int
+    buckets: int  # distinct buckets the burst's schedules are in (a claim is per bucket)
     runs_recorded: int
     runs_succeeded: int
     receipts: int
@@ -185,6 +186,7 @@ async def measure(
     rate = len(receipts) / last_receipt if last_receipt > 0 else 0.0
     return DispatchResult(
         due=len(ids),
+        buckets=len(set(buckets)),
         runs_recorded=len(rows),
         runs_succeeded=statuses.get("success", 0),
         receipts=len(receipts),

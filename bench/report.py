@@ -429,8 +429,13 @@ def _read_plans_md(plans: dict[str, list[dict[str, str]]]) -> list[str]:
 
 
 def _burst_md(burst: dict[str, Any]) -> list[str]:
+    spread = (
+        f" (in {burst['buckets']} buckets: the dispatcher claims per bucket)"
+        if "buckets" in burst
+        else ""
+    )
     lines = [
-        f"{burst['due']:,} due at once:",
+        f"{burst['due']:,} due at once{spread}:",
         "",
         f"- Runs recorded: {burst['runs_recorded']:,} ("
         + ", ".join(f"{k} {v:,}" for k, v in burst["statuses"].items())
@@ -749,7 +754,9 @@ def write_results_md(
         "service's server options and one unary method that returns its request bytes.",
         "- Service: `scheduler-host serve --migrate` in its own process on a scratch PostgreSQL "
         "database, `SCHEDULER_HOST_DISPATCHER=false`, `SCHEDULER_HOST_RATE_LIMIT_PER_MINUTE="
-        "1000000` (the limiter's SQL still runs on every mutation). Installs are registered "
+        "1000000` (the limiter's SQL still runs on every mutation) and "
+        "`SCHEDULER_HOST_READ_LIMIT_PER_MINUTE=100000000` (the per-process read limiter still "
+        "counts every read, without refusing). Installs are registered "
         "through SchedulerAdmin; reads go to one install holding 50 schedules (ListSchedules "
         "returns a full page of 50). CreateSchedule+DeleteSchedule pairs rotate over 128 installs "
         "(valid payloads, a fresh request_id each); UpdateSchedule changes the payload of 256 "

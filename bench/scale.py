@@ -230,6 +230,11 @@ async def explain_due_query(dsn: str) -> DuePlan:
         )
         if bucket is None:
             raise RuntimeError("no schedule has a next run time")
+        in_bucket = await conn.fetchval(
+            "SELECT count(*) FROM schedules WHERE bucket = $1 AND enabled "
+            "AND next_run_time IS NOT NULL",
+            bucket,
+        )
         due_at = await conn.fetchval(
             "SELECT next_run_time FROM schedules WHERE bucket = $1 AND enabled "
             "AND next_run_time IS NOT NULL ORDER BY next_run_time OFFSET $2 - 1 LIMIT 1",
@@ -255,8 +260,9 @@ async def explain_due_query(dsn: str) -> DuePlan:
         plan=plan,
         uses_index=_uses_index(plan),
         execution_ms=execution_ms(plan),
-        parameters=f"bucket {bucket}, now {due_at.isoformat()} (the {CLAIM_LIMIT}th earliest "
-        f"next run time there), limit {CLAIM_LIMIT}",
+        parameters=f"bucket {bucket} ({in_bucket:,} schedules with a next run time), now "
+        f"{due_at.isoformat()} (the {CLAIM_LIMIT}th earliest next run time there), limit "
+        f"{CLAIM_LIMIT}",
         rows=_returned_rows(plan),
         poll_statement=poll,
         poll_plan=poll_plan,
