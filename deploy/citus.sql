@@ -12,10 +12,9 @@
 -- `scheduler-host migrate`, say): a table already distributed is left as it is, and the
 -- function definitions below are applied again.
 --
--- Verified on Citus 13.0 with PostgreSQL 15 (a coordinator and two workers): every statement of
--- the service then goes to one shard group except the poll (see below), and the service runs on
--- it, once the dispatcher's claim, target and takeover reads name the bucket parameter in their
--- EXISTS and LEFT JOIN (docs/scaling.md).
+-- Checked on Citus 13.0 with PostgreSQL 15 (a coordinator and two workers): every statement of
+-- the service goes to one shard group except the poll (see below); docs/scaling.md says what
+-- was verified there and what is reasoned.
 
 -- Fail early, with a clear message, where Citus is missing or has no worker.
 DO $$
@@ -78,63 +77,39 @@ WHERE NOT EXISTS (
 -- first) and colocated with the tenant tables: a call runs whole on the node that holds the
 -- bucket's shards (one round trip from the coordinator; the statements inside it run there, on
 -- those shards). Citus delegates a call made outside a transaction block, which is how the
--- service makes these three calls (each alone, in an autocommit unit of work). Named here by
--- name, their argument lists taken from the catalog as the migrations made them.
+-- service calls rate_limit_hit, create_schedule, finish_runs and claim_runs (each alone, in an
+-- autocommit unit of work); cut_run_history is called by claim_runs, and by a manual run's
+-- transaction. Named here by name, their argument lists taken from the catalog as the
+-- migrations made them.
 SELECT create_distributed_function(p.oid::regprocedure, 'p_bucket', colocate_with => 'installs')
 FROM pg_proc AS p
-WHERE p.proname IN ('rate_limit_hit', 'create_schedule', 'finish_runs')
+WHERE p.proname IN ('rate_limit_hit', 'create_schedule', 'finish_runs', 'claim_runs',
+                    'cut_run_history')
   AND pg_function_is_visible(p.oid)
 ORDER BY p.proname;
 
--- The poll, replaced: the one statement that reads every bucket, on purpose, and the one this
--- file changes. Citus refuses migration 0003's body: as LANGUAGE sql ("parameterized queries for
--- SQL functions referencing distributed tables are not supported"), and in plpgsql too, since
--- its probes are correlated with generate_series, which is on no shard ("complex joins are only
--- supported when all distributed tables are co-located and joined on their distribution
--- columns"). Grouping by bucket instead is accepted but reads every entry of every shard's due
--- index, so its cost grows with the number of schedules. This body keeps 0003's plan, two index
--- probes per bucket whatever the number of rows, by probing from dispatch_buckets: one row per
--- bucket (0..255, buckets.py's BUCKETS), colocated like the tenant tables, so that each shard
--- group probes its own buckets and the coordinator only gathers the rows (one task per shard).
--- Same columns and meaning as 0003's; p_buckets is kept for the signature (the table holds the
--- buckets). Measured at 1,000,000 schedules: 15 ms a poll, against 105 ms grouping by bucket.
--- One connection per worker for its tasks: with Citus's default, polls opened new connections
--- to the workers (0.3 to 3 per poll measured, every second in every process), with it none.
-CREATE TABLE IF NOT EXISTS dispatch_buckets (bucket smallint PRIMARY KEY);
+-- The poll (migration 0003's dispatch_poll): the one statement that reads every bucket, on
+-- purpose. It probes from dispatch_buckets (one row per bucket, 0..255), distributed and
+-- colocated like the tenant tables, so that each shard group probes its own buckets (two index
+-- probes per bucket, whatever the number of rows) and the coordinator only gathers the rows:
+-- one task per shard. Measured at 1,000,000 schedules: 15 ms a poll, against 105 ms for a body
+-- grouping by bucket, which reads every entry of every shard's due index. One connection per
+-- worker for its tasks: with Citus's default, polls opened new connections to the workers (0.3
+-- to 3 per poll measured, every second in every process), with it none.
 SELECT create_distributed_table('dispatch_buckets', 'bucket', colocate_with => 'installs')
 WHERE NOT EXISTS (
     SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'dispatch_buckets'::regclass);
-INSERT INTO dispatch_buckets (bucket) SELECT generate_series(0, 255) ON CONFLICT DO NOTHING;
-
-CREATE OR REPLACE FUNCTION dispatch_poll(p_buckets integer)
-RETURNS TABLE (bucket smallint, next_run_time timestamptz, lease_until timestamptz)
-LANGUAGE plpgsql STABLE
-SET citus.max_adaptive_executor_pool_size = 1
-AS $$
-BEGIN
-    RETURN QUERY
-    SELECT b.bucket, d.next_run_time, l.lease_until
-    FROM dispatch_buckets AS b
-    CROSS JOIN LATERAL (
-        SELECT min(s.next_run_time) AS next_run_time FROM schedules s
-        WHERE s.bucket = b.bucket AND s.enabled AND s.next_run_time IS NOT NULL
-    ) AS d
-    CROSS JOIN LATERAL (
-        SELECT min(r.lease_until) AS lease_until FROM schedule_runs r
-        WHERE r.bucket = b.bucket AND r.status IN ('pending', 'running')
-    ) AS l
-    WHERE d.next_run_time IS NOT NULL OR l.lease_until IS NOT NULL;
-END
-$$;
+ALTER FUNCTION dispatch_poll(integer) SET citus.max_adaptive_executor_pool_size = 1;
 
 -- The coordinator's own copies of the rows that were in the tables before they were
 -- distributed: no longer read, but still on disk until truncated.
 SELECT truncate_local_data_after_distributing_table(t)
 FROM unnest(ARRAY['install_directory', 'service_keys', 'installs', 'endpoints', 'schedules',
-                  'schedule_runs', 'idempotency_keys', 'rate_limit_hits']::regclass[]) AS t;
+                  'schedule_runs', 'idempotency_keys', 'rate_limit_hits',
+                  'dispatch_buckets']::regclass[]) AS t;
 
 -- What the service relies on, checked: every table distributed or replicated as above, and the
--- three functions delegated by their first argument in the tenant tables' colocation group.
+-- bucket functions delegated by their first argument in the tenant tables' colocation group.
 DO $$
 DECLARE
     missing text;
@@ -148,7 +123,8 @@ BEGIN
         RAISE EXCEPTION 'not distributed: %', missing;
     END IF;
     SELECT string_agg(f, ', ') INTO missing
-    FROM unnest(ARRAY['rate_limit_hit', 'create_schedule', 'finish_runs']) AS f
+    FROM unnest(ARRAY['rate_limit_hit', 'create_schedule', 'finish_runs', 'claim_runs',
+                      'cut_run_history']) AS f
     WHERE NOT EXISTS (
         SELECT 1 FROM pg_dist_object AS o JOIN pg_proc AS p ON p.oid = o.objid
         WHERE o.classid = 'pg_proc'::regclass AND p.proname = f

@@ -27,6 +27,7 @@ from tests.e2e.conftest import e2e_settings
 from tests.support.postgres import PostgresServer, scratch_database
 from tests.support.runner_standin import RecordingRunner
 from tests.support.server import (
+    InstallHandle,
     ServerProcess,
     Stubs,
     register_install,
@@ -66,17 +67,21 @@ async def create_schedules(database_url: str, installs: int, per_install: int) -
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stubs = Stubs(channel)
             handles = [await register_install(stubs.admin) for _ in range(installs)]
-            replies = await asyncio.gather(
-                *(
-                    stubs.host.CreateSchedule(
+            # Fewer at once than the pool's waiter queue holds: beyond it, a create is refused
+            # (UNAVAILABLE) by design.
+            under_way = asyncio.Semaphore(64)
+
+            async def create(handle: InstallHandle) -> pb.CreateScheduleResponse:
+                async with under_way:
+                    return await stubs.host.CreateSchedule(
                         pb.CreateScheduleRequest(
                             schedule=schedule_pb2.Schedule(endpoint="POST /sync", cron=YEARLY)
                         ),
                         metadata=handle.metadata,
                     )
-                    for handle in handles
-                    for _ in range(per_install)
-                )
+
+            replies = await asyncio.gather(
+                *(create(handle) for handle in handles for _ in range(per_install))
             )
             return [reply.schedule.id for reply in replies]
     finally:

@@ -6,6 +6,7 @@ the lock order a schedule's DELETE and a finish agree on."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -295,6 +296,45 @@ async def test_two_stores_claiming_one_bucket_at_once_share_it_without_doubles(
     assert set(first) | set(second) == due
     assert await w.db.fetchval("SELECT count(*) FROM schedule_runs") == 60
     assert await w.claim() == []
+
+
+async def test_a_schedule_changed_after_the_claim_read_it_keeps_the_change(world: World) -> None:
+    w = world
+    changed, untouched = await w.schedule(), await w.schedule()
+    revision = (await w.row(changed))["revision"]
+    later = T + timedelta(hours=1)
+    # Another connection, on a loop of its own, commits an update of `changed` while the claim
+    # is planning: after its read, before its write.
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    other = asyncio.run_coroutine_threadsafe(connect(w.url), loop).result()
+
+    def plan(target: RunTarget) -> ClaimPlan:
+        if target.schedule.id == changed.id:
+            update = other.execute(
+                "UPDATE schedules SET revision = revision + 1, next_run_time = $2 "
+                "WHERE bucket = $3 AND id = $1",
+                changed.id,
+                later,
+                bucket_of(A),
+            )
+            asyncio.run_coroutine_threadsafe(update, loop).result()
+        return plan_claim(target, T, CATCHUP)
+
+    try:
+        batch = await w.store.claim_due(bucket_of(A), T, 10, LEASE, plan)
+    finally:
+        asyncio.run_coroutine_threadsafe(other.close(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+    assert [c.run.schedule_id for c in batch.runs] == [untouched.id]
+    row = await w.row(changed)
+    assert (row["revision"], row["next_run_time"]) == (revision + 1, later)
+    assert await w.runs(changed) == []
+    assert len(await w.runs(untouched)) == 1
 
 
 async def test_an_occurrence_already_recorded_is_not_fired_again(world: World) -> None:

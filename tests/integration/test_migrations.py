@@ -307,7 +307,12 @@ async def test_tenant_tables_carry_the_bucket_and_the_others_are_the_reference_t
     assert present - set(tables.TENANT_TABLES) - {"alembic_version"} == {
         "install_directory",
         "service_keys",
+        "dispatch_buckets",
     }
+    # The poll probes from one row per bucket.
+    assert [r[0] for r in await db.fetch("SELECT bucket FROM dispatch_buckets ORDER BY 1")] == list(
+        range(BUCKETS)
+    )
     columns = await db.fetch(
         "SELECT table_name, data_type, is_nullable FROM information_schema.columns "
         "WHERE table_schema = 'public' AND column_name = 'bucket'"
@@ -350,9 +355,16 @@ async def test_0003_functions_come_with_the_upgrade_and_go_with_the_downgrade(
     await upgrade_database(url)
 
     functions = await _functions(url)
-    assert set(functions) == {"rate_limit_hit", "create_schedule", "finish_runs", "dispatch_poll"}
+    bucket_functions = (
+        "rate_limit_hit",
+        "create_schedule",
+        "finish_runs",
+        "claim_runs",
+        "cut_run_history",
+    )
+    assert set(functions) == {*bucket_functions, "dispatch_poll"}
     # Each takes the bucket first, so a sharded PostgreSQL can send the call to its shard.
-    for name in ("rate_limit_hit", "create_schedule", "finish_runs"):
+    for name in bucket_functions:
         assert functions[name].startswith("p_bucket smallint"), (name, functions[name])
     assert functions["dispatch_poll"] == "p_buckets integer"
 

@@ -1,8 +1,8 @@
 """Whether a statement the service sends would be routed to one shard of a PostgreSQL sharded by
-`bucket`: every reference to a tenant table is held to one bucket by an equality (to a parameter,
-or to the bucket of a table already held), an insert names its bucket as one parameter, and a
-function call passes the bucket first. The lock-free poll across buckets is the one exception,
-allowed by name."""
+`bucket`: every reference to a tenant table is held to one bucket by an equality of its own
+bucket to a parameter (in subqueries and outer joins too), an insert names its bucket as one
+parameter, and a function call passes the bucket first. The lock-free poll across buckets is the
+one exception, allowed by name."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ from scheduler_host.adapters.db.tables import TENANT_TABLES
 ALLOWED = {"dispatch_poll": "the dispatcher's lock-free poll of which buckets have work"}
 # SQL functions of migration 0003 that take the bucket as their first argument (a sharded
 # PostgreSQL delegates the call to the bucket's shard).
-BUCKET_FUNCTIONS = ("rate_limit_hit", "create_schedule", "finish_runs")
+BUCKET_FUNCTIONS = (
+    "rate_limit_hit",
+    "create_schedule",
+    "finish_runs",
+    "claim_runs",
+    "cut_run_history",
+)
 
 _TABLES = "|".join(TENANT_TABLES)
 _KEYWORDS = r"(?:where|on|join|left|inner|set|order|group|limit|for|returning|using|cross|values)"
@@ -28,17 +34,14 @@ def _normal(statement: str) -> str:
     return re.sub(r"\s+", " ", statement.lower()).strip()
 
 
-def _held(sql: str, alias: str, held: set[str], *, bare: bool) -> bool:
-    """Whether `alias`'s bucket is equal to a parameter, or to the bucket of one in `held`."""
+def _held(sql: str, alias: str, *, bare: bool) -> bool:
+    """Whether `alias`'s bucket is equal to a parameter. An equality to another table's bucket is
+    not enough: a sharded PostgreSQL narrows each table to a shard only by its own filter."""
     names = [re.escape(alias)] + ([""] if bare else [])
     for name in names:
         column = rf"(?<![.\w]){name}\.bucket" if name else r"(?<![.\w])bucket"
         if re.search(rf"{column}\s*=\s*\$\d+", sql):
             return True
-        for other in held:
-            other_bucket = rf"(?<![.\w]){re.escape(other)}\.bucket"
-            if re.search(rf"{column}\s*=\s*{other_bucket}|{other_bucket}\s*=\s*{column}", sql):
-                return True
     return False
 
 
@@ -53,25 +56,14 @@ def unrouted(statement: str) -> str | None:
             return f"{name} is not given the bucket first"
     if any(re.search(rf"\b{name}\s*\(\s*\$1\b", sql) for name in BUCKET_FUNCTIONS):
         return None
-    references = [(verb, table, alias or table) for verb, table, alias in _REFERENCE.findall(sql)]
-    held: set[str] = set()
-    pending = list(references)
-    # An alias may be held through another that is held later in the text: repeat to a fixpoint.
-    while pending:
-        progressed = False
-        for ref in list(pending):
-            verb, table, alias = ref
-            if verb == "into":
-                ok = bool(re.search(rf"into {table} \(bucket,", sql)) and bool(
-                    re.search(r"(values \(\$\d+|select \$\d+)", sql)
-                )
-            else:
-                ok = _held(sql, alias, held, bare=alias == table)
-            if ok:
-                held.add(alias)
-                pending.remove(ref)
-                progressed = True
-        if not progressed:
-            verb, table, alias = pending[0]
-            return f"{table} ({verb}, as {alias}) is not held to one bucket"
+    for verb, table, alias in _REFERENCE.findall(sql):
+        alias = alias or table
+        if verb == "into":
+            ok = bool(re.search(rf"into {table} \(bucket,", sql)) and bool(
+                re.search(r"(values \(\$\d+|select \$\d+)", sql)
+            )
+        else:
+            ok = _held(sql, alias, bare=alias == table)
+        if not ok:
+            return f"{table} ({verb}, as {alias}) is not held to one bucket by its own filter"
     return None

@@ -1,12 +1,13 @@
 """The dispatcher's statements on PostgreSQL: the poll, claims, takeovers, run records, leases.
 
-Every claim, takeover and finish stays inside one bucket: a claim is one transaction that locks
-the bucket's due schedules (`FOR UPDATE OF s SKIP LOCKED`, so processes share a burst), writes
-their run records (the unique (schedule, trigger, scheduled time) guard refuses an occurrence
-recorded twice) and their new state; a finish is one call of `finish_runs` (migration 0003). A
-run's `lease_until` is also its fencing token: every write after the claim names the lease it
-holds, so a process whose claim was taken over writes nothing. Only the poll reads across
-buckets, without locks.
+Every claim, takeover and finish stays inside one bucket. A claim reads the bucket's due
+schedules without locks, plans them here (cron and time zones are the domain's), and hands the
+plan to `claim_runs` (migration 0003), which in one transaction locks the schedules still as read
+(`FOR UPDATE ... SKIP LOCKED`, so processes share a burst), records their runs (the unique
+(schedule, trigger, scheduled time) guard refuses an occurrence recorded twice) and writes their
+new state: two round trips a claim. A finish is one call of `finish_runs`. A run's `lease_until`
+is also its fencing token: every write after the claim names the lease it holds, so a process
+whose claim was taken over writes nothing. Only the poll reads across buckets, without locks.
 """
 
 from __future__ import annotations
@@ -46,64 +47,44 @@ _OPEN_STATES = (RunState.PENDING.value, RunState.RUNNING.value)
 _POLL = "SELECT bucket, next_run_time, lease_until FROM dispatch_poll($1)"
 
 # A schedule with its install, whether its endpoint is still there and whether its last run is
-# still open: what planning a claim and calling the Runner need.
-_TARGET_PART = f"""SELECT {columns(SCHEDULE_COLUMNS, "s")}, s.running_run_id,
+# still open: what planning a claim and calling the Runner need. Every table is filtered by the
+# bucket parameter itself ($1), not through a join, so that a sharded PostgreSQL sees one shard.
+_TARGET_PART = f"""SELECT {columns(SCHEDULE_COLUMNS, "s")}, s.running_run_id, s.xmin AS row_version,
     i.enabled AS install_enabled, i.registry_id, i.version_id, i.content_hash,
     i.granted_capabilities,
     EXISTS (SELECT 1 FROM endpoints e
-            WHERE e.bucket = s.bucket AND e.install_id = s.install_id
+            WHERE e.bucket = $1 AND e.install_id = s.install_id
               AND e.version_id = i.version_id AND e.method = s.endpoint_method
               AND e.path = s.endpoint_path) AS endpoint_found,
     running.status AS running_status
 FROM schedules s
-JOIN installs i ON i.bucket = s.bucket AND i.id = s.install_id
-LEFT JOIN schedule_runs running ON running.bucket = s.bucket AND running.id = s.running_run_id"""
+JOIN installs i ON i.bucket = $1 AND i.id = s.install_id
+LEFT JOIN schedule_runs running ON running.bucket = $1 AND running.id = s.running_run_id"""
 
-# Literal predicates, so that the partial index ix_schedules_due applies.
+# Literal predicates, so that the partial index ix_schedules_due applies. The row version
+# (`xmin`) read is what claim_runs checks before it writes.
 _CLAIM_DUE = f"""{_TARGET_PART}
 WHERE s.bucket = $1 AND s.enabled AND s.next_run_time IS NOT NULL AND s.next_run_time <= $2
-ORDER BY s.next_run_time LIMIT $3
-FOR UPDATE OF s SKIP LOCKED"""
+ORDER BY s.next_run_time LIMIT $3"""
+_CLAIM_RUNS = """SELECT claimed, next_due FROM claim_runs($1::smallint, $2, $3, $4, $5, $6, $7,
+    $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"""
 
 _LOAD_TARGET = (
     f"{_TARGET_PART}\nWHERE s.bucket = $1 AND s.tenant_id = $2 AND s.install_id = $3 AND s.id = $4"
 )
 
-_INSERT_RUNS = """INSERT INTO schedule_runs (bucket, id, tenant_id, install_id, schedule_id,
-    trigger, scheduled_time, start_time, finish_time, status, attempt, error, lease_until)
-SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::uuid[], $6::text[],
-    $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::integer[],
-    $12::text[], $13::timestamptz[])
+_INSERT_MANUAL_RUN = """INSERT INTO schedule_runs (bucket, id, tenant_id, install_id,
+    schedule_id, trigger, scheduled_time, start_time, status, attempt, lease_until)
+VALUES ($1, $2, $3, $4, $5, 'manual', $6, $7, 'running', 1, $8)
 ON CONFLICT (bucket, schedule_id, trigger, scheduled_time) DO NOTHING RETURNING id"""
 
-# A claimed schedule's whole new state, computed from the row read under its lock.
-_SET_STATES = """UPDATE schedules AS s SET next_run_time = v.next_run_time, enabled = v.enabled,
-    last_run_time = v.last_run_time, last_run_status = v.last_run_status,
-    last_error = v.last_error, running_run_id = v.running_run_id, revision = v.revision,
-    update_time = v.update_time
-FROM unnest($2::uuid[], $3::timestamptz[], $4::boolean[], $5::timestamptz[], $6::text[],
-    $7::text[], $8::uuid[], $9::integer[], $10::timestamptz[])
-    AS v(id, next_run_time, enabled, last_run_time, last_run_status, last_error,
-         running_run_id, revision, update_time)
-WHERE s.bucket = $1 AND s.id = v.id"""
-
-# Keep the newest runs of each schedule (the history limit); open runs are never cut.
-_CUT_HISTORY = """DELETE FROM schedule_runs WHERE bucket = $1 AND id IN (
-    SELECT id FROM (
-        SELECT id, status, row_number() OVER (
-            PARTITION BY schedule_id ORDER BY scheduled_time DESC, id DESC) AS newest
-        FROM schedule_runs WHERE bucket = $1 AND schedule_id = ANY($2::uuid[])
-    ) AS ranked
-    WHERE newest > $3 AND status NOT IN ('pending', 'running'))"""
-
-_NEXT_DUE = """SELECT min(next_run_time) FROM schedules
-WHERE bucket = $1 AND enabled AND next_run_time IS NOT NULL"""
+_CUT_HISTORY = "SELECT cut_run_history($1::smallint, $2, $3)"
 
 _EXPIRED = f"""SELECT r.id AS run_id, r.trigger, r.scheduled_time, r.start_time AS run_start_time,
     r.attempt, r.takeovers, r.lease_until AS run_lease,
     {_TARGET_PART.removeprefix("SELECT ")}
-JOIN schedule_runs r ON r.bucket = s.bucket AND r.schedule_id = s.id
-WHERE r.bucket = $1 AND r.status IN ('pending', 'running') AND r.lease_until < $2
+JOIN schedule_runs r ON r.bucket = $1 AND r.schedule_id = s.id
+WHERE s.bucket = $1 AND r.bucket = $1 AND r.status IN ('pending', 'running') AND r.lease_until < $2
 ORDER BY r.lease_until LIMIT $3"""
 
 # Taken only if the lease is still the one read: another process may have taken it meanwhile.
@@ -117,7 +98,7 @@ WHERE r.bucket = $1 AND r.id = v.id AND r.lease_until = v.lease RETURNING r.id""
 _MARK_RUNNING = """UPDATE schedules AS s SET running_run_id = $3
 WHERE s.bucket = $1 AND s.id = $2 AND NOT EXISTS (
     SELECT 1 FROM schedule_runs running
-    WHERE running.bucket = s.bucket AND running.id = s.running_run_id
+    WHERE running.bucket = $1 AND running.id = s.running_run_id
       AND running.status IN ('pending', 'running'))"""
 
 _RECORD_ATTEMPT = """UPDATE schedule_runs SET attempt = $3
@@ -163,24 +144,6 @@ def _run(
     )
 
 
-def _record_arrays(records: Sequence[tuple[ScheduleRun, datetime | None]]) -> list[list[Any]]:
-    """The parameters $2.. of _INSERT_RUNS."""
-    return [
-        [r.id for r, _ in records],
-        [r.tenant_id for r, _ in records],
-        [r.install_id for r, _ in records],
-        [r.schedule_id for r, _ in records],
-        [r.trigger.value for r, _ in records],
-        [r.scheduled_time for r, _ in records],
-        [r.start_time for r, _ in records],
-        [r.finish_time for r, _ in records],
-        [r.status.value for r, _ in records],
-        [r.attempt for r, _ in records],
-        [r.error for r, _ in records],
-        [lease for _, lease in records],
-    ]
-
-
 def _bucket_of_run(run: ScheduleRun) -> int:
     return bucket_of(run.tenant_id)
 
@@ -211,68 +174,17 @@ class PgDispatchStore:
         lease_until: datetime,
         plan: Callable[[RunTarget], ClaimPlan],
     ) -> ClaimBatch:
-        async with self._session(autocommit=False) as session:
+        async with self._session(autocommit=True) as session:
             conn = await session.connection()
             rows = await conn.fetch(_CLAIM_DUE, bucket, now, limit)
-            targets = [_target(row) for row in rows]
-            plans = [plan(target) for target in targets]
-            records: list[tuple[ScheduleRun, datetime | None]] = []
-            firing: list[ScheduleRun | None] = []
-            for target, decision in zip(targets, plans, strict=True):
-                records.extend(
-                    (
-                        _run(
-                            target,
-                            uuid.uuid4(),
-                            RunTrigger.SCHEDULE,
-                            skip.scheduled_time,
-                            RunState.SKIPPED,
-                            finish_time=now,
-                            error=skip.reason,
-                        ),
-                        None,
-                    )
-                    for skip in decision.skipped
-                )
-                run = None
-                if decision.fire_at is not None:
-                    run = _run(
-                        target,
-                        uuid.uuid4(),
-                        RunTrigger.SCHEDULE,
-                        decision.fire_at,
-                        RunState.RUNNING,
-                        start_time=now,
-                        attempt=1,
-                    )
-                    records.append((run, lease_until))
-                firing.append(run)
-            inserted: set[uuid.UUID] = set()
-            if records:
-                inserted = {
-                    r["id"]
-                    for r in await conn.fetch(_INSERT_RUNS, bucket, *_record_arrays(records))
-                }
-            states: list[tuple[Any, ...]] = []
-            touched: list[uuid.UUID] = []
-            claims: list[ClaimedRun] = []
-            for row, target, decision, run in zip(rows, targets, plans, firing, strict=True):
-                fired = run is not None and run.id in inserted
-                states.append(_new_state(row, target, decision, run if fired else None, now))
-                if fired:
-                    assert run is not None
-                    claims.append(ClaimedRun(run, target, lease_until))
-                if decision.skipped or fired:
-                    touched.append(target.schedule.id)
-            if states:
-                await conn.execute(
-                    _SET_STATES, bucket, *(list(c) for c in zip(*states, strict=True))
-                )
-            if touched:
-                await conn.execute(_CUT_HISTORY, bucket, touched, self._history_limit)
-            next_due = await conn.fetchval(_NEXT_DUE, bucket)
-            await session.commit()
-        return ClaimBatch(len(rows), claims, next_due)
+            claim = _Claim(now, lease_until)
+            for row in rows:
+                claim.add(row, plan)
+            result = await conn.fetchrow(
+                _CLAIM_RUNS, bucket, now, lease_until, self._history_limit, *claim.arrays()
+            )
+        assert result is not None  # the function returns one row
+        return ClaimBatch(len(rows), claim.started(set(result["claimed"])), result["next_due"])
 
     async def take_over_expired(
         self,
@@ -346,7 +258,17 @@ class PgDispatchStore:
         bucket = _bucket_of_run(run)
         async with self._session(autocommit=False) as session:
             conn = await session.connection()
-            if not await conn.fetch(_INSERT_RUNS, bucket, *_record_arrays([(run, lease_until)])):
+            if not await conn.fetch(
+                _INSERT_MANUAL_RUN,
+                bucket,
+                run.id,
+                run.tenant_id,
+                run.install_id,
+                run.schedule_id,
+                scheduled_time,
+                now,
+                lease_until,
+            ):
                 return None
             await conn.execute(_MARK_RUNNING, bucket, target.schedule.id, run.id)
             await conn.execute(_CUT_HISTORY, bucket, [target.schedule.id], self._history_limit)
@@ -366,6 +288,8 @@ class PgDispatchStore:
         for o in outcomes:
             by_bucket[_bucket_of_run(o.claim.run)].append(o)
         written: set[uuid.UUID] = set()
+        # One connection for the whole batch, one call per bucket: the claims keep the rest of
+        # the dispatcher's connections.
         async with self._session(autocommit=True) as session:
             conn = await session.connection()
             for bucket, group in by_bucket.items():
@@ -404,6 +328,54 @@ class PgDispatchStore:
             )
 
 
+class _Claim:
+    """A claim's plan for claim_runs: each due schedule's runs (skipped occurrences and the one
+    to fire) and new state, computed from the row as read."""
+
+    def __init__(self, now: datetime, lease_until: datetime) -> None:
+        self._now = now
+        self._lease_until = lease_until
+        self._states: list[tuple[Any, ...]] = []
+        self._runs: list[tuple[uuid.UUID, uuid.UUID, datetime, str | None]] = []
+        self._firing: list[tuple[ScheduleRun, RunTarget]] = []
+
+    def add(self, row: Record, plan: Callable[[RunTarget], ClaimPlan]) -> None:
+        target = _target(row)
+        decision = plan(target)
+        schedule_id = target.schedule.id
+        self._runs.extend(
+            (uuid.uuid4(), schedule_id, skip.scheduled_time, skip.reason)
+            for skip in decision.skipped
+        )
+        fired = None
+        if decision.fire_at is not None:
+            fired = _run(
+                target,
+                uuid.uuid4(),
+                RunTrigger.SCHEDULE,
+                decision.fire_at,
+                RunState.RUNNING,
+                start_time=self._now,
+                attempt=1,
+            )
+            self._runs.append((fired.id, schedule_id, decision.fire_at, None))
+            self._firing.append((fired, target))
+        self._states.append(_new_state(row, target, decision, fired, self._now))
+
+    def arrays(self) -> list[list[Any]]:
+        """The parameters $5.. of _CLAIM_RUNS: the states' columns, then the runs'."""
+        states: list[list[Any]] = [list(c) for c in zip(*self._states, strict=True)]
+        runs: list[list[Any]] = [list(c) for c in zip(*self._runs, strict=True)]
+        return (states or [[] for _ in range(10)]) + (runs or [[] for _ in range(4)])
+
+    def started(self, claimed: set[uuid.UUID]) -> list[ClaimedRun]:
+        return [
+            ClaimedRun(run, target, self._lease_until)
+            for run, target in self._firing
+            if run.id in claimed
+        ]
+
+
 def _new_state(
     row: Record,
     target: RunTarget,
@@ -411,7 +383,8 @@ def _new_state(
     fired: ScheduleRun | None,
     now: datetime,
 ) -> tuple[Any, ...]:
-    """A claimed schedule's new state, in the order of _SET_STATES' arrays."""
+    """A claimed schedule's new state, in the order of claim_runs' arrays (the run to fire is
+    its running run only if claim_runs records it)."""
     s = target.schedule
     next_run_time = None if decision.park else decision.next_run_time
     enabled, last_run_time, last_status, last_error = (
@@ -429,15 +402,15 @@ def _new_state(
     if decision.skipped:
         last_run_time, last_status = now, RunState.SKIPPED.value
         last_error = decision.skipped[-1].reason
-    running = fired.id if fired is not None else row["running_run_id"]
     return (
         s.id,
+        row["row_version"],
         next_run_time,
         enabled,
         last_run_time,
         last_status,
         last_error,
-        running,
+        fired.id if fired is not None else None,
         revision,
         update_time,
     )

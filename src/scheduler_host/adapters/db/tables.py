@@ -40,6 +40,11 @@ install_directory = sa.Table(
     sa.Column("tenant_id", sa.String(128), nullable=False),
 )
 
+# One row per bucket (0..BUCKETS-1): what the dispatcher's poll probes from.
+dispatch_buckets = sa.Table(
+    "dispatch_buckets", metadata, sa.Column("bucket", sa.SmallInteger(), primary_key=True)
+)
+
 installs = sa.Table(
     "installs",
     metadata,

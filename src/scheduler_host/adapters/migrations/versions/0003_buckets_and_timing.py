@@ -14,8 +14,9 @@ install id to its bucket (the only lookup by id alone). `rate_limit_hits` loses 
 Functions, each one round trip and each taking the bucket first (a sharded PostgreSQL delegates
 the call to the shard's node): `rate_limit_hit` (the rolling window), `create_schedule` (the
 quota, idempotency and insert of a create under the install's lock), `finish_runs` (a bucket's
-finished runs and their schedules' last-run fields) and `dispatch_poll` (which buckets have due
-work: the one read over every bucket, lock-free).
+finished runs and their schedules' last-run fields), `claim_runs` (a claim's runs and new
+states, on the schedules still as read), `cut_run_history` and `dispatch_poll` (which buckets have
+due work: the one read over every bucket, lock-free, from `dispatch_buckets`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from scheduler_host.adapters.db.buckets import bucket_of
+from scheduler_host.adapters.db.buckets import BUCKETS, bucket_of
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"
@@ -274,30 +275,134 @@ END
 $$;
 """
 
-# Which buckets have work, read without locks: per bucket, the earliest next run time of an
-# enabled schedule and the earliest lease of an open run (two index probes a bucket, whatever the
-# number of rows). Literal predicates, so the partial indexes apply.
-_DISPATCH_POLL = """
-CREATE FUNCTION dispatch_poll(p_buckets integer)
-RETURNS TABLE (bucket smallint, next_run_time timestamptz, lease_until timestamptz)
-LANGUAGE sql STABLE AS $$
-    SELECT b.n::smallint, d.next_run_time, l.lease_until
-    FROM generate_series(0, p_buckets - 1) AS b(n)
-    CROSS JOIN LATERAL (
-        SELECT min(s.next_run_time) AS next_run_time FROM schedules s
-        WHERE s.bucket = b.n AND s.enabled AND s.next_run_time IS NOT NULL
-    ) AS d
-    CROSS JOIN LATERAL (
-        SELECT min(r.lease_until) AS lease_until FROM schedule_runs r
-        WHERE r.bucket = b.n AND r.status IN ('pending', 'running')
-    ) AS l
-    WHERE d.next_run_time IS NOT NULL OR l.lease_until IS NOT NULL
+# A bucket's newest runs of each of the given schedules are kept (the history limit); open runs
+# are never cut. Called by a claim and by a manual run, so the limit is applied in one place.
+_CUT_RUN_HISTORY = """
+CREATE FUNCTION cut_run_history(p_bucket smallint, p_schedule_ids uuid[], p_keep integer)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    DELETE FROM schedule_runs WHERE bucket = p_bucket AND id IN (
+        SELECT ranked.id FROM (
+            SELECT r.id, r.status, row_number() OVER (
+                PARTITION BY r.schedule_id ORDER BY r.scheduled_time DESC, r.id DESC) AS newest
+            FROM schedule_runs r WHERE r.bucket = p_bucket AND r.schedule_id = ANY(p_schedule_ids)
+        ) AS ranked
+        WHERE ranked.newest > p_keep AND ranked.status NOT IN ('pending', 'running'));
+END
 $$;
 """
 
-_FUNCTIONS = (_RATE_LIMIT_HIT, _CREATE_SCHEDULE, _FINISH_RUNS, _DISPATCH_POLL)
+# A claim's writes, planned by the dispatcher from due schedules it read without locks: each
+# schedule is locked only if it is still the row version that was read (`xmin`; a schedule
+# changed meanwhile, by an update, a finish or another process's claim, is left for the next
+# read) and not locked by another claim (SKIP LOCKED: processes share a burst). For those, the
+# runs are recorded (the unique (schedule, trigger, scheduled time) guard refuses an occurrence
+# recorded twice: that schedule fires nothing), the new state is written, the history is cut.
+# Returns the ids of the runs to start and the bucket's next due time. One round trip, in one
+# transaction, on the bucket's shard.
+_CLAIM_RUNS = """
+CREATE FUNCTION claim_runs(
+    p_bucket smallint, p_now timestamptz, p_lease timestamptz, p_keep integer,
+    p_ids uuid[], p_row_versions xid[], p_next_run_times timestamptz[], p_enabled boolean[],
+    p_last_run_times timestamptz[], p_last_run_statuses text[], p_last_errors text[],
+    p_fired uuid[], p_revisions integer[], p_update_times timestamptz[],
+    p_run_ids uuid[], p_run_schedule_ids uuid[], p_run_times timestamptz[], p_run_errors text[]
+) RETURNS TABLE (claimed uuid[], next_due timestamptz)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    locked uuid[];
+    added uuid[];
+    touched uuid[];
+BEGIN
+    SELECT coalesce(array_agg(l.id), '{}') INTO locked FROM (
+        SELECT s.id FROM schedules s
+        JOIN unnest(p_ids, p_row_versions) AS v(id, row_version) ON s.id = v.id
+        WHERE s.bucket = p_bucket AND s.xmin = v.row_version
+        FOR UPDATE OF s SKIP LOCKED
+    ) AS l;
+    -- A run with an error is a skipped occurrence; one without is a run to start.
+    WITH recorded AS (
+        INSERT INTO schedule_runs (bucket, id, tenant_id, install_id, schedule_id, trigger,
+            scheduled_time, start_time, finish_time, status, attempt, error, lease_until)
+        SELECT p_bucket, r.id, s.tenant_id, s.install_id, s.id, 'schedule', r.scheduled_time,
+            CASE WHEN r.error IS NULL THEN p_now END,
+            CASE WHEN r.error IS NOT NULL THEN p_now END,
+            CASE WHEN r.error IS NULL THEN 'running' ELSE 'skipped' END,
+            (r.error IS NULL)::integer, r.error,
+            CASE WHEN r.error IS NULL THEN p_lease END
+        FROM unnest(p_run_ids, p_run_schedule_ids, p_run_times, p_run_errors)
+            AS r(id, schedule_id, scheduled_time, error)
+        JOIN schedules s ON s.bucket = p_bucket AND s.id = r.schedule_id
+        WHERE r.schedule_id = ANY(locked)
+        ON CONFLICT (bucket, schedule_id, trigger, scheduled_time) DO NOTHING
+        RETURNING schedule_runs.id, schedule_runs.schedule_id, schedule_runs.status
+    )
+    SELECT coalesce(array_agg(id) FILTER (WHERE status = 'running'), '{}'),
+           coalesce(array_agg(DISTINCT schedule_id), '{}')
+    INTO added, touched FROM recorded;
+    UPDATE schedules AS s SET next_run_time = v.next_run_time, enabled = v.enabled,
+        last_run_time = v.last_run_time, last_run_status = v.last_run_status,
+        last_error = v.last_error,
+        running_run_id = CASE WHEN v.fired = ANY(added) THEN v.fired ELSE s.running_run_id END,
+        revision = v.revision, update_time = v.update_time
+    FROM unnest(p_ids, p_next_run_times, p_enabled, p_last_run_times, p_last_run_statuses,
+                p_last_errors, p_fired, p_revisions, p_update_times)
+        AS v(id, next_run_time, enabled, last_run_time, last_run_status, last_error, fired,
+             revision, update_time)
+    WHERE s.bucket = p_bucket AND s.id = v.id AND v.id = ANY(locked);
+    IF cardinality(touched) > 0 THEN
+        PERFORM cut_run_history(p_bucket, touched, p_keep);
+    END IF;
+    claimed := added;
+    SELECT min(s.next_run_time) INTO next_due FROM schedules s
+    WHERE s.bucket = p_bucket AND s.enabled AND s.next_run_time IS NOT NULL;
+    RETURN NEXT;
+END
+$$;
+"""
+
+# Which buckets have work, read without locks: per bucket, the earliest next run time of an
+# enabled schedule and the earliest lease of an open run (two index probes a bucket, whatever the
+# number of rows). Literal predicates, so the partial indexes apply. The probes start from
+# `dispatch_buckets` (one row per bucket, 0..BUCKETS-1) rather than a generated series, so that
+# on a sharded PostgreSQL, where that table is distributed like the tenant tables, each shard
+# group probes its own buckets (deploy/citus.sql); p_buckets says how many there are.
+_DISPATCH_POLL = """
+CREATE FUNCTION dispatch_poll(p_buckets integer)
+RETURNS TABLE (bucket smallint, next_run_time timestamptz, lease_until timestamptz)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT b.bucket, d.next_run_time, l.lease_until
+    FROM dispatch_buckets AS b
+    CROSS JOIN LATERAL (
+        SELECT min(s.next_run_time) AS next_run_time FROM schedules s
+        WHERE s.bucket = b.bucket AND s.enabled AND s.next_run_time IS NOT NULL
+    ) AS d
+    CROSS JOIN LATERAL (
+        SELECT min(r.lease_until) AS lease_until FROM schedule_runs r
+        WHERE r.bucket = b.bucket AND r.status IN ('pending', 'running')
+    ) AS l
+    WHERE b.bucket < p_buckets AND (d.next_run_time IS NOT NULL OR l.lease_until IS NOT NULL);
+END
+$$;
+"""
+
+_FUNCTIONS = (
+    _RATE_LIMIT_HIT,
+    _CREATE_SCHEDULE,
+    _FINISH_RUNS,
+    _CUT_RUN_HISTORY,
+    _CLAIM_RUNS,
+    _DISPATCH_POLL,
+)
 _DROP_FUNCTIONS = """
 DROP FUNCTION dispatch_poll(integer);
+DROP FUNCTION claim_runs(smallint, timestamptz, timestamptz, integer, uuid[], xid[],
+                         timestamptz[], boolean[], timestamptz[], text[], text[], uuid[],
+                         integer[], timestamptz[], uuid[], uuid[], timestamptz[], text[]);
+DROP FUNCTION cut_run_history(smallint, uuid[], integer);
 DROP FUNCTION finish_runs(smallint, uuid[], uuid[], timestamptz[], text[], timestamptz[], text[],
                           integer[], timestamptz[], text[]);
 DROP FUNCTION create_schedule(smallint, uuid, uuid, timestamptz, integer, timestamptz, text,
@@ -355,6 +460,11 @@ def upgrade() -> None:
     )
     _execute_each(_UPGRADE_KEYS)
     _execute_each(_UPGRADE_SCHEDULE_COLUMNS)
+    op.execute(
+        "CREATE TABLE dispatch_buckets (bucket smallint NOT NULL, "
+        "CONSTRAINT pk_dispatch_buckets PRIMARY KEY (bucket))"
+    )
+    op.execute(f"INSERT INTO dispatch_buckets (bucket) SELECT generate_series(0, {BUCKETS - 1})")
     op.execute(_OLD_RATE_LIMIT_DROP)
     for function in _FUNCTIONS:
         op.execute(function)
@@ -440,6 +550,7 @@ def downgrade() -> None:
     # One-time schedules have no cron; 0002 cannot hold them.
     op.execute("DELETE FROM schedules WHERE cron = ''")
     _execute_each(_DROP_FUNCTIONS)
+    op.execute("DROP TABLE dispatch_buckets")
     _execute_each(_DOWNGRADE)
     op.execute(_revision_0002()._CREATE)
 
