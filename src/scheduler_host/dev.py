@@ -14,6 +14,8 @@ from scheduler_host.runner_standin import StandInRunner
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput, upsert_install
 
 DEMO_INSTALL_ID = uuid.UUID("00000000-0000-4000-8000-00000000d3e0")
+# The tenant of the README's calls and install.yaml, so that they work on the same data.
+DEMO_TENANT = "t1"
 DEMO_ENDPOINTS = (
     EndpointSpecInput("POST", "/sync", "sync"),
     EndpointSpecInput("GET", "/status", "status"),
@@ -34,7 +36,7 @@ async def run_dev(settings: Settings) -> None:
     await upsert_install(
         InstallInput(
             install_id=str(DEMO_INSTALL_ID),
-            tenant_id="demo-tenant",
+            tenant_id=DEMO_TENANT,
             registry_id="demo-extension",
             version_id="v1",
             content_hash="sha256:demo",

@@ -12,7 +12,7 @@ from schedulerhost.v1 import schedule_pb2
 from schedulerhost.v1 import scheduler_admin_pb2 as admin_pb
 from schedulerhost.v1 import scheduler_host_pb2 as pb
 
-from scheduler_host.dev import DEMO_INSTALL_ID
+from scheduler_host.dev import DEMO_INSTALL_ID, DEMO_TENANT
 from tests.support.server import (
     RUNNER_TOKEN,
     Stubs,
@@ -66,7 +66,7 @@ async def test_dev_runs_a_schedule_now_on_its_stand_in_runner(tmp_path: Path) ->
     log = server.log()
     assert "stand-in Runner http://127.0.0.1:" in log
     assert (
-        f"runner stand-in: execute POST /sync for tenant demo-tenant install {DEMO_INSTALL_ID}"
+        f"runner stand-in: execute POST /sync for tenant {DEMO_TENANT} install {DEMO_INSTALL_ID}"
         in log
     )
     assert f"schedule {created.schedule.id} (trigger manual" in log

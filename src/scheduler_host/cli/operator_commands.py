@@ -25,7 +25,7 @@ from schedulerhost.v1 import scheduler_admin_pb2, scheduler_host_pb2
 
 from scheduler_host.cli import rendering
 from scheduler_host.cli.failures import GRPC_EXIT_BASE, report
-from scheduler_host.config import DEFAULT_ADMIN_TOKEN
+from scheduler_host.config import DEFAULT_ADMIN_TOKEN, Settings
 from scheduler_host.domain.cron import CronError, shortest_interval, validate_cron
 from scheduler_host.domain.occurrences import next_occurrences
 from scheduler_host.domain.schedule import validate_timezone
@@ -35,7 +35,6 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_SECONDS = 10.0
 # RunScheduleNow answers once the run has finished: up to three Runner calls of 30 s and backoff.
 RUN_NOW_TIMEOUT_SECONDS = 120.0
-DEFAULT_MIN_INTERVAL_SECONDS = 300
 
 
 def admin_token_from_environment(env: Mapping[str, str] = os.environ) -> str:
@@ -382,7 +381,7 @@ def parse_instant(ctx: click.Context, param: click.Parameter, value: str | None)
     "--min-interval-seconds",
     type=click.IntRange(min=0),
     envvar="SCHEDULER_HOST_MIN_INTERVAL_SECONDS",
-    default=DEFAULT_MIN_INTERVAL_SECONDS,
+    default=Settings.min_interval_seconds,
     show_default=True,
     help="Shortest allowed gap, as the server's SCHEDULER_HOST_MIN_INTERVAL_SECONDS.",
 )
