@@ -82,9 +82,7 @@ class World:
         )
         return install.context()
 
-    async def create(
-        self, ctx: InstallContext, request_id: str = "", **fields: object
-    ) -> Schedule:
+    async def create(self, ctx: InstallContext, request_id: str = "", **fields: object) -> Schedule:
         values: dict[str, object] = {"endpoint": "POST /sync", "cron": "*/5 * * * *"}
         values.update(fields)
         return await schedules.create_schedule(

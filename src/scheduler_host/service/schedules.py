@@ -77,9 +77,7 @@ async def _resolve_into(uow: UnitOfWork, ctx: InstallContext, checked: Checked) 
     return resolved
 
 
-async def _current_endpoint(
-    uow: UnitOfWork, ctx: InstallContext, s: Schedule
-) -> Schedule | None:
+async def _current_endpoint(uow: UnitOfWork, ctx: InstallContext, s: Schedule) -> Schedule | None:
     """An enabled schedule must call an endpoint of the install's current version: one that an
     upgrade left behind while the schedule was disabled is refused until a new one is set. None
     when `ctx` proves older than the stored install (the caller reads it again and retries)."""
