@@ -28,17 +28,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo
 
 import grpc
 import sqlalchemy as sa
 from google.protobuf import struct_pb2
-from schedulerhost.v1 import schedule_pb2
+from schedulerhost.v1 import schedule_pb2, scheduler_host_pb2_grpc
 from schedulerhost.v1 import scheduler_host_pb2 as pb
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from scheduler_host.adapters.db.repositories import SqlScheduleRepository
 from scheduler_host.domain.cron import parse_cron
 from scheduler_host.domain.endpoints import endpoint_id
 from scheduler_host.domain.occurrences import next_occurrence
@@ -57,6 +56,7 @@ from tests.support.server import (
     spawn_server,
     wait_until_serving,
 )
+from tests.support.storage import Db, connect, insert_schedule
 
 QUOTA = 50
 HOT_INSTALLS = 10
@@ -203,7 +203,7 @@ async def running_servers(
         servers.append(first)
         await asyncio.to_thread(wait_until_serving, first, 60)
         for n in range(1, opts.processes):
-            servers.append(spawn_server(url, logs / f"server-{n}.log", **env))
+            servers.append(spawn_server(url, logs / f"server-{n}.log", args=("serve",), **env))
         for server in servers[1:]:
             await asyncio.to_thread(wait_until_serving, server, 60)
         yield servers
@@ -259,68 +259,107 @@ async def one_call(load: Load, op: str, method: Any, request: Any, md: Any) -> A
     return reply
 
 
+Metadata = tuple[tuple[str, str], ...]
+# The asyncio stub's type exists only in the generated .pyi.
+HostStub: TypeAlias = "scheduler_host_pb2_grpc.SchedulerHostAsyncStub"
+
+
+async def create(
+    load: Load, host: HostStub, md: Metadata, known: list[str], rng: random.Random
+) -> None:
+    schedule = schedule_pb2.Schedule(
+        endpoint="POST /sync",
+        cron=rng.choice(CRONS),
+        timezone=rng.choice(("UTC", "Europe/Berlin", "America/New_York")),
+        name=f"s-{uuid.uuid4().hex[:12]}",
+        payload=payload(rng),
+    )
+    request = pb.CreateScheduleRequest(schedule=schedule, request_id=str(uuid.uuid4()))
+    reply = await one_call(load, "create", host.CreateSchedule, request, md)
+    if reply is not None:
+        known.append(reply.schedule.id)
+        load.etags[reply.schedule.id] = reply.schedule.etag
+
+
+async def get(
+    load: Load, host: HostStub, md: Metadata, known: list[str], rng: random.Random
+) -> None:
+    sid = rng.choice(known)
+    reply = await one_call(load, "get", host.GetSchedule, pb.GetScheduleRequest(id=sid), md)
+    if reply is not None:
+        load.etags[sid] = reply.schedule.etag
+
+
+async def update(
+    load: Load, host: HostStub, md: Metadata, known: list[str], rng: random.Random
+) -> None:
+    sid = rng.choice(known)
+    changes = schedule_pb2.Schedule(
+        id=sid,
+        cron=rng.choice(CRONS),
+        name=f"u-{uuid.uuid4().hex[:12]}",
+        enabled=rng.random() < 0.9,
+        payload=payload(rng),
+    )
+    if rng.random() < 0.3:  # read-modify-write with the etag last seen
+        changes.etag = load.etags.get(sid, "")
+    request = pb.UpdateScheduleRequest(schedule=changes)
+    reply = await one_call(load, "update", host.UpdateSchedule, request, md)
+    if reply is not None:
+        load.etags[sid] = reply.schedule.etag
+
+
+async def delete(
+    load: Load, host: HostStub, md: Metadata, known: list[str], rng: random.Random
+) -> None:
+    sid = rng.choice(known)
+    known.remove(sid)
+    await one_call(load, "delete", host.DeleteSchedule, pb.DeleteScheduleRequest(id=sid), md)
+
+
+async def list_pages(
+    load: Load, host: HostStub, md: Metadata, _known: list[str], _rng: random.Random
+) -> None:
+    token = ""
+    for _ in range(3):  # up to three pages
+        request = pb.ListSchedulesRequest(page_size=20, page_token=token)
+        reply = await one_call(load, "list", host.ListSchedules, request, md)
+        if reply is None or not reply.next_page_token:
+            break
+        token = reply.next_page_token
+
+
+async def endpoints(
+    load: Load, host: HostStub, md: Metadata, _known: list[str], _rng: random.Random
+) -> None:
+    await one_call(load, "endpoints", host.GetEndpoints, pb.GetEndpointsRequest(), md)
+
+
+# The calls of the load by name; get, update and delete need a schedule the install may have.
+OPS = {
+    "create": create,
+    "get": get,
+    "update": update,
+    "delete": delete,
+    "list": list_pages,
+    "endpoints": endpoints,
+}
+
+
 async def client(
     n: int, stubs_list: list[Stubs], load: Load, stop: asyncio.Event, seed: int
 ) -> None:
     rng = random.Random(seed * 1000 + n)
     stubs = stubs_list[n % len(stubs_list)]
-    host = stubs.host
     ops = ["create"] * 20 + ["update"] * 20 + ["delete"] * 8 + ["list"] * 20
     ops += ["get"] * 25 + ["endpoints"] * 7
     while not stop.is_set():
         install = rng.choice(load.hot) if rng.random() < 0.2 else rng.choice(load.installs)
-        md = install.metadata
         known = load.known[install.install_id]
         op = rng.choice(ops)
         if op in ("get", "update", "delete") and not known:
             op = "create"
-        if op == "create":
-            schedule = schedule_pb2.Schedule(
-                endpoint="POST /sync",
-                cron=rng.choice(CRONS),
-                timezone=rng.choice(("UTC", "Europe/Berlin", "America/New_York")),
-                name=f"s-{uuid.uuid4().hex[:12]}",
-                payload=payload(rng),
-            )
-            request = pb.CreateScheduleRequest(schedule=schedule, request_id=str(uuid.uuid4()))
-            reply = await one_call(load, op, host.CreateSchedule, request, md)
-            if reply is not None:
-                known.append(reply.schedule.id)
-                load.etags[reply.schedule.id] = reply.schedule.etag
-        elif op == "get":
-            sid = rng.choice(known)
-            reply = await one_call(load, op, host.GetSchedule, pb.GetScheduleRequest(id=sid), md)
-            if reply is not None:
-                load.etags[sid] = reply.schedule.etag
-        elif op == "update":
-            sid = rng.choice(known)
-            changes = schedule_pb2.Schedule(
-                id=sid,
-                cron=rng.choice(CRONS),
-                name=f"u-{uuid.uuid4().hex[:12]}",
-                enabled=rng.random() < 0.9,
-                payload=payload(rng),
-            )
-            if rng.random() < 0.3:  # read-modify-write with the etag last seen
-                changes.etag = load.etags.get(sid, "")
-            request = pb.UpdateScheduleRequest(schedule=changes)
-            reply = await one_call(load, op, host.UpdateSchedule, request, md)
-            if reply is not None:
-                load.etags[sid] = reply.schedule.etag
-        elif op == "delete":
-            sid = rng.choice(known)
-            known.remove(sid)
-            await one_call(load, op, host.DeleteSchedule, pb.DeleteScheduleRequest(id=sid), md)
-        elif op == "list":
-            token = ""
-            for _ in range(3):  # up to three pages
-                request = pb.ListSchedulesRequest(page_size=20, page_token=token)
-                reply = await one_call(load, op, host.ListSchedules, request, md)
-                if reply is None or not reply.next_page_token:
-                    break
-                token = reply.next_page_token
-        else:
-            await one_call(load, op, host.GetEndpoints, pb.GetEndpointsRequest(), md)
+        await OPS[op](load, stubs.host, install.metadata, known, rng)
 
 
 async def force_due(engine: AsyncEngine, stop: asyncio.Event) -> int:
@@ -356,10 +395,10 @@ async def sample_memory(
 # --------------------------------------------------------------------------------------------
 
 
-async def register(stubs_list: list[Stubs], engine: AsyncEngine, opts: Options) -> Load:
+async def register(stubs_list: list[Stubs], url: str, opts: Options) -> Load:
     """The installs through SchedulerAdmin (every server at once), and their first schedules
-    written with the repository in one transaction: set-up in seconds, not a minute of creates.
-    The load then makes its own schedules through the API."""
+    written as rows in one transaction: set-up in seconds, not a minute of creates. The load then
+    makes its own schedules through the API."""
     gate = asyncio.Semaphore(8 * len(stubs_list))
 
     async def one_install(n: int) -> InstallHandle:
@@ -370,36 +409,45 @@ async def register(stubs_list: list[Stubs], engine: AsyncEngine, opts: Options) 
     load = Load(installs, installs[:HOT_INSTALLS], {i.install_id: [] for i in installs})
     rng = random.Random(opts.seed)
     now = datetime.now(UTC)
-    utc = ZoneInfo("UTC")
-    async with engine.begin() as conn:
-        repository = SqlScheduleRepository(conn)
-        for install in installs:
-            iid = uuid.UUID(install.install_id)
-            for k in range(HOT_SEED if install in load.hot else SEED):
-                cron = CRONS[k % len(CRONS)]
-                schedule = Schedule(
-                    id=uuid.uuid4(),
-                    install_id=iid,
-                    tenant_id=install.tenant_id,
-                    endpoint_id=endpoint_id(iid, install.version_id, "POST", "/sync"),
-                    endpoint_method="POST",
-                    endpoint_path="/sync",
-                    name=f"seed-{k}",
-                    cron=cron,
-                    timezone="UTC",
-                    enabled=True,
-                    payload=payload_data(rng),
-                    next_run_time=next_occurrence(parse_cron(cron), utc, now),
-                    last_run_time=None,
-                    last_run_status=None,
-                    last_error=None,
-                    create_time=now,
-                    update_time=now,
-                    revision=1,
-                )
-                await repository.add(schedule)
-                load.known[install.install_id].append(str(schedule.id))
+    db = await connect(url)
+    try:
+        async with db.transaction():
+            for install in installs:
+                await seed_schedules(db, install, load, rng, now)
+    finally:
+        await db.close()
     return load
+
+
+async def seed_schedules(
+    db: Db, install: InstallHandle, load: Load, rng: random.Random, now: datetime
+) -> None:
+    iid = uuid.UUID(install.install_id)
+    utc = ZoneInfo("UTC")
+    for k in range(HOT_SEED if install in load.hot else SEED):
+        cron = CRONS[k % len(CRONS)]
+        schedule = Schedule(
+            id=uuid.uuid4(),
+            install_id=iid,
+            tenant_id=install.tenant_id,
+            endpoint_id=endpoint_id(iid, install.version_id, "POST", "/sync"),
+            endpoint_method="POST",
+            endpoint_path="/sync",
+            name=f"seed-{k}",
+            cron=cron,
+            timezone="UTC",
+            enabled=True,
+            payload=payload_data(rng),
+            next_run_time=next_occurrence(parse_cron(cron), utc, now),
+            last_run_time=None,
+            last_run_status=None,
+            last_error=None,
+            create_time=now,
+            update_time=now,
+            revision=1,
+        )
+        await insert_schedule(db, schedule)
+        load.known[install.install_id].append(str(schedule.id))
 
 
 async def wait_for_open_runs(engine: AsyncEngine, within: float) -> int:
@@ -548,7 +596,7 @@ async def soak(opts: Options) -> int:
                 try:
                     say(f"{len(servers)} servers up; registering {opts.installs} installs")
                     setup_started = time.monotonic()
-                    load = await register(stubs_list, engine, opts)
+                    load = await register(stubs_list, url, opts)
                     seeded = sum(len(v) for v in load.known.values())
                     say(
                         f"{seeded} schedules seeded in {time.monotonic() - setup_started:.1f} s; "
