@@ -1,4 +1,4 @@
-"""The interceptor chain, end to end: who may call, in which order the checks answer (SPEC §3, §5).
+"""The interceptor chain, end to end: who may call, in which order the checks answer.
 
 Order of checks on SchedulerHost: token → x-install-id well-formed → install exists → install
 enabled → capability granted → rate limit (mutations) → the RPC's own validation. SchedulerAdmin

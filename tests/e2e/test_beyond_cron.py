@@ -1,4 +1,4 @@
-"""Schedules beyond cron (SPEC §12), end to end with the dispatcher on a test clock: one-time
+"""Schedules beyond cron, end to end with the dispatcher on a test clock: one-time
 runs, time bounds, jitter, previews of stored schedules, and an install's own run history."""
 
 from __future__ import annotations

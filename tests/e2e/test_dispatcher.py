@@ -162,7 +162,7 @@ async def h(postgres: PostgresServer, runner: RecordingRunner) -> AsyncIterator[
             yield harness
 
 
-async def test_runner_receives_the_spec_request_and_the_run_is_recorded(h: Harness) -> None:
+async def test_runner_receives_the_execute_request_and_the_run_is_recorded(h: Harness) -> None:
     post = await h.create("0 * * * *", "POST /sync", payload={"full": True, "n": 3})
     get = await h.create("0 * * * *", "GET /status", payload={"ignored": True})
     due = START + timedelta(hours=1)
@@ -256,7 +256,7 @@ OVERSIZE = b'{"status":200,"body":"' + b"x" * 300_000 + b'"}'
     ],
     ids=["non-json", "empty", "body-status-500", "oversize", "oversize-streamed", "timeout", "502"],
 )
-async def test_failures_record_the_spec_message(
+async def test_failures_record_their_message(
     h: Harness, replies: list[Any], message: str, calls: int
 ) -> None:
     schedule = await h.create("0 * * * *")
@@ -275,7 +275,7 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-# Window (UTC) around each New York change, and what the spec says must happen inside it.
+# Window (UTC) around each New York change, and what must happen inside it.
 DST_CHANGES = {
     # 02:00 EST -> 03:00 EDT: 02:30 runs at 03:00 EDT; */30 has nothing in the missing hour.
     "spring-forward": (

@@ -1,7 +1,7 @@
 """Hostile input through the real server (`scheduler-host serve`, real PostgreSQL).
 
 - hypothesis-generated requests for every RPC of both services: every answer is OK or a code and
-  `ErrorInfo.reason` that SPEC §5 allows (never UNKNOWN or INTERNAL), field violations carry a
+  `ErrorInfo.reason` that the API allows (never UNKNOWN or INTERNAL), field violations carry a
   known reason, what is accepted is stored exactly, and the server stays healthy;
 - random bytes as the request body of every method: each is answered within its deadline;
 - a request over the maximum message size is refused with RESOURCE_EXHAUSTED, while the largest
@@ -55,7 +55,7 @@ EXAMPLES = int(os.environ.get("SCHEDULER_HOST_HOSTILE_EXAMPLES", "25"))
 DEADLINE = 10.0  # seconds; generous on a loaded CI machine, far below "hangs"
 Metadata = tuple[tuple[str, str], ...]
 
-# SPEC §5: the codes a caller may see, each with the ErrorInfo reasons it may carry. UNAVAILABLE
+# The codes a caller may see, each with the ErrorInfo reasons it may carry. UNAVAILABLE
 # is not listed: the database is up and the server is not stopping during these tests.
 ALLOWED: dict[grpc.StatusCode, set[str]] = {
     grpc.StatusCode.OK: {""},
@@ -69,8 +69,8 @@ ALLOWED: dict[grpc.StatusCode, set[str]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: {"SCHEDULE_QUOTA_EXCEEDED", "RATE_LIMITED", ""},
     grpc.StatusCode.ABORTED: {"ETAG_MISMATCH"},
 }
-# SPEC §4 field reasons, plus the server's reasons for install fields, preview counts and
-# preview start times.
+# The field reasons of schedule validation, plus the server's reasons for install fields,
+# preview counts and preview start times.
 FIELD_REASONS = {
     "CRON_INVALID",
     "CRON_DOM_AND_DOW",
@@ -212,7 +212,7 @@ def call(method: Callable[..., Any], request: Any, metadata: Metadata) -> Outcom
 
 
 def check_allowed(outcome: Outcome, what: str) -> None:
-    """The answer is one SPEC §5 allows, in its documented form."""
+    """The answer is one the API allows, in its documented form."""
     assert outcome.code != grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}: no answer in time"
     assert outcome.code in ALLOWED, f"{what}: {outcome.code} {outcome.failure}"
     failure = outcome.failure
@@ -929,7 +929,7 @@ NAME_CASES: list[tuple[str, str | None, str | None]] = [
         None,
         "\u540d\u524d \u0645\u0631\u062d\u0628\u0627",
     ),
-    ("  padded  ", None, "padded"),  # SPEC §4: names are trimmed
+    ("  padded  ", None, "padded"),  # names are trimmed
     ("\U0001f600" * 128, None, "\U0001f600" * 128),  # 128 characters, 512 bytes
     ("x" * 129, "NAME_INVALID", None),
     ("a\x00b", "NAME_INVALID", None),
@@ -969,7 +969,7 @@ ENDPOINT_CASES: list[tuple[str, str | None, str | None]] = [
     ("GET /items/{id}", "ENDPOINT_NOT_SCHEDULABLE", None),
     ("POST /users/:id", "ENDPOINT_NOT_SCHEDULABLE", None),
     ("/report", "ENDPOINT_AMBIGUOUS", None),
-    ("POST //sync", None, "POST /sync"),  # SPEC §4: repeated "/" collapsed
+    ("POST //sync", None, "POST /sync"),  # repeated "/" collapsed
     ("/sync", None, "POST /sync"),
 ]
 CRON_CASES: list[tuple[str, str | None, str | None]] = [

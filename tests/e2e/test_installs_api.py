@@ -1,5 +1,5 @@
 """SchedulerAdmin through the real server: installs, version upgrades with the remap of schedules,
-disabling and deleting installs, run history (SPEC sections 2, 3 and 7)."""
+disabling and deleting installs, run history."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Quota and rate limit hold across server processes (SPEC §6): two `scheduler-host serve`
+"""Quota and rate limit hold across server processes: two `scheduler-host serve`
 processes share one PostgreSQL database, and every count lives in that database.
 """
 

@@ -1,6 +1,5 @@
 """The Python client (scheduler-host-client, also importable as scheduler_host.client) through the
-real server: every operation, and every exception class of the client raised by a real failure
-(SPEC sections 2, 5 and 6)."""
+real server: every operation, and every exception class of the client raised by a real failure."""
 
 from __future__ import annotations
 

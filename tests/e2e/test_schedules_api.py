@@ -1,5 +1,5 @@
 """SchedulerHost behaviour through the real server: defaults, masks, etags, idempotency, quota,
-pagination, endpoints, previews and install scope (SPEC sections 2, 3, 6 and 7)."""
+pagination, endpoints, previews and install scope."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TLS and mTLS (SPEC §3): SCHEDULER_HOST_TLS_CERT + _KEY serve TLS; adding _CLIENT_CA
+"""TLS and mTLS: SCHEDULER_HOST_TLS_CERT + _KEY serve TLS; adding _CLIENT_CA
 requires a client certificate signed by that CA."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tokens never reach the log (SPEC §3), and production refuses weak runner tokens at start."""
+"""Tokens never reach the log, and production refuses weak runner tokens at start."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation through the real server: every rule of SPEC §4 and the error shapes of SPEC §5.
+"""Validation through the real server: every validation rule and the shape of each error.
 
 Each failure is checked the way a generated client reads it: the gRPC code, `ErrorInfo.reason`
 and `domain`, and the `BadRequest` field violations (field → reason).

@@ -399,7 +399,7 @@ async def test_a_runner_that_trickles_bytes_cannot_stretch_the_deadline(
     assert server.connections == 2
 
 
-async def test_keep_alive_reuses_one_connection_for_the_request_of_the_spec(
+async def test_keep_alive_reuses_one_connection_for_the_runner_request(
     clients: Callable[..., HttpRunnerClient],
 ) -> None:
     async with RawRunner() as server:
@@ -601,7 +601,7 @@ async def stand_in() -> AsyncIterator[tuple[StandInRunner, list[Execution]]]:
     await runner.stop()
 
 
-async def test_the_stand_in_receives_the_spec_body_and_headers(
+async def test_the_stand_in_receives_the_request_body_and_headers(
     stand_in: tuple[StandInRunner, list[Execution]], clients: Callable[..., HttpRunnerClient]
 ) -> None:
     runner, seen = stand_in

@@ -1,4 +1,4 @@
-"""The Runner adapter's request (SPEC §7 body and headers), its verdict on an answer and the
+"""The Runner adapter's request (its body and headers), its verdict on an answer and the
 words of its failures, without a network."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Fixed-time expressions run a skipped wall time once at the jump and a repeated one on the first
 pass only; others follow the wall clock (nothing in a skipped hour, a repeated hour twice).
 
-Cost (SPEC §11: no call may hold the event loop for more than about 1 ms). The search goes
+Cost (no call may hold the event loop for more than about 1 ms). The search goes
 straight from one allowed day to the next: a per-expression `_DayPlan` (cached) holds the next
 allowed month for each month, the sorted days of the month or the days from each weekday to the
 next allowed one, and whether only leap years can hold a run, so impossible months and years are
