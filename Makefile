@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 PROTOS := $(wildcard protos/schedulerhost/v1/*.proto)
 
-.PHONY: run dev test lint generate check-generated bench clean migrate
+.PHONY: run dev test test-unit lint generate check-generated bench clean migrate
 
 # Both distributions of this tree, editable, in one resolve: the server's pinned
 # scheduler-host-client is the one in clients/python (which carries generated/).
@@ -37,6 +37,10 @@ migrate: $(INSTALLED)
 ## test: the whole suite against a real PostgreSQL
 test: $(INSTALLED) $(NODE_INSTALLED)
 	$(PY) -m pytest
+
+## test-unit: the fast tier (tests/unit and the client's tests), without PostgreSQL
+test-unit: $(INSTALLED)
+	$(PY) -m pytest -m unit
 
 ## generate: protoc output under generated/ (committed)
 generate: $(INSTALLED)
