@@ -59,11 +59,11 @@ check-generated: generate
 	git diff --exit-code --stat -- generated
 	test -z "$$(git status --porcelain -- generated)"
 
-## lint: ruff, mypy --strict, buf lint
+## lint: ruff, mypy --strict (the code, its tests, bench and soak), buf lint
 lint: $(INSTALLED) $(NODE_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy src clients/python/src
+	$(BIN)/mypy src clients/python/src tests clients/python/tests bench soak
 	node_modules/.bin/buf lint
 
 ## bench: echo baseline, API, scale, dispatcher and memory on PostgreSQL (bench/RESULTS.md)

@@ -469,7 +469,7 @@ async def test_refused_install_reads_no_schedule_data(
     owned = await create(stubs, install.metadata, name="secret-schedule-name", cron="17 3 * * *")
     caller = await register_install(stubs.admin, enabled=enabled, capabilities=capabilities)
     for schedule_id in (owned.id, str(uuid.uuid4())):
-        calls = [
+        calls: list[Awaitable[Any]] = [
             stubs.host.GetSchedule(pb.GetScheduleRequest(id=schedule_id), metadata=caller.metadata),
             stubs.host.UpdateSchedule(
                 pb.UpdateScheduleRequest(

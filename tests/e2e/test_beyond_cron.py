@@ -82,7 +82,7 @@ async def test_a_one_time_schedule_fires_once_across_two_processes_then_is_disab
         later = await asyncio.gather(h.app.dispatcher.run_once(), second.dispatcher.run_once())
     finally:
         await second.stop()
-    assert len(first_runs) + len(second_runs) == 1 and later == [[], []]
+    assert len(first_runs) + len(second_runs) == 1 and list(later) == [[], []]
     assert len(h.runner.of(made.id)) == 1
     (run,) = await h.runs(made.id)
     assert run.status == schedule_pb2.RUN_STATE_SUCCESS and at(run.scheduled_time) == when

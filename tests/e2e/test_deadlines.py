@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import grpc
@@ -90,7 +90,7 @@ async def wait_until_released(monitor: asyncpg.Connection, blocker: asyncpg.Conn
     return time.monotonic() - started
 
 
-async def expect_deadline(call: asyncio.Future[object]) -> float:
+async def expect_deadline(call: Awaitable[object]) -> float:
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call

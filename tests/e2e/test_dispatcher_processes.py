@@ -99,7 +99,7 @@ def dispatcher_env(runner: RecordingRunner, **overrides: str) -> dict[str, str]:
 async def servers(
     database_url: str, logs: list[Path], env: dict[str, str]
 ) -> AsyncIterator[list[ServerProcess]]:
-    started = [spawn_server(database_url, log, **env) for log in logs]
+    started = [spawn_server(database_url, log, args=("serve",), **env) for log in logs]
     try:
         await asyncio.gather(*(asyncio.to_thread(wait_until_serving, s) for s in started))
         yield started

@@ -206,7 +206,7 @@ def call(method: Callable[..., Any], request: Any, metadata: Metadata) -> Outcom
         response = method(request, metadata=metadata, timeout=DEADLINE)
     except grpc.RpcError as error:
         assert isinstance(error, grpc.Call)
-        failure = failure_of(error)  # type: ignore[arg-type]
+        failure = failure_of(error)
         return Outcome(failure.code, failure, None, time.monotonic() - started)
     return Outcome(grpc.StatusCode.OK, None, response, time.monotonic() - started)
 
@@ -304,7 +304,7 @@ SPECIALS = [
     "urn:uuid:" + str(uuid.uuid4()),
 ]
 
-no_surrogates = st.characters(exclude_categories=("Cs",))
+no_surrogates = st.characters(exclude_categories=["Cs"])
 long_text = st.builds(
     lambda unit, count: unit * count,
     st.sampled_from(["x", "\u00e9", "\U0001f600", "/", "a/", "\x00", " "]),
@@ -400,7 +400,7 @@ def schedules(t: Target, *, with_id: bool) -> st.SearchStrategy[schedule_pb2.Sch
         if draw(st.booleans()):
             msg.next_run_time.CopyFrom(draw(any_timestamp))
             msg.create_time.CopyFrom(draw(any_timestamp))
-        msg.last_run_status = draw(st.integers(-5, 10))
+        msg.last_run_status = schedule_pb2.RunStatus.ValueType(draw(st.integers(-5, 10)))
         for name in ("run_at", "start_time", "end_time"):
             if draw(st.integers(0, 5)) == 0:
                 getattr(msg, name).CopyFrom(draw(any_timestamp))
@@ -702,6 +702,7 @@ def test_generated_requests_get_an_allowed_answer(
     if outcome.code != grpc.StatusCode.OK:
         return
     if rpc == "CreateSchedule":
+        assert isinstance(request, pb.CreateScheduleRequest)
         created = outcome.response.schedule
         check_stored_schedule(t, request.schedule, created)
         # Keep the install below its quota, so later examples reach validation.
@@ -711,6 +712,7 @@ def test_generated_requests_get_an_allowed_answer(
             timeout=DEADLINE,
         )
     elif rpc == "UpsertInstall":
+        assert isinstance(request, admin_pb.UpsertInstallRequest)
         sent, got = request.install, outcome.response.install
         stored = t.admin.GetInstall(
             admin_pb.GetInstallRequest(install_id=got.install_id),
@@ -725,16 +727,17 @@ def test_generated_requests_get_an_allowed_answer(
         )
         assert {e.handler for e in stored.endpoints} == {e.handler.strip() for e in sent.endpoints}
     elif rpc == "UpdateSchedule":
+        assert isinstance(request, pb.UpdateScheduleRequest)
         mask = set(request.update_mask.paths)
-        sent = schedule_pb2.Schedule()
+        changed = schedule_pb2.Schedule()
         for name in ("name", "timezone", "cron", "payload"):
             if mask and name not in mask:
                 continue
             if name != "payload":
-                setattr(sent, name, getattr(request.schedule, name))
+                setattr(changed, name, getattr(request.schedule, name))
             elif request.schedule.HasField("payload"):
-                sent.payload.CopyFrom(request.schedule.payload)
-        check_stored_schedule(t, sent, outcome.response.schedule)
+                changed.payload.CopyFrom(request.schedule.payload)
+        check_stored_schedule(t, changed, outcome.response.schedule)
 
 
 @pytest.mark.parametrize("rpc", HOST_RPCS + ADMIN_RPCS)
@@ -779,7 +782,9 @@ def test_random_bytes_are_answered_in_time(target: Target, rpc: str, body: bytes
     t = target
     service = "SchedulerHost" if rpc in HOST_RPCS else "SchedulerAdmin"
     # No serializer: the bytes go on the wire as they are.
-    raw = t.channel.unary_unary(f"/schedulerhost.v1.{service}/{_METHOD_NAMES.get(rpc, rpc)}")
+    raw: grpc.UnaryUnaryMultiCallable[bytes, bytes] = t.channel.unary_unary(
+        f"/schedulerhost.v1.{service}/{_METHOD_NAMES.get(rpc, rpc)}"
+    )
     md = t.install_metadata(t.main) if rpc in HOST_RPCS else admin_metadata()
     outcome = call(raw, body, md)
     event(f"{outcome.code.name} {outcome.failure.reason if outcome.failure else ''}")

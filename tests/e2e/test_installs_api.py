@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -308,7 +309,7 @@ async def test_delete_install_removes_it_and_its_schedules(
         admin_pb.DeleteInstallRequest(install_id=install.install_id), metadata=admin_metadata()
     )
 
-    runner_calls = [
+    runner_calls: list[Awaitable[Any]] = [
         stubs.host.GetSchedule(pb.GetScheduleRequest(id=mine[0].id), metadata=install.metadata),
         stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=install.metadata),
         stubs.host.CreateSchedule(
@@ -376,7 +377,7 @@ async def test_disabled_install_keeps_its_schedules(stubs: Stubs, install: Insta
     assert reply.install.enabled is False
     assert (await get_install(stubs, install.install_id)).enabled is False
 
-    runner_calls = [
+    runner_calls: list[Awaitable[Any]] = [
         stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=install.metadata),
         stubs.host.GetSchedule(pb.GetScheduleRequest(id=a.id), metadata=install.metadata),
         stubs.host.CreateSchedule(

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from schedulerhost.v1 import schedule_pb2
 from schedulerhost.v1 import scheduler_admin_pb2 as admin_pb
@@ -150,7 +151,7 @@ async def worker(
             ledger.possible[install.install_id] += 1
             rid = str(uuid.uuid4())
             name = f"c-{rid[:8]}"
-            request = pb.CreateScheduleRequest(
+            request: Message = pb.CreateScheduleRequest(
                 schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY, name=name),
                 request_id=rid,
             )
@@ -379,7 +380,7 @@ async def test_database_outage_under_load(
             # outage; the Runner saw each occurrence only with its one idempotency key.
             async def held_runs_done() -> bool:
                 async with engine.connect() as conn:
-                    done = await conn.scalar(
+                    done: int = await conn.scalar(
                         sa.text(
                             "SELECT count(*) FROM schedule_runs WHERE schedule_id = ANY(:ids) "
                             "AND status = 'success'"

@@ -297,7 +297,9 @@ async def test_sigterm_with_50_calls_and_runs_in_flight(
 
     # Another process takes the released runs over at once, with the same idempotency keys.
     calls_before = {sid: len(runner.of(sid)) for sid in hanging}
-    successor = spawn_server(database_url, tmp_path / "successor.log", **env(runner))
+    successor = spawn_server(
+        database_url, tmp_path / "successor.log", args=("serve",), **env(runner)
+    )
     try:
         await asyncio.to_thread(wait_until_serving, successor)
         deadline = time.monotonic() + 10

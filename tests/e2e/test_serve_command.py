@@ -112,7 +112,7 @@ def test_migrate_then_serve(database: str, request: pytest.FixtureRequest, tmp_p
     again = run_cli(url, "migrate", **embedded)
     assert again.returncode == 0, again.stderr
 
-    server = spawn_server(url, tmp_path / "server.log", **embedded)
+    server = spawn_server(url, tmp_path / "server.log", args=("serve",), **embedded)
     try:
         wait_until_serving(server)
     finally:

@@ -125,7 +125,7 @@ async def raw_violations(call: Awaitable[Any]) -> list[tuple[str, str]]:
     try:
         await call
     except grpc.aio.AioRpcError as error:
-        st = rpc_status.from_call(error)  # type: ignore[arg-type]
+        st = rpc_status.from_call(error)
         assert st is not None, error
         out: list[tuple[str, str]] = []
         for detail in st.details:
@@ -584,7 +584,9 @@ async def test_payload_object_or_array_is_returned_equal(
 
 
 async def test_null_payload_means_unset(stubs: Stubs, install: InstallHandle) -> None:
-    created = await create(stubs, install, payload=struct_pb2.Value(null_value=0))
+    created = await create(
+        stubs, install, payload=struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
+    )
     assert not created.HasField("payload")
 
 
@@ -1391,7 +1393,7 @@ async def test_unknown_schedule_is_not_found_with_resource_info(
 ) -> None:
     theirs = await create(stubs, other_install)
     for missing in (str(uuid.uuid4()), theirs.id):
-        calls = [
+        calls: list[Awaitable[Any]] = [
             stubs.host.GetSchedule(pb.GetScheduleRequest(id=missing), metadata=install.metadata),
             stubs.host.DeleteSchedule(
                 pb.DeleteScheduleRequest(id=missing), metadata=install.metadata
@@ -1410,7 +1412,7 @@ async def test_unknown_schedule_is_not_found_with_resource_info(
 
 async def test_unknown_install_is_not_found_with_resource_info(stubs: Stubs) -> None:
     missing = str(uuid.uuid4())
-    calls = [
+    calls: list[Awaitable[Any]] = [
         stubs.admin.GetInstall(
             admin_pb.GetInstallRequest(install_id=missing), metadata=admin_metadata()
         ),
