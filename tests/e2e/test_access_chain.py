@@ -522,7 +522,8 @@ async def test_tenant_and_scope_come_from_the_install(stubs: Stubs) -> None:
     other_tenant = await register_install(stubs.admin)
     created = await create(stubs, a.metadata, name="only-a")
     listed_a = await stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=a.metadata)
-    assert [s.id for s in listed_a.schedules] == [created.id] and listed_a.total_size == 1
+    assert [s.id for s in listed_a.schedules] == [created.id]
+    assert listed_a.total_size == 1
     for handle in (same_tenant, other_tenant):
         # Metadata a caller might try to pick a tenant with is ignored.
         md = (
@@ -532,7 +533,8 @@ async def test_tenant_and_scope_come_from_the_install(stubs: Stubs) -> None:
             ("tenant-id", a.tenant_id),
         )
         listed = await stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=md)
-        assert list(listed.schedules) == [] and listed.total_size == 0
+        assert list(listed.schedules) == []
+        assert listed.total_size == 0
         failure = await rpc_failure(
             stubs.host.GetSchedule(pb.GetScheduleRequest(id=created.id), metadata=md)
         )

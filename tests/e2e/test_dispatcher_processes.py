@@ -231,5 +231,7 @@ async def test_sigkill_mid_run_loses_nothing_and_fires_the_occurrence_once(
                 {"id": uuid.UUID(schedule_id)},
             )
         ).one()
-    assert schedule.enabled and schedule.next_run_time > due
-    assert schedule.last_run_status == "success" and schedule.running_run_id is None
+    assert schedule.enabled
+    assert schedule.next_run_time > due
+    assert schedule.last_run_status == "success"
+    assert schedule.running_run_id is None

@@ -117,7 +117,9 @@ async def test_schedule_lifecycle(host: SchedulerHostClient) -> None:
         ),
         request_id=request_id,
     )
-    assert created.id and created.etag and created.enabled
+    assert created.id
+    assert created.etag
+    assert created.enabled
     assert created.endpoint == "POST /sync"
     assert schedule_payload(created) == {"a": 1}
     again = await host.create_schedule(
@@ -134,7 +136,8 @@ async def test_schedule_lifecycle(host: SchedulerHostClient) -> None:
     ]
     first = await host.list_schedules(page_size=2)
     assert [s.id for s in first.schedules] == [created.id, others[0].id]
-    assert first.total_size == 3 and first.next_page_token
+    assert first.total_size == 3
+    assert first.next_page_token
     second = await host.list_schedules(page_size=2, page_token=first.next_page_token)
     assert [s.id for s in second.schedules] == [others[1].id]
     assert second.next_page_token == ""
@@ -159,12 +162,14 @@ async def test_schedule_lifecycle(host: SchedulerHostClient) -> None:
     disabled = await host.update_schedule(
         with_id(new_schedule("", "", enabled=False), got.id), "enabled"
     )
-    assert disabled.enabled is False and not disabled.HasField("next_run_time")
+    assert disabled.enabled is False
+    assert not disabled.HasField("next_run_time")
     masked = await host.update_schedule(
         with_id(new_schedule("", "", enabled=True), got.id),
         field_mask_pb2.FieldMask(paths=["enabled"]),
     )
-    assert masked.enabled and masked.HasField("next_run_time")
+    assert masked.enabled
+    assert masked.HasField("next_run_time")
 
     preview = await host.preview_schedule(
         "30 2 * * *",
@@ -187,11 +192,13 @@ async def test_schedule_lifecycle(host: SchedulerHostClient) -> None:
 async def test_admin_client(admin: SchedulerAdminClient, target: str) -> None:
     install_id = await register(admin)
     install = await admin.get_install(install_id)
-    assert install.install_id == install_id and list(install.granted_capabilities) == [CAPABILITY]
+    assert install.install_id == install_id
+    assert list(install.granted_capabilities) == [CAPABILITY]
     async with SchedulerHostClient(target, RUNNER_TOKEN, install_id) as host:
         schedule = await host.create_schedule(new_schedule("POST /sync", "@hourly"))
     runs = await admin.list_schedule_runs(install_id, schedule.id)
-    assert list(runs.runs) == [] and runs.next_page_token == ""
+    assert list(runs.runs) == []
+    assert runs.next_page_token == ""
     assert [r async for r in admin.iter_schedule_runs(install_id, schedule.id)] == []
     await admin.delete_install(install_id)
     error = await expect(errors.NotFound, admin.get_install(install_id))
@@ -235,11 +242,13 @@ async def test_admin_reads_an_installs_schedules_whatever_its_state(
 
     page = await admin.list_schedules(install.install_id, page_size=2)
     assert [s.id for s in page.schedules] == [m.id for m in made[:2]]
-    assert page.total_size == 3 and page.next_page_token
+    assert page.total_size == 3
+    assert page.next_page_token
     rest = await admin.list_schedules(
         install.install_id, page_size=2, page_token=page.next_page_token
     )
-    assert [s.id for s in rest.schedules] == [made[2].id] and rest.next_page_token == ""
+    assert [s.id for s in rest.schedules] == [made[2].id]
+    assert rest.next_page_token == ""
     assert [s.id async for s in admin.iter_schedules(install.install_id, page_size=1)] == [
         m.id for m in made
     ]
@@ -285,7 +294,8 @@ async def test_run_history_for_the_install_and_the_operator(runner_target: str) 
             assert first.trigger == schedule_pb2.RUN_TRIGGER_MANUAL
 
             page = await host.list_schedule_runs(schedule.id, page_size=1)
-            assert [r.id for r in page.runs] == [second.id] and page.next_page_token
+            assert [r.id for r in page.runs] == [second.id]
+            assert page.next_page_token
             newest_first = [r.id async for r in host.iter_schedule_runs(schedule.id, page_size=1)]
             assert newest_first == [second.id, first.id]
             by_operator = [r async for r in admin.iter_schedule_runs(install_id, schedule.id)]
@@ -405,7 +415,8 @@ async def test_unavailable_on_a_closed_port() -> None:
         f"127.0.0.1:{free_port()}", RUNNER_TOKEN, str(uuid.uuid4()), timeout=2
     ) as host:
         error = await expect(errors.Unavailable, host.get_endpoints())
-    assert error.code == grpc.StatusCode.UNAVAILABLE and error.retryable
+    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert error.retryable
 
 
 async def test_deadline_exceeded_while_the_row_is_locked(
@@ -423,7 +434,8 @@ async def test_deadline_exceeded_while_the_row_is_locked(
             error = await expect(
                 errors.DeadlineExceeded, host.update_schedule(change, ["cron"], timeout=0.5)
             )
-            assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.retryable
+            assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert error.retryable
     finally:
         await conn.close()
     # Once the row is free the same change goes through.
@@ -460,10 +472,12 @@ async def test_quota_exceeded_and_rate_limited(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "SCHEDULE_QUOTA_EXCEEDED",
     )
-    assert quota.quota_subjects and not quota.retryable
+    assert quota.quota_subjects
+    assert not quota.retryable
     assert isinstance(quota, errors.ResourceExhausted)
     assert (limited.code, limited.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
-    assert limited.retry_delay is not None and limited.retryable
+    assert limited.retry_delay is not None
+    assert limited.retryable
     assert timedelta(0) < limited.retry_delay <= timedelta(seconds=60)
 
 

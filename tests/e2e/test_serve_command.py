@@ -97,7 +97,8 @@ def test_serve_refuses_an_unmigrated_database_with_one_stderr_line(
     assert result.returncode == 1, result
     assert result.stdout == ""
     assert len(lines(result.stderr)) == 1, result.stderr
-    assert "not migrated" in result.stderr and "scheduler-host migrate" in result.stderr
+    assert "not migrated" in result.stderr
+    assert "scheduler-host migrate" in result.stderr
 
 
 @pytest.mark.parametrize("database", ["configured", "embedded"])

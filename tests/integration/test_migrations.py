@@ -608,7 +608,8 @@ async def _readable_by_the_new_storage(url: str, ids: dict[str, list[uuid.UUID]]
                 assert install is not None
                 assert [e.selector for e in install.endpoints] == ["GET /status", "POST /sync"]
                 page, total = await u.schedules.page_with_total(install.tenant_id, iid, None, 10)
-                assert total == 2 and [s.name for s in page] == ["schedule-0", None]
+                assert total == 2
+                assert [s.name for s in page] == ["schedule-0", None]
                 runs = await u.runs.page(install.tenant_id, page[0].id, None, 10)
                 assert [r.status for r in runs] == ["running", "success"]
                 # The two migrated hits of the install count in its window.

@@ -377,8 +377,10 @@ async def test_query_loggers_see_every_statement_of_every_connection(
         assert await u.installs.context(install.install_id) == install.context()
         assert not (await u.connection()).is_in_transaction()
     read = await log.since()
-    assert len(read) == 2 and all(q.startswith("SELECT") for q in read), read
-    assert "FROM install_directory" in read[0] and "FROM installs" in read[1]
+    assert len(read) == 2, read
+    assert all(q.startswith("SELECT") for q in read), read
+    assert "FROM install_directory" in read[0]
+    assert "FROM installs" in read[1]
 
     # An autocommit read is then one statement (the directory entry is kept).
     mark = len(log.seen)

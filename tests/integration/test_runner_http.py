@@ -337,7 +337,8 @@ async def test_a_huge_answer_is_not_read_past_the_cap(
     assert outcome == CallOutcome(
         False, f"Runner response larger than {MAX_RESPONSE_BYTES} bytes (http 200)"
     )
-    assert sent < total and elapsed < 10
+    assert sent < total
+    assert elapsed < 10
 
 
 async def test_a_runner_that_closes_in_the_body_is_a_retryable_failure(
@@ -511,7 +512,8 @@ async def test_connections_are_bounded_by_max_connections(
         client = clients(server.url, 3)
         outcomes = await asyncio.gather(*(client.execute(call(f"r{n}")) for n in range(12)))
     assert outcomes == [CallOutcome(True)] * 12
-    assert server.most_open <= 3 and server.connections == 3
+    assert server.most_open <= 3
+    assert server.connections == 3
 
 
 async def test_the_wait_for_a_connection_counts_against_the_deadline(
@@ -561,7 +563,8 @@ async def test_a_runner_that_is_not_listening_is_a_retryable_connect_failure() -
         outcome = await client.execute(call())
     finally:
         await client.close()
-    assert not outcome.ok and outcome.retryable
+    assert not outcome.ok
+    assert outcome.retryable
     assert (outcome.error or "").startswith(
         "Runner call failed: cannot connect to the Runner (ClientConnectorError: "
     )
@@ -650,7 +653,8 @@ async def test_https_with_the_given_trust_and_not_without_it(
         untrusting = clients(server.url)  # the system's trust store does not know this CA
         refused = await untrusting.execute(call())
     assert outcomes == [CallOutcome(False, own_error(n)) for n in (1, 2, 3)]
-    assert not refused.ok and refused.retryable
+    assert not refused.ok
+    assert refused.retryable
     assert (refused.error or "").startswith(
         "Runner call failed: the Runner's TLS certificate was refused"
     )

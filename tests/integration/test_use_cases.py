@@ -327,7 +327,8 @@ async def test_optimistic_updates_racing_each_other_lose_nothing(
     assert final.revision == 25
     assert (final.name, final.cron) == ("renamed", "30 2 * * *")
     assert final.payload == max(stored, key=lambda r: r.revision).payload
-    assert final.next_run_time is not None and (
+    assert final.next_run_time is not None
+    assert (
         final.next_run_time.hour,
         final.next_run_time.minute,
     ) == (2, 30)
@@ -577,4 +578,5 @@ async def test_two_registrations_of_one_new_install_for_two_tenants_leave_one_in
     directory = await db.fetch("SELECT bucket, tenant_id FROM install_directory")
     assert [tuple(r) for r in directory] == [(bucket_of(TENANT), TENANT)]
     assert [tuple(r) for r in rows] == [(bucket_of(TENANT), TENANT)], "one install, the first"
-    assert results[0] == [] and isinstance(results[1], ValidationFailed), results
+    assert results[0] == [], results
+    assert isinstance(results[1], ValidationFailed), results

@@ -423,7 +423,8 @@ def preview(
             field_violations=violations,
         )
         ctx.exit(report(invalid, conn.output))
-    assert expression is not None and isinstance(zone, str)
+    assert expression is not None
+    assert isinstance(zone, str)
 
     answer = scheduler_host_pb2.PreviewScheduleResponse()
     for instant in times:
