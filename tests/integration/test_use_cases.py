@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
+from typing_extensions import override
 
 from scheduler_host.adapters.db.buckets import bucket_of
 from scheduler_host.adapters.db.dispatch_store import PgDispatchStore
@@ -36,7 +37,7 @@ from scheduler_host.domain.schedule import Schedule
 from scheduler_host.service import installs, schedules
 from scheduler_host.service.access import InstallContextCache, authorize_install
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput
-from scheduler_host.service.ports import ClaimedRun, RunOutcome
+from scheduler_host.service.ports import ClaimedRun, PageTokens, RunOutcome
 from scheduler_host.service.schedule_input import ScheduleFields
 from tests.support.storage import Db, connect, wait_for_lock_waiters
 
@@ -148,10 +149,12 @@ def install_input(
     )
 
 
-class _NoTokens:
+class _NoTokens(PageTokens):
+    @override
     def encode(self, scope: str, position: Any) -> str:
         return "next"
 
+    @override
     def decode(self, scope: str, token: str) -> list[str] | None:
         return None
 

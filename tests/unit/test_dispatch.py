@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from typing_extensions import override
 
 from scheduler_host.app import dispatch_policy
 from scheduler_host.config import Settings
@@ -35,6 +36,7 @@ from scheduler_host.service.ports import (
     ClaimBatch,
     ClaimPlan,
     RunnerCall,
+    RunnerClient,
     RunOutcome,
     RunTarget,
     SkippedOccurrence,
@@ -341,7 +343,7 @@ async def test_an_outage_when_finishing_leaves_the_runs_unrecorded_and_leased() 
 
 
 @dataclass
-class HeldRunner:
+class HeldRunner(RunnerClient):
     """Answers only when released; counts the calls under way."""
 
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -349,6 +351,7 @@ class HeldRunner:
     busy: int = 0
     most_busy: int = 0
 
+    @override
     async def execute(self, call: RunnerCall) -> CallOutcome:
         self.calls += 1
         self.busy += 1
@@ -359,6 +362,7 @@ class HeldRunner:
             self.busy -= 1
         return CallOutcome(True)
 
+    @override
     async def close(self) -> None:
         pass
 
