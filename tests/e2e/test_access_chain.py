@@ -583,10 +583,10 @@ VISIBILITY_BOUND = CACHE_SECONDS + 0.5
 
 
 @pytest.fixture(scope="module")
-async def cached_stubs(e2e_database_url: str, app: Application) -> AsyncIterator[Stubs]:
+async def cached_stubs(app: Application) -> AsyncIterator[Stubs]:
     """A second server on the same database that caches install contexts for 1 s."""
     second = await start_application(
-        e2e_settings(e2e_database_url, install_cache_seconds=CACHE_SECONDS), migrate=True
+        e2e_settings(app.database_url, install_cache_seconds=CACHE_SECONDS), migrate=True
     )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
@@ -687,11 +687,11 @@ QUOTA = 2
 
 
 @pytest.fixture(scope="module")
-async def limited_stubs(e2e_database_url: str, app: Application) -> AsyncIterator[Stubs]:
+async def limited_stubs(app: Application) -> AsyncIterator[Stubs]:
     """A server with the default rate limit (10 a minute) and a quota of 2 schedules."""
     limited = await start_application(
         e2e_settings(
-            e2e_database_url, rate_limit_per_minute=RATE_LIMIT, max_schedules_per_install=QUOTA
+            app.database_url, rate_limit_per_minute=RATE_LIMIT, max_schedules_per_install=QUOTA
         ),
         migrate=True,
     )

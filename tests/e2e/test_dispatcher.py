@@ -496,7 +496,7 @@ async def test_stop_releases_a_run_in_flight_for_another_process(h: Harness) -> 
     schedule = await h.create("0 * * * *")
     stopped = asyncio.Event()
 
-    async def hold_until_stopped(execution: Execution) -> Reply:
+    async def hold_until_stopped(_execution: Execution) -> Reply:
         if not stopped.is_set():
             await asyncio.Event().wait()  # longer than the 0.5 s grace: never
         return Reply()

@@ -189,7 +189,7 @@ async def test_sigkill_mid_run_loses_nothing_and_fires_the_occurrence_once(
     (schedule_id,) = await create_schedules(database_url, installs=1, per_install=1)
     first_delivery = asyncio.Event()
 
-    async def hang_on_first_delivery(execution: Execution) -> Reply:
+    async def hang_on_first_delivery(_execution: Execution) -> Reply:
         if not first_delivery.is_set():
             first_delivery.set()
             await asyncio.Event().wait()  # the process dies while the Runner is working

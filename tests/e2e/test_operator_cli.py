@@ -260,11 +260,11 @@ async def test_installs_get_and_delete(target: str, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def runner_target(e2e_database_url: str, app: Application) -> AsyncIterator[str]:
+async def runner_target(app: Application) -> AsyncIterator[str]:
     """A server on the e2e database whose Runner is a stand-in that answers every run with 200."""
     runner = RecordingRunner()
     await runner.start()
-    server = await start_application(e2e_settings(e2e_database_url, runner_base_url=runner.url))
+    server = await start_application(e2e_settings(app.database_url, runner_base_url=runner.url))
     try:
         yield f"127.0.0.1:{server.port}"
     finally:
@@ -368,9 +368,8 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
     return authority, directory
 
 
-async def test_tls_and_mtls_flags(
-    e2e_database_url: str, app: Application, ca: tuple[trustme.CA, Path]
-) -> None:
+@pytest.mark.usefixtures("app")
+async def test_tls_and_mtls_flags(e2e_database_url: str, ca: tuple[trustme.CA, Path]) -> None:
     _, pki = ca
     server = await start_application(
         e2e_settings(

@@ -270,11 +270,11 @@ async def test_admin_reads_an_installs_schedules_whatever_its_state(
 
 
 @pytest.fixture
-async def runner_target(e2e_database_url: str, app: Application) -> AsyncIterator[str]:
+async def runner_target(app: Application) -> AsyncIterator[str]:
     """A server on the e2e database whose Runner is a stand-in that answers every run with 200."""
     runner = RecordingRunner()
     await runner.start()
-    server = await start_application(e2e_settings(e2e_database_url, runner_base_url=runner.url))
+    server = await start_application(e2e_settings(app.database_url, runner_base_url=runner.url))
     try:
         yield f"127.0.0.1:{server.port}"
     finally:
@@ -444,10 +444,10 @@ async def test_deadline_exceeded_while_the_row_is_locked(
 
 
 @pytest.fixture
-async def limited_target(e2e_database_url: str, app: Application) -> AsyncIterator[str]:
+async def limited_target(app: Application) -> AsyncIterator[str]:
     """A second server on the same database with a quota of 1 and 2 changes per minute."""
     limited = await start_application(
-        e2e_settings(e2e_database_url, rate_limit_per_minute=2, max_schedules_per_install=1)
+        e2e_settings(app.database_url, rate_limit_per_minute=2, max_schedules_per_install=1)
     )
     try:
         yield f"127.0.0.1:{limited.port}"
@@ -482,9 +482,7 @@ async def test_quota_exceeded_and_rate_limited(
 
 
 @pytest.fixture
-async def broken_schema_target(
-    postgres: PostgresServer, app: Application
-) -> AsyncIterator[tuple[str, str]]:
+async def broken_schema_target(postgres: PostgresServer) -> AsyncIterator[tuple[str, str]]:
     """A server on its own database whose `schedules` table was renamed after the start."""
     with scratch_database(postgres, prefix="scheduler_host_client") as name:
         url = postgres.url(name)
