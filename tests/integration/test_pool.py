@@ -312,7 +312,7 @@ async def test_a_connection_lost_mid_statement_is_not_reused(
 
 
 async def test_a_connection_the_server_ends_inside_a_unit_is_not_reused(
-    open_pool: Callable[..., Awaitable[DatabasePool]], db: Db
+    open_pool: Callable[..., Awaitable[DatabasePool]],
 ) -> None:
     pool = await open_pool(size=1)
     factory = PgUnitOfWorkFactory(pool)

@@ -314,7 +314,7 @@ async def test_a_huge_answer_is_not_read_past_the_cap(
     piece = b"x" * (1024 * 1024)
     sent = 0
 
-    async def flood(request: Request, writer: asyncio.StreamWriter) -> bool:
+    async def flood(_request: Request, writer: asyncio.StreamWriter) -> bool:
         nonlocal sent
         head = {
             "content-length": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total,
@@ -446,7 +446,7 @@ async def test_a_runner_that_drops_a_reused_connection_gets_the_call_on_a_new_on
 async def test_a_runner_that_closes_without_answering_is_a_retryable_failure(
     clients: Callable[..., HttpRunnerClient],
 ) -> None:
-    async def hang_up(request: Request, writer: asyncio.StreamWriter) -> bool:
+    async def hang_up(_request: Request, _writer: asyncio.StreamWriter) -> bool:
         return False
 
     async with RawRunner(hang_up) as server:
@@ -484,7 +484,7 @@ async def test_connections_the_runner_means_to_close_are_not_reused(
 async def test_informational_answers_are_skipped_and_redirects_not_followed(
     clients: Callable[..., HttpRunnerClient],
 ) -> None:
-    async def continue_then_redirect(request: Request, writer: asyncio.StreamWriter) -> bool:
+    async def continue_then_redirect(_request: Request, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         writer.write(
             answer(b"{}", head=b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\n")
@@ -502,7 +502,7 @@ async def test_informational_answers_are_skipped_and_redirects_not_followed(
 async def test_connections_are_bounded_by_max_connections(
     clients: Callable[..., HttpRunnerClient],
 ) -> None:
-    async def slow(request: Request, writer: asyncio.StreamWriter) -> bool:
+    async def slow(_request: Request, writer: asyncio.StreamWriter) -> bool:
         await asyncio.sleep(0.05)
         writer.write(answer(b"{}"))
         await writer.drain()

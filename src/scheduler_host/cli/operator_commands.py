@@ -340,7 +340,9 @@ def runs_list(ctx: click.Context, install_id: str, schedule_id: str, limit: int)
 # --- preview --------------------------------------------------------------------------------
 
 
-def parse_instant(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+def parse_instant(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> datetime | None:
     if value is None:
         return None
     try:
