@@ -363,7 +363,8 @@ async def test_database_outage_under_load(
                         pb.DeleteScheduleRequest(id=sid), metadata=install.metadata, timeout=3
                     )
                 except grpc.aio.AioRpcError as error:
-                    assert error.code() == grpc.StatusCode.NOT_FOUND, error
+                    if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: it was deleted
+                        raise
                 ledger.deleted.add(sid)
 
             for rid, (install, name) in ledger.create_failed.items():

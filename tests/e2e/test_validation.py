@@ -122,19 +122,17 @@ def assert_invalid(failure: RpcFailure, violations: dict[str, str]) -> None:
 
 async def raw_violations(call: Awaitable[Any]) -> list[tuple[str, str]]:
     """Every field violation of the BadRequest, in order, duplicates kept."""
-    try:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call
-    except grpc.aio.AioRpcError as error:
-        st = rpc_status.from_call(error)
-        assert st is not None, error
-        out: list[tuple[str, str]] = []
-        for detail in st.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                out.extend((v.field, v.reason) for v in bad.field_violations)
-        return out
-    raise AssertionError("the call succeeded but was expected to fail")
+    st = rpc_status.from_call(raised.value)
+    assert st is not None, raised.value
+    out: list[tuple[str, str]] = []
+    for detail in st.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out.extend((v.field, v.reason) for v in bad.field_violations)
+    return out
 
 
 BAD_UUIDS = [

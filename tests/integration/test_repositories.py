@@ -286,10 +286,14 @@ async def test_leaving_without_commit_rolls_back(factory: PgUnitOfWorkFactory) -
     async with factory(autocommit=True) as u:
         assert await u.installs.get(install.install_id) is None
         assert await u.installs.context(install.install_id) is None
-    with pytest.raises(LookupError):
+
+    async def save_then_fail() -> None:
         async with factory() as u:
             await u.installs.save(install)
             raise LookupError("the use case failed")
+
+    with pytest.raises(LookupError, match="the use case failed"):
+        await save_then_fail()
     async with factory(autocommit=True) as u:
         assert await u.installs.get(install.install_id) is None
 
@@ -1077,10 +1081,14 @@ async def test_the_limit_is_exact_across_processes(pg_url: str, db: Db) -> None:
 async def test_a_hit_in_an_autocommit_unit_counts_even_when_the_use_case_fails(
     factory: PgUnitOfWorkFactory,
 ) -> None:
-    with pytest.raises(LookupError):
+
+    async def hit_then_fail() -> None:
         async with factory(autocommit=True) as u:
             assert await u.rate_limits.hit("mutations:y", "tenant-a", 1, WINDOW, T0) is None
             raise LookupError("the mutation failed afterwards")
+
+    with pytest.raises(LookupError, match="the mutation failed afterwards"):
+        await hit_then_fail()
     assert await hit(factory, T0 + WINDOW / 2, scope="mutations:y", limit=1) == WINDOW / 2
 
 
