@@ -1023,70 +1023,96 @@ FIELD_CASES = (
 )
 
 
+def odd_schedule(case: FieldCase) -> schedule_pb2.Schedule:
+    """A valid schedule but for `case`'s field."""
+    fields: dict[str, Any] = {"endpoint": "POST /sync", "cron": "0 0 1 1 *"}
+    if case.field == "payload":
+        fields["payload"] = to_value(case.value)
+    else:
+        fields[case.field] = case.value
+    return schedule_pb2.Schedule(**fields)
+
+
+def send_odd_value(
+    t: Target, md: Metadata, case: FieldCase, sent: schedule_pb2.Schedule, how: str
+) -> tuple[Outcome, schedule_pb2.Schedule | None]:
+    """`sent` in a create, or its field in an update of a schedule made for it (returned too)."""
+    if how == "create":
+        return call(t.host.CreateSchedule, pb.CreateScheduleRequest(schedule=sent), md), None
+    base = t.host.CreateSchedule(
+        pb.CreateScheduleRequest(
+            schedule=schedule_pb2.Schedule(endpoint="POST /sync", cron="0 0 1 1 *")
+        ),
+        metadata=md,
+        timeout=DEADLINE,
+    ).schedule
+    update = schedule_pb2.Schedule()
+    update.CopyFrom(sent)
+    update.id = base.id
+    outcome = call(
+        t.host.UpdateSchedule,
+        pb.UpdateScheduleRequest(
+            schedule=update, update_mask=field_mask_pb2.FieldMask(paths=[case.field])
+        ),
+        md,
+    )
+    return outcome, base
+
+
+def odd_value_problems(
+    t: Target,
+    md: Metadata,
+    case: FieldCase,
+    label: str,
+    outcome: Outcome,
+    base: schedule_pb2.Schedule | None,
+) -> list[str]:
+    """What went wrong: a value refused for another reason (or a refused update that changed
+    the schedule), or a value accepted that is not stored exactly."""
+    problems: list[str] = []
+    if case.reason is not None:
+        if outcome.failure is None or outcome.failure.violations != {
+            f"schedule.{case.field}": case.reason
+        }:
+            problems.append(f"{label}: expected {case.reason}, got {outcome}")
+        if base is not None:
+            # Refused means unchanged.
+            now = t.host.GetSchedule(
+                pb.GetScheduleRequest(id=base.id), metadata=md, timeout=DEADLINE
+            ).schedule
+            if now != base:
+                problems.append(f"{label}: a refused update changed the schedule")
+    elif outcome.code != grpc.StatusCode.OK:
+        problems.append(f"{label}: expected it stored, got {outcome.failure}")
+    else:
+        got = outcome.response.schedule
+        stored = payload_of(got.payload) if case.field == "payload" else getattr(got, case.field)
+        if not same_json(stored, case.stored):
+            problems.append(f"{label}: stored as {stored!r:.80}")
+        again = t.host.GetSchedule(
+            pb.GetScheduleRequest(id=got.id), metadata=md, timeout=DEADLINE
+        ).schedule
+        if again != got:
+            problems.append(f"{label}: read back differently")
+    return problems
+
+
 def test_odd_values_are_refused_or_stored_exactly(target: Target) -> None:
     t = target
     md = t.install_metadata(t.main)
     problems: list[str] = []
     for case in FIELD_CASES:
-        fields: dict[str, Any] = {"endpoint": "POST /sync", "cron": "0 0 1 1 *"}
-        if case.field == "payload":
-            fields["payload"] = to_value(case.value)
-        else:
-            fields[case.field] = case.value
-        sent = schedule_pb2.Schedule(**fields)
+        sent = odd_schedule(case)
         for how in ("create", "update"):
-            if how == "create":
-                outcome = call(t.host.CreateSchedule, pb.CreateScheduleRequest(schedule=sent), md)
-            else:
-                base = t.host.CreateSchedule(
-                    pb.CreateScheduleRequest(
-                        schedule=schedule_pb2.Schedule(endpoint="POST /sync", cron="0 0 1 1 *")
-                    ),
-                    metadata=md,
-                    timeout=DEADLINE,
-                ).schedule
-                update = schedule_pb2.Schedule()
-                update.CopyFrom(sent)
-                update.id = base.id
-                outcome = call(
-                    t.host.UpdateSchedule,
-                    pb.UpdateScheduleRequest(
-                        schedule=update, update_mask=field_mask_pb2.FieldMask(paths=[case.field])
-                    ),
-                    md,
-                )
+            outcome, base = send_odd_value(t, md, case, sent, how)
             label = f"{how} {case.field}={case.value!r:.80}"
             check_answer(outcome, label)
-            if case.reason is not None:
-                if outcome.failure is None or outcome.failure.violations != {
-                    f"schedule.{case.field}": case.reason
-                }:
-                    problems.append(f"{label}: expected {case.reason}, got {outcome}")
-                if how == "update":
-                    # Refused means unchanged.
-                    now = t.host.GetSchedule(
-                        pb.GetScheduleRequest(id=base.id), metadata=md, timeout=DEADLINE
-                    ).schedule
-                    if now != base:
-                        problems.append(f"{label}: a refused update changed the schedule")
-            elif outcome.code != grpc.StatusCode.OK:
-                problems.append(f"{label}: expected it stored, got {outcome.failure}")
-            else:
-                got = outcome.response.schedule
-                stored = (
-                    payload_of(got.payload) if case.field == "payload" else getattr(got, case.field)
-                )
-                if not same_json(stored, case.stored):
-                    problems.append(f"{label}: stored as {stored!r:.80}")
-                again = t.host.GetSchedule(
-                    pb.GetScheduleRequest(id=got.id), metadata=md, timeout=DEADLINE
-                ).schedule
-                if again != got:
-                    problems.append(f"{label}: read back differently")
-            if outcome.code == grpc.StatusCode.OK or how == "update":
-                created_id = outcome.response.schedule.id if outcome.response else base.id
+            problems += odd_value_problems(t, md, case, label, outcome, base)
+            if outcome.code == grpc.StatusCode.OK or base is not None:
+                made = outcome.response.schedule if outcome.response else base
+                assert made is not None
                 t.host.DeleteSchedule(
-                    pb.DeleteScheduleRequest(id=created_id), metadata=md, timeout=DEADLINE
+                    pb.DeleteScheduleRequest(id=made.id), metadata=md, timeout=DEADLINE
                 )
     assert not problems, "\n".join(problems)
     assert_healthy(t)

@@ -246,6 +246,48 @@ def server_env(runner: RecordingRunner) -> dict[str, str]:
     }
 
 
+async def seed_schedule(stubs: Stubs, install: InstallHandle, ledger: Ledger) -> str:
+    """A schedule of `install` made before the load, in the ledger as the install's."""
+    rid = str(uuid.uuid4())
+    reply = await stubs.host.CreateSchedule(
+        pb.CreateScheduleRequest(
+            schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY), request_id=rid
+        ),
+        metadata=install.metadata,
+    )
+    ledger.created[rid] = reply.schedule.id
+    ledger.possible[install.install_id] += 1
+    ledger.owned[install.install_id].append(reply.schedule.id)
+    sid: str = reply.schedule.id
+    return sid
+
+
+async def retry_lost_answers(stubs: Stubs, ledger: Ledger) -> None:
+    """Deletes and creates whose answer was lost are retried, creates with the same request id
+    (as the client does): each makes or returns one schedule. Deletes first: one that did not
+    happen still takes a quota slot."""
+    for sid, install in ledger.delete_failed.items():
+        try:
+            await stubs.host.DeleteSchedule(
+                pb.DeleteScheduleRequest(id=sid), metadata=install.metadata, timeout=3
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: it was deleted
+                raise
+        ledger.deleted.add(sid)
+
+    for rid, (install, name) in ledger.create_failed.items():
+        reply = await stubs.host.CreateSchedule(
+            pb.CreateScheduleRequest(
+                schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY, name=name),
+                request_id=rid,
+            ),
+            metadata=install.metadata,
+            timeout=CALL_TIMEOUT,
+        )
+        ledger.created[rid] = reply.schedule.id
+
+
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_database_outage_under_load(
     cluster: ThrowawayCluster,
@@ -265,21 +307,11 @@ async def test_database_outage_under_load(
             stubs = Stubs(channel)
             installs = [await register_install(stubs.admin) for _ in range(4)]
             ledger = Ledger(owned={i.install_id: [] for i in installs})
-            seeds: list[str] = []
-            for install in installs:
-                for _ in range(3):
-                    rid = str(uuid.uuid4())
-                    reply = await stubs.host.CreateSchedule(
-                        pb.CreateScheduleRequest(
-                            schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY),
-                            request_id=rid,
-                        ),
-                        metadata=install.metadata,
-                    )
-                    ledger.created[rid] = reply.schedule.id
-                    ledger.possible[install.install_id] += 1
-                    seeds.append(reply.schedule.id)
-                    ledger.owned[install.install_id].append(reply.schedule.id)
+            seeds = [
+                await seed_schedule(stubs, install, ledger)
+                for install in installs
+                for _ in range(3)
+            ]
 
             # Runs in flight when the database goes: the Runner answers once it is down.
             held = [seeds[i * 3] for i in range(len(installs))]
@@ -354,29 +386,7 @@ async def test_database_outage_under_load(
             assert all(s == SERVING for t, s in health if t > recovered_at)
             assert recovery <= RECOVERY_LIMIT
 
-            # Deletes and creates whose answer was lost are retried, creates with the same
-            # request id (as the client does): each makes or returns one schedule. Deletes
-            # first: one that did not happen still takes a quota slot.
-            for sid, install in ledger.delete_failed.items():
-                try:
-                    await stubs.host.DeleteSchedule(
-                        pb.DeleteScheduleRequest(id=sid), metadata=install.metadata, timeout=3
-                    )
-                except grpc.aio.AioRpcError as error:
-                    if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: it was deleted
-                        raise
-                ledger.deleted.add(sid)
-
-            for rid, (install, name) in ledger.create_failed.items():
-                reply = await stubs.host.CreateSchedule(
-                    pb.CreateScheduleRequest(
-                        schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY, name=name),
-                        request_id=rid,
-                    ),
-                    metadata=install.metadata,
-                    timeout=CALL_TIMEOUT,
-                )
-                ledger.created[rid] = reply.schedule.id
+            await retry_lost_answers(stubs, ledger)
 
             # The dispatcher: the held runs were recorded once each, as successes, after the
             # outage; the Runner saw each occurrence only with its one idempotency key.
