@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 PROTOS := $(wildcard protos/schedulerhost/v1/*.proto)
 
-.PHONY: run dev test lint generate check-generated bench clean migrate
+.PHONY: run dev test test-unit lint generate check-generated bench clean migrate
 
 # Both distributions of this tree, editable, in one resolve: the server's pinned
 # scheduler-host-client is the one in clients/python (which carries generated/).
@@ -38,6 +38,10 @@ migrate: $(INSTALLED)
 test: $(INSTALLED) $(NODE_INSTALLED)
 	$(PY) -m pytest
 
+## test-unit: the fast tier (tests/unit and the client's tests), without PostgreSQL
+test-unit: $(INSTALLED)
+	$(PY) -m pytest -m unit
+
 ## generate: protoc output under generated/ (committed)
 generate: $(INSTALLED)
 	rm -rf generated/schedulerhost
@@ -55,11 +59,11 @@ check-generated: generate
 	git diff --exit-code --stat -- generated
 	test -z "$$(git status --porcelain -- generated)"
 
-## lint: ruff, mypy --strict, buf lint
+## lint: ruff, mypy --strict (the code, its tests, bench and soak), buf lint
 lint: $(INSTALLED) $(NODE_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy src clients/python/src
+	$(BIN)/mypy src clients/python/src tests clients/python/tests bench soak
 	node_modules/.bin/buf lint
 
 ## bench: echo baseline, API, scale, dispatcher and memory on PostgreSQL (bench/RESULTS.md)

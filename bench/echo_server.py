@@ -25,7 +25,7 @@ METHOD = "Echo"
 PATH = f"/{SERVICE}/{METHOD}"
 
 
-async def _echo(request: bytes, context: Any) -> bytes:
+async def _echo(request: bytes, _context: Any) -> bytes:
     return request
 
 

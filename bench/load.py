@@ -335,7 +335,7 @@ async def _drive(
             recorder.record(label, started, time.monotonic())
             return answer
 
-        async def echo_loop(task: int) -> None:
+        async def echo_loop(_task: int) -> None:
             metadata = _metadata(workload.token, str(uuid.UUID(int=0)))
             while time.monotonic() < recorder.end:
                 await timed("echo", generic, workload.body, metadata)

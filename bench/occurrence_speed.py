@@ -1,6 +1,6 @@
 """`python -m bench.occurrence_speed`: CPU time of `next_occurrences` on its worst cases.
 
-SPEC §11 allows no call more than about 1 ms of computation. For each case this prints the
+No call may hold the event loop for more than about 1 ms. For each case this prints the
 microseconds per call for count 1 and count 100, over starts spread across 2026-2029: the median
 and the slowest start (each start timed as the best of several runs, so that a busy machine
 inflates the figures less), and a "new" column: count 100 on an expression parsed just before,

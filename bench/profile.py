@@ -18,7 +18,6 @@ _SHORT = re.compile(rf"^.*(?:site-packages/|/src/|/lib/python3\.\d+/|{re.escape(
 _FRAMEWORK = (
     "/asyncio/",
     "<frozen runpy>",
-    "/scheduler_host/cli.py",
     "/scheduler_host/cli/",
     "/click/",
     "/threading.py",
@@ -119,11 +118,7 @@ def summarise(raw: str, seconds: float, top: int = 12) -> Profile:
         areas[_NATIVE if native else _area(leaf_file)] += count
         for name in {n for n, file in frames if not any(f in file for f in _FRAMEWORK)}:
             inclusive[name] += count
-        for name in {
-            n
-            for n, file in frames
-            if "/scheduler_host/" in file and "/cli.py" not in file and "/cli/" not in file
-        }:
+        for name in {n for n, file in frames if "/scheduler_host/" in file and "/cli/" not in file}:
             own[name] += count
 
     def share(counter: Counter[str], n: int) -> list[tuple[str, float]]:

@@ -69,9 +69,21 @@ def median_p50(points: Iterable[dict[str, Any]], name: str) -> float | None:
 
 
 def build_rows(results: dict[str, Any]) -> list[Row]:
+    big = results.get("scale", {}).get("big_rows")
+    return [
+        *_echo_rows(results.get("echo", [])),
+        *_api_rows(results.get("api", []), results.get("echo", [])),
+        *_workers_rows(results.get("workers")),
+        *_dispatch_rows(results),
+        *_scale_rows(results.get("scale", {})),
+        *_plan_rows(results.get("due_plan"), big),
+        *_memory_rows(results.get("memory", {}), big),
+    ]
+
+
+def _echo_rows(echo: list[dict[str, Any]]) -> list[Row]:
+    """The echo baseline by load generator and concurrency."""
     rows: list[Row] = []
-    echo = results.get("echo", [])
-    api = results.get("api", [])
     for c in CONCURRENCIES:
         for gen in ("h2load", "py-client"):
             e = next((p for p in echo if p["concurrency"] == c and gen in p["generator"]), None)
@@ -81,29 +93,41 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             rows.append(Row(f"{label} req/s", e["rps"], "req/s"))
             rows.append(Row(f"{label} p50", e["p50_ms"], "ms"))
             rows.append(Row(f"{label} p99", e["p99_ms"], "ms"))
+    return rows
 
-    def check(limit: float, le: bool) -> Callable[[float | None], bool | None]:
-        def met(ratio: float | None) -> bool | None:
-            if ratio is None:
-                return None
-            return ratio <= limit if le else ratio >= limit
 
-        return met
+Judge = Callable[[float | None], bool | None]
 
+
+def _check(limit: float, le: bool) -> Judge:
+    def met(ratio: float | None) -> bool | None:
+        if ratio is None:
+            return None
+        return ratio <= limit if le else ratio >= limit
+
+    return met
+
+
+def _api_targets(name: str, c: int) -> tuple[str, Judge | None, str, Judge | None]:
+    """The targets of one API point: req/s and p99 against the echo, at c=32 only."""
+    if c == 32 and name in READS:
+        return ">= 0.5 x echo", _check(0.5, le=False), "<= 3 x echo", _check(3.0, le=True)
+    if c == 32 and name in WRITES:
+        return ">= 0.25 x echo", _check(0.25, le=False), "", None
+    return "", None, "", None
+
+
+def _api_rows(api: list[dict[str, Any]], echo: list[dict[str, Any]]) -> list[Row]:
+    """Each RPC at each concurrency against the h2load echo, the server's own ceiling."""
+    rows: list[Row] = []
     for name in API:
         for c in CONCURRENCIES:
             point = _find(api, name, c)
-            base = _find(echo, "echo", c)  # the h2load echo: the server's own ceiling
+            base = _find(echo, "echo", c)
             if point is None:
                 continue
             suffix = f" ({point['errors']} errors)" if point["errors"] else ""
-            rps_target, rps_check = "", None
-            p99_target, p99_check = "", None
-            if c == 32 and name in READS:
-                rps_target, rps_check = ">= 0.5 x echo", check(0.5, le=False)
-                p99_target, p99_check = "<= 3 x echo", check(3.0, le=True)
-            if c == 32 and name in WRITES:
-                rps_target, rps_check = ">= 0.25 x echo", check(0.25, le=False)
+            rps_target, rps_check, p99_target, p99_check = _api_targets(name, c)
             for metric, key, unit, target, judge in (
                 ("req/s", "rps", "req/s", rps_target, rps_check),
                 ("p50", "p50_ms", "ms", "", None),
@@ -118,34 +142,15 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 rows.append(
                     Row(f"{name} c={c} {metric}{suffix}", value, unit, baseline, ratio, target, met)
                 )
-    rows += _workers_rows(results.get("workers"))
+    return rows
+
+
+def _dispatch_rows(results: dict[str, Any]) -> list[Row]:
+    """The dispatcher's burst (runs/s, lateness), the small burst's lateness, and its memory."""
+    rows: list[Row] = []
     dispatch = results.get("dispatch")
     if isinstance(dispatch, dict):
-        n = dispatch["due"]
-        rows.append(
-            Row(
-                f"dispatcher: {n} due at once, runs/s",
-                dispatch["runs_per_second"],
-                "runs/s",
-                target=">= 1000",
-                met=dispatch["runs_per_second"] >= 1000 and dispatch["runs_succeeded"] == n,
-            )
-        )
-        rows.append(
-            Row(f"dispatcher: {n} due at once, lateness p50", dispatch["lateness_p50_s"], "s")
-        )
-        # The run of rank k starts at least k/R late: no 1 s target at this size.
-        floor = dispatch.get("lateness_p99_floor_s")
-        rows.append(
-            Row(
-                f"dispatcher: {n} due at once, lateness p99",
-                dispatch["lateness_p99_s"],
-                "s",
-                target=f"none: >= {floor:.1f} s at this rate (0.99 N / R)"
-                if isinstance(floor, float) and not math.isnan(floor)
-                else "none: >= 0.99 N / R",
-            )
-        )
+        rows += _burst_rows(dispatch)
     small = results.get("dispatch_small")
     if isinstance(small, dict):
         n = small["due"]
@@ -171,7 +176,36 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
         )
     elif dispatch is not None:
         rows.append(Row("dispatcher", str(dispatch), target=">= 1000 runs/s"))
-    scale = results.get("scale", {})
+    return rows
+
+
+def _burst_rows(dispatch: dict[str, Any]) -> list[Row]:
+    n = dispatch["due"]
+    # The run of rank k starts at least k/R late: no 1 s target at this size.
+    floor = dispatch.get("lateness_p99_floor_s")
+    return [
+        Row(
+            f"dispatcher: {n} due at once, runs/s",
+            dispatch["runs_per_second"],
+            "runs/s",
+            target=">= 1000",
+            met=dispatch["runs_per_second"] >= 1000 and dispatch["runs_succeeded"] == n,
+        ),
+        Row(f"dispatcher: {n} due at once, lateness p50", dispatch["lateness_p50_s"], "s"),
+        Row(
+            f"dispatcher: {n} due at once, lateness p99",
+            dispatch["lateness_p99_s"],
+            "s",
+            target=f"none: >= {floor:.1f} s at this rate (0.99 N / R)"
+            if isinstance(floor, float) and not math.isnan(floor)
+            else "none: >= 0.99 N / R",
+        ),
+    ]
+
+
+def _scale_rows(scale: dict[str, Any]) -> list[Row]:
+    """Reads at the big number of rows against the small one."""
+    rows: list[Row] = []
     small, big = scale.get("small_rows"), scale.get("big_rows")
     for name in ("GetSchedule", "ListSchedules"):
         a = median_p50(scale.get("points", []), f"{name} @small")
@@ -190,25 +224,33 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 ratio is not None and ratio <= 1.2,
             )
         )
-    plan = results.get("due_plan")
-    if plan:
-        rows.append(
-            Row(
-                f"due query at {big:,} rows uses ix_schedules_due",
-                "yes" if plan["uses_index"] else "no",
-                target="index",
-                met=plan["uses_index"],
-            )
+    return rows
+
+
+def _plan_rows(plan: dict[str, Any] | None, big: int | None) -> list[Row]:
+    """The dispatcher's due query and poll as PostgreSQL plans them at the big number of rows."""
+    if not plan:
+        return []
+    rows = [
+        Row(
+            f"due query at {big:,} rows uses ix_schedules_due",
+            "yes" if plan["uses_index"] else "no",
+            target="index",
+            met=plan["uses_index"],
         )
-        if plan.get("execution_ms") is not None:
-            rows.append(Row("due query execution time", plan["execution_ms"], "ms"))
-        if plan.get("poll_execution_ms") is not None:
-            rows.append(
-                Row(
-                    "dispatcher poll (every bucket) execution time", plan["poll_execution_ms"], "ms"
-                )
-            )
-    memory = results.get("memory", {})
+    ]
+    if plan.get("execution_ms") is not None:
+        rows.append(Row("due query execution time", plan["execution_ms"], "ms"))
+    if plan.get("poll_execution_ms") is not None:
+        rows.append(
+            Row("dispatcher poll (every bucket) execution time", plan["poll_execution_ms"], "ms")
+        )
+    return rows
+
+
+def _memory_rows(memory: dict[str, Any], big: int | None) -> list[Row]:
+    """Peak RSS of the API server (after the scale reads and after the load) and of the echo."""
+    rows: list[Row] = []
     if "big_api_server_peak_mib" in memory:
         rows.append(
             Row(

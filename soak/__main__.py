@@ -28,17 +28,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo
 
 import grpc
 import sqlalchemy as sa
 from google.protobuf import struct_pb2
-from schedulerhost.v1 import schedule_pb2
+from schedulerhost.v1 import schedule_pb2, scheduler_host_pb2_grpc
 from schedulerhost.v1 import scheduler_host_pb2 as pb
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from scheduler_host.adapters.db.repositories import SqlScheduleRepository
 from scheduler_host.domain.cron import parse_cron
 from scheduler_host.domain.endpoints import endpoint_id
 from scheduler_host.domain.occurrences import next_occurrence
@@ -57,6 +56,7 @@ from tests.support.server import (
     spawn_server,
     wait_until_serving,
 )
+from tests.support.storage import Db, connect, insert_schedule
 
 QUOTA = 50
 HOT_INSTALLS = 10
@@ -203,7 +203,7 @@ async def running_servers(
         servers.append(first)
         await asyncio.to_thread(wait_until_serving, first, 60)
         for n in range(1, opts.processes):
-            servers.append(spawn_server(url, logs / f"server-{n}.log", **env))
+            servers.append(spawn_server(url, logs / f"server-{n}.log", args=("serve",), **env))
         for server in servers[1:]:
             await asyncio.to_thread(wait_until_serving, server, 60)
         yield servers
@@ -259,68 +259,107 @@ async def one_call(load: Load, op: str, method: Any, request: Any, md: Any) -> A
     return reply
 
 
+Metadata = tuple[tuple[str, str], ...]
+# The asyncio stub's type exists only in the generated .pyi.
+HostStub: TypeAlias = "scheduler_host_pb2_grpc.SchedulerHostAsyncStub"
+
+
+async def create(
+    load: Load, host: HostStub, md: Metadata, known: list[str], rng: random.Random
+) -> None:
+    schedule = schedule_pb2.Schedule(
+        endpoint="POST /sync",
+        cron=rng.choice(CRONS),
+        timezone=rng.choice(("UTC", "Europe/Berlin", "America/New_York")),
+        name=f"s-{uuid.uuid4().hex[:12]}",
+        payload=payload(rng),
+    )
+    request = pb.CreateScheduleRequest(schedule=schedule, request_id=str(uuid.uuid4()))
+    reply = await one_call(load, "create", host.CreateSchedule, request, md)
+    if reply is not None:
+        known.append(reply.schedule.id)
+        load.etags[reply.schedule.id] = reply.schedule.etag
+
+
+async def get(
+    load: Load, host: HostStub, md: Metadata, known: list[str], rng: random.Random
+) -> None:
+    sid = rng.choice(known)
+    reply = await one_call(load, "get", host.GetSchedule, pb.GetScheduleRequest(id=sid), md)
+    if reply is not None:
+        load.etags[sid] = reply.schedule.etag
+
+
+async def update(
+    load: Load, host: HostStub, md: Metadata, known: list[str], rng: random.Random
+) -> None:
+    sid = rng.choice(known)
+    changes = schedule_pb2.Schedule(
+        id=sid,
+        cron=rng.choice(CRONS),
+        name=f"u-{uuid.uuid4().hex[:12]}",
+        enabled=rng.random() < 0.9,
+        payload=payload(rng),
+    )
+    if rng.random() < 0.3:  # read-modify-write with the etag last seen
+        changes.etag = load.etags.get(sid, "")
+    request = pb.UpdateScheduleRequest(schedule=changes)
+    reply = await one_call(load, "update", host.UpdateSchedule, request, md)
+    if reply is not None:
+        load.etags[sid] = reply.schedule.etag
+
+
+async def delete(
+    load: Load, host: HostStub, md: Metadata, known: list[str], rng: random.Random
+) -> None:
+    sid = rng.choice(known)
+    known.remove(sid)
+    await one_call(load, "delete", host.DeleteSchedule, pb.DeleteScheduleRequest(id=sid), md)
+
+
+async def list_pages(
+    load: Load, host: HostStub, md: Metadata, _known: list[str], _rng: random.Random
+) -> None:
+    token = ""
+    for _ in range(3):  # up to three pages
+        request = pb.ListSchedulesRequest(page_size=20, page_token=token)
+        reply = await one_call(load, "list", host.ListSchedules, request, md)
+        if reply is None or not reply.next_page_token:
+            break
+        token = reply.next_page_token
+
+
+async def endpoints(
+    load: Load, host: HostStub, md: Metadata, _known: list[str], _rng: random.Random
+) -> None:
+    await one_call(load, "endpoints", host.GetEndpoints, pb.GetEndpointsRequest(), md)
+
+
+# The calls of the load by name; get, update and delete need a schedule the install may have.
+OPS = {
+    "create": create,
+    "get": get,
+    "update": update,
+    "delete": delete,
+    "list": list_pages,
+    "endpoints": endpoints,
+}
+
+
 async def client(
     n: int, stubs_list: list[Stubs], load: Load, stop: asyncio.Event, seed: int
 ) -> None:
     rng = random.Random(seed * 1000 + n)
     stubs = stubs_list[n % len(stubs_list)]
-    host = stubs.host
     ops = ["create"] * 20 + ["update"] * 20 + ["delete"] * 8 + ["list"] * 20
     ops += ["get"] * 25 + ["endpoints"] * 7
     while not stop.is_set():
         install = rng.choice(load.hot) if rng.random() < 0.2 else rng.choice(load.installs)
-        md = install.metadata
         known = load.known[install.install_id]
         op = rng.choice(ops)
         if op in ("get", "update", "delete") and not known:
             op = "create"
-        if op == "create":
-            schedule = schedule_pb2.Schedule(
-                endpoint="POST /sync",
-                cron=rng.choice(CRONS),
-                timezone=rng.choice(("UTC", "Europe/Berlin", "America/New_York")),
-                name=f"s-{uuid.uuid4().hex[:12]}",
-                payload=payload(rng),
-            )
-            request = pb.CreateScheduleRequest(schedule=schedule, request_id=str(uuid.uuid4()))
-            reply = await one_call(load, op, host.CreateSchedule, request, md)
-            if reply is not None:
-                known.append(reply.schedule.id)
-                load.etags[reply.schedule.id] = reply.schedule.etag
-        elif op == "get":
-            sid = rng.choice(known)
-            reply = await one_call(load, op, host.GetSchedule, pb.GetScheduleRequest(id=sid), md)
-            if reply is not None:
-                load.etags[sid] = reply.schedule.etag
-        elif op == "update":
-            sid = rng.choice(known)
-            changes = schedule_pb2.Schedule(
-                id=sid,
-                cron=rng.choice(CRONS),
-                name=f"u-{uuid.uuid4().hex[:12]}",
-                enabled=rng.random() < 0.9,
-                payload=payload(rng),
-            )
-            if rng.random() < 0.3:  # read-modify-write with the etag last seen
-                changes.etag = load.etags.get(sid, "")
-            request = pb.UpdateScheduleRequest(schedule=changes)
-            reply = await one_call(load, op, host.UpdateSchedule, request, md)
-            if reply is not None:
-                load.etags[sid] = reply.schedule.etag
-        elif op == "delete":
-            sid = rng.choice(known)
-            known.remove(sid)
-            await one_call(load, op, host.DeleteSchedule, pb.DeleteScheduleRequest(id=sid), md)
-        elif op == "list":
-            token = ""
-            for _ in range(3):  # up to three pages
-                request = pb.ListSchedulesRequest(page_size=20, page_token=token)
-                reply = await one_call(load, op, host.ListSchedules, request, md)
-                if reply is None or not reply.next_page_token:
-                    break
-                token = reply.next_page_token
-        else:
-            await one_call(load, op, host.GetEndpoints, pb.GetEndpointsRequest(), md)
+        await OPS[op](load, stubs.host, install.metadata, known, rng)
 
 
 async def force_due(engine: AsyncEngine, stop: asyncio.Event) -> int:
@@ -356,10 +395,10 @@ async def sample_memory(
 # --------------------------------------------------------------------------------------------
 
 
-async def register(stubs_list: list[Stubs], engine: AsyncEngine, opts: Options) -> Load:
+async def register(stubs_list: list[Stubs], url: str, opts: Options) -> Load:
     """The installs through SchedulerAdmin (every server at once), and their first schedules
-    written with the repository in one transaction: set-up in seconds, not a minute of creates.
-    The load then makes its own schedules through the API."""
+    written as rows in one transaction: set-up in seconds, not a minute of creates. The load then
+    makes its own schedules through the API."""
     gate = asyncio.Semaphore(8 * len(stubs_list))
 
     async def one_install(n: int) -> InstallHandle:
@@ -370,36 +409,45 @@ async def register(stubs_list: list[Stubs], engine: AsyncEngine, opts: Options) 
     load = Load(installs, installs[:HOT_INSTALLS], {i.install_id: [] for i in installs})
     rng = random.Random(opts.seed)
     now = datetime.now(UTC)
-    utc = ZoneInfo("UTC")
-    async with engine.begin() as conn:
-        repository = SqlScheduleRepository(conn)
-        for install in installs:
-            iid = uuid.UUID(install.install_id)
-            for k in range(HOT_SEED if install in load.hot else SEED):
-                cron = CRONS[k % len(CRONS)]
-                schedule = Schedule(
-                    id=uuid.uuid4(),
-                    install_id=iid,
-                    tenant_id=install.tenant_id,
-                    endpoint_id=endpoint_id(iid, install.version_id, "POST", "/sync"),
-                    endpoint_method="POST",
-                    endpoint_path="/sync",
-                    name=f"seed-{k}",
-                    cron=cron,
-                    timezone="UTC",
-                    enabled=True,
-                    payload=payload_data(rng),
-                    next_run_time=next_occurrence(parse_cron(cron), utc, now),
-                    last_run_time=None,
-                    last_run_status=None,
-                    last_error=None,
-                    create_time=now,
-                    update_time=now,
-                    revision=1,
-                )
-                await repository.add(schedule)
-                load.known[install.install_id].append(str(schedule.id))
+    db = await connect(url)
+    try:
+        async with db.transaction():
+            for install in installs:
+                await seed_schedules(db, install, load, rng, now)
+    finally:
+        await db.close()
     return load
+
+
+async def seed_schedules(
+    db: Db, install: InstallHandle, load: Load, rng: random.Random, now: datetime
+) -> None:
+    iid = uuid.UUID(install.install_id)
+    utc = ZoneInfo("UTC")
+    for k in range(HOT_SEED if install in load.hot else SEED):
+        cron = CRONS[k % len(CRONS)]
+        schedule = Schedule(
+            id=uuid.uuid4(),
+            install_id=iid,
+            tenant_id=install.tenant_id,
+            endpoint_id=endpoint_id(iid, install.version_id, "POST", "/sync"),
+            endpoint_method="POST",
+            endpoint_path="/sync",
+            name=f"seed-{k}",
+            cron=cron,
+            timezone="UTC",
+            enabled=True,
+            payload=payload_data(rng),
+            next_run_time=next_occurrence(parse_cron(cron), utc, now),
+            last_run_time=None,
+            last_run_status=None,
+            last_error=None,
+            create_time=now,
+            update_time=now,
+            revision=1,
+        )
+        await insert_schedule(db, schedule)
+        load.known[install.install_id].append(str(schedule.id))
 
 
 async def wait_for_open_runs(engine: AsyncEngine, within: float) -> int:
@@ -433,9 +481,17 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def database_checks(
-    engine: AsyncEngine, deliveries: Deliveries
-) -> tuple[list[Check], dict[str, Any]]:
+@dataclass
+class Stored:
+    """What the database holds at the end."""
+
+    per_install: list[Any]  # (install_id, n)
+    duplicates: list[Any]  # occurrences with more than one run record
+    runs: list[Any]  # (schedule_id, trigger, scheduled_time, status)
+    schedule_ids: set[str]
+
+
+async def read_stored(engine: AsyncEngine) -> Stored:
     async with engine.connect() as conn:
         per_install = (
             await conn.execute(
@@ -458,9 +514,52 @@ async def database_checks(
         schedule_ids = {
             str(r[0]) for r in (await conn.execute(sa.text("SELECT id FROM schedules"))).all()
         }
+    return Stored(list(per_install), list(duplicates), list(runs), schedule_ids)
+
+
+def reconciliation(
+    stored: Stored, deliveries: Deliveries, success_deliveries: dict[str, int]
+) -> tuple[Check, Counter[str]]:
+    """The run records against the Runner's log, for the schedules that still exist (deleting a
+    schedule deletes its runs); and the runs by status."""
+    runs_per_schedule = Counter(str(r.schedule_id) for r in stored.runs)
+    db_keys: dict[str, set[str]] = defaultdict(set)
+    by_status: Counter[str] = Counter()
+    for r in stored.runs:
+        by_status[r.status] += 1
+        if r.status == "success":
+            key = idempotency_key(r.schedule_id, RunTrigger(r.trigger), r.scheduled_time)
+            db_keys[str(r.schedule_id)].add(key)
+    runner_keys: dict[str, set[str]] = defaultdict(set)
+    for key, n in success_deliveries.items():
+        sid = deliveries.schedule_of[key]
+        if n and sid in stored.schedule_ids:
+            runner_keys[sid].add(key)
+    mismatched = []
+    for sid in stored.schedule_ids:
+        recorded, delivered = db_keys.get(sid, set()), runner_keys.get(sid, set())
+        # A full history (RUN_HISTORY_LIMIT runs) has dropped its oldest records.
+        full = runs_per_schedule[sid] >= RUN_HISTORY_LIMIT
+        if recorded != delivered and not (full and recorded <= delivered):
+            mismatched.append(sid)
+    recorded_total = sum(len(v) for v in db_keys.values())
+    delivered_total = sum(len(v) for v in runner_keys.values())
+    check = Check(
+        "run records reconcile with the Runner's log",
+        not mismatched and by_status["error"] == 0 and recorded_total > 0,
+        f"{recorded_total} successful runs recorded, {delivered_total} delivered, "
+        f"{len(mismatched)} schedules differ, {by_status['error']} runs in error",
+    )
+    return check, by_status
+
+
+async def database_checks(
+    engine: AsyncEngine, deliveries: Deliveries
+) -> tuple[list[Check], dict[str, Any]]:
+    stored = await read_stored(engine)
     checks: list[Check] = []
-    most = max((r.n for r in per_install), default=0)
-    at_quota = sum(1 for r in per_install if r.n == QUOTA)
+    most = max((r.n for r in stored.per_install), default=0)
+    at_quota = sum(1 for r in stored.per_install if r.n == QUOTA)
     checks.append(
         Check(
             "no install above quota",
@@ -477,42 +576,12 @@ async def database_checks(
     checks.append(
         Check(
             "no occurrence fired twice",
-            not duplicates and not twice,
-            f"{len(duplicates)} duplicate run records, {len(twice)} keys delivered OK twice",
+            not stored.duplicates and not twice,
+            f"{len(stored.duplicates)} duplicate run records, {len(twice)} keys delivered OK twice",
         )
     )
-
-    # Reconciliation, for the schedules that still exist (deleting a schedule deletes its runs).
-    runs_per_schedule = Counter(str(r.schedule_id) for r in runs)
-    db_keys: dict[str, set[str]] = defaultdict(set)
-    by_status: Counter[str] = Counter()
-    for r in runs:
-        by_status[r.status] += 1
-        if r.status == "success":
-            key = idempotency_key(r.schedule_id, RunTrigger(r.trigger), r.scheduled_time)
-            db_keys[str(r.schedule_id)].add(key)
-    runner_keys: dict[str, set[str]] = defaultdict(set)
-    for key, n in success_deliveries.items():
-        sid = deliveries.schedule_of[key]
-        if n and sid in schedule_ids:
-            runner_keys[sid].add(key)
-    mismatched = []
-    for sid in schedule_ids:
-        recorded, delivered = db_keys.get(sid, set()), runner_keys.get(sid, set())
-        # A full history (RUN_HISTORY_LIMIT runs) has dropped its oldest records.
-        full = runs_per_schedule[sid] >= RUN_HISTORY_LIMIT
-        if recorded != delivered and not (full and recorded <= delivered):
-            mismatched.append(sid)
-    recorded_total = sum(len(v) for v in db_keys.values())
-    delivered_total = sum(len(v) for v in runner_keys.values())
-    checks.append(
-        Check(
-            "run records reconcile with the Runner's log",
-            not mismatched and by_status["error"] == 0 and recorded_total > 0,
-            f"{recorded_total} successful runs recorded, {delivered_total} delivered, "
-            f"{len(mismatched)} schedules differ, {by_status['error']} runs in error",
-        )
-    )
+    reconciled, by_status = reconciliation(stored, deliveries, success_deliveries)
+    checks.append(reconciled)
     checks.append(
         Check(
             "no run left open",
@@ -521,7 +590,7 @@ async def database_checks(
         )
     )
     figures = {
-        "schedules": len(schedule_ids),
+        "schedules": len(stored.schedule_ids),
         "installs_at_quota": at_quota,
         "runs": dict(by_status),
         "runner_calls": sum(len(v) for v in deliveries.by_key.values()),
@@ -529,6 +598,142 @@ async def database_checks(
         "runner_retried_keys": sum(1 for v in deliveries.by_key.values() if len(v) > 1),
     }
     return checks, figures
+
+
+@dataclass
+class Run:
+    """What the load and the servers did, as measured during the run."""
+
+    load: Load
+    warm: list[int]  # VmRSS (KiB) of each server after the warm-up
+    end: list[int]  # and at the end of the load
+    samples: list[list[int]]  # every 5 s
+    calls_at_warmup: int
+    elapsed: float
+    forced: int
+    still_open: int
+    exit_codes: list[int] = field(default_factory=list)
+    server_logs: list[str] = field(default_factory=list)
+
+
+async def run_load(
+    opts: Options,
+    servers: list[ServerProcess],
+    stubs_list: list[Stubs],
+    url: str,
+    engine: AsyncEngine,
+) -> Run:
+    """The installs and their seed schedules, then the load for `opts.seconds` with runs made
+    due, memory sampled; then the runs in flight are awaited."""
+    say(f"{len(servers)} servers up; registering {opts.installs} installs")
+    setup_started = time.monotonic()
+    load = await register(stubs_list, url, opts)
+    seeded = sum(len(v) for v in load.known.values())
+    say(
+        f"{seeded} schedules seeded in {time.monotonic() - setup_started:.1f} s; "
+        f"load for {opts.seconds:.0f} s"
+    )
+    stop, stop_samples = asyncio.Event(), asyncio.Event()
+    samples: list[list[int]] = []
+    forcer = asyncio.create_task(force_due(engine, stop))
+    sampler = asyncio.create_task(sample_memory(servers, samples, stop_samples))
+    clients = [
+        asyncio.create_task(client(n, stubs_list, load, stop, opts.seed))
+        for n in range(opts.clients)
+    ]
+    load_started = time.monotonic()
+    await asyncio.sleep(opts.warmup)
+    warm = [rss_kib(s.process.pid) for s in servers]
+    calls_at_warmup = len(load.calls)
+    say(f"warm-up done: RSS {', '.join(f'{k / 1024:.1f} MiB' for k in warm)}")
+    await asyncio.sleep(max(opts.seconds - opts.warmup, 0))
+    stop.set()
+    await asyncio.gather(*clients)
+    forced = await forcer
+    elapsed = time.monotonic() - load_started
+    end = [rss_kib(s.process.pid) for s in servers]
+    stop_samples.set()
+    await sampler
+    say(f"load done: {len(load.calls)} calls; waiting for runs in flight")
+    still_open = await wait_for_open_runs(engine, 30)
+    return Run(load, warm, end, samples, calls_at_warmup, elapsed, forced, still_open)
+
+
+def run_checks(run: Run) -> tuple[list[Check], list[float], Counter[tuple[str, str]]]:
+    """The checks of the answers, the memory and the servers' ends; the memory growth of each
+    server and the answers by code and reason."""
+    answers = Counter((c.code, c.reason) for c in run.load.calls)
+    unexpected = {f"{c} {r}".strip(): n for (c, r), n in answers.items() if (c, r) not in EXPECTED}
+    growth = [(e - w) / w for w, e in zip(run.warm, run.end, strict=True)]
+    crashed = [
+        i
+        for i, text in enumerate(run.server_logs)
+        if "unhandled error" in text or "Traceback" in text
+    ]
+    checks = [
+        Check("only expected answers", not unexpected, f"unexpected: {unexpected or 'none'}"),
+        Check(
+            "server memory growth under 10% after warm-up",
+            all(g < MEMORY_GROWTH_LIMIT for g in growth),
+            ", ".join(
+                f"server {i}: {w / 1024:.1f} -> {e / 1024:.1f} MiB ({g:+.1%})"
+                for i, (w, e, g) in enumerate(zip(run.warm, run.end, growth, strict=True))
+            ),
+        ),
+        Check(
+            "servers stopped cleanly, no crash in their logs",
+            all(code == 0 for code in run.exit_codes) and not crashed and run.still_open == 0,
+            f"exit codes {run.exit_codes}; crash in logs of {crashed or 'none'}",
+        ),
+    ]
+    return checks, growth, answers
+
+
+def build_report(
+    opts: Options,
+    run: Run,
+    figures: dict[str, Any],
+    growth: list[float],
+    answers: Counter[tuple[str, str]],
+) -> dict[str, Any]:
+    calls = run.load.calls
+    servers = len(run.warm)
+    peak = [max(s[i] for s in run.samples) for i in range(servers)] if run.samples else run.end
+    by_op: dict[str, list[Call]] = defaultdict(list)
+    for c in calls:
+        by_op[c.op].append(c)
+    return {
+        "seconds": round(run.elapsed, 1),
+        "warmup_seconds": opts.warmup,
+        "installs": opts.installs,
+        "clients": opts.clients,
+        "processes": opts.processes,
+        "calls": len(calls),
+        "calls_per_second": round(len(calls) / run.elapsed, 1),
+        "calls_after_warmup": len(calls) - run.calls_at_warmup,
+        "answers": {f"{c} {r}".strip(): n for (c, r), n in answers.most_common()},
+        "ops": {
+            op: {
+                "calls": len(op_calls),
+                "ok": sum(1 for c in op_calls if c.code == "OK"),
+                "p50_ms": round(statistics.median(c.seconds for c in op_calls) * 1000, 1),
+                "p99_ms": round(percentile([c.seconds for c in op_calls], 99) * 1000, 1),
+            }
+            for op, op_calls in sorted(by_op.items())
+        },
+        "forced_due": run.forced,
+        **figures,
+        "memory_curve_mib": [[round(k / 1024, 1) for k in sample] for sample in run.samples],
+        "memory_mib": [
+            {
+                "warm": round(w / 1024, 1),
+                "end": round(e / 1024, 1),
+                "peak": round(p / 1024, 1),
+                "growth": f"{g:+.1%}",
+            }
+            for w, e, p, g in zip(run.warm, run.end, peak, growth, strict=True)
+        ],
+    }
 
 
 async def soak(opts: Options) -> int:
@@ -544,111 +749,21 @@ async def soak(opts: Options) -> int:
         try:
             async with running_servers(url, opts, runner.url, logs) as servers:
                 channels = [grpc.aio.insecure_channel(s.target) for s in servers]
-                stubs_list = [Stubs(c) for c in channels]
                 try:
-                    say(f"{len(servers)} servers up; registering {opts.installs} installs")
-                    setup_started = time.monotonic()
-                    load = await register(stubs_list, engine, opts)
-                    seeded = sum(len(v) for v in load.known.values())
-                    say(
-                        f"{seeded} schedules seeded in {time.monotonic() - setup_started:.1f} s; "
-                        f"load for {opts.seconds:.0f} s"
-                    )
-                    stop, stop_samples = asyncio.Event(), asyncio.Event()
-                    samples: list[list[int]] = []
-                    forcer = asyncio.create_task(force_due(engine, stop))
-                    sampler = asyncio.create_task(sample_memory(servers, samples, stop_samples))
-                    clients = [
-                        asyncio.create_task(client(n, stubs_list, load, stop, opts.seed))
-                        for n in range(opts.clients)
-                    ]
-                    load_started = time.monotonic()
-                    await asyncio.sleep(opts.warmup)
-                    warm = [rss_kib(s.process.pid) for s in servers]
-                    calls_at_warmup = len(load.calls)
-                    say(f"warm-up done: RSS {', '.join(f'{k / 1024:.1f} MiB' for k in warm)}")
-                    await asyncio.sleep(max(opts.seconds - opts.warmup, 0))
-                    stop.set()
-                    await asyncio.gather(*clients)
-                    forced = await forcer
-                    elapsed = time.monotonic() - load_started
-                    end = [rss_kib(s.process.pid) for s in servers]
-                    stop_samples.set()
-                    await sampler
-                    say(f"load done: {len(load.calls)} calls; waiting for runs in flight")
-                    still_open = await wait_for_open_runs(engine, 30)
+                    run = await run_load(opts, servers, [Stubs(c) for c in channels], url, engine)
                 finally:
                     for channel in channels:
                         await channel.close()
-                exit_codes = await stop_servers(servers)
-            server_logs = [server.log() for server in servers]
-            checks, figures = await database_checks(engine, deliveries)
+                run.exit_codes = await stop_servers(servers)
+            run.server_logs = [server.log() for server in servers]
+            db_checks, figures = await database_checks(engine, deliveries)
         finally:
             await engine.dispose()
             await runner.stop()
 
-    answers = Counter((c.code, c.reason) for c in load.calls)
-    unexpected = {f"{c} {r}".strip(): n for (c, r), n in answers.items() if (c, r) not in EXPECTED}
-    checks.insert(
-        0, Check("only expected answers", not unexpected, f"unexpected: {unexpected or 'none'}")
-    )
-    growth = [(e - w) / w for w, e in zip(warm, end, strict=True)]
-    checks.append(
-        Check(
-            "server memory growth under 10% after warm-up",
-            all(g < MEMORY_GROWTH_LIMIT for g in growth),
-            ", ".join(
-                f"server {i}: {w / 1024:.1f} -> {e / 1024:.1f} MiB ({g:+.1%})"
-                for i, (w, e, g) in enumerate(zip(warm, end, growth, strict=True))
-            ),
-        )
-    )
-    crashed = [
-        i for i, text in enumerate(server_logs) if "unhandled error" in text or "Traceback" in text
-    ]
-    checks.append(
-        Check(
-            "servers stopped cleanly, no crash in their logs",
-            all(code == 0 for code in exit_codes) and not crashed and still_open == 0,
-            f"exit codes {exit_codes}; crash in logs of {crashed or 'none'}",
-        )
-    )
-    peak = [max(s[i] for s in samples) for i in range(len(servers))] if samples else end
-    by_op: dict[str, list[Call]] = defaultdict(list)
-    for c in load.calls:
-        by_op[c.op].append(c)
-    report = {
-        "seconds": round(elapsed, 1),
-        "warmup_seconds": opts.warmup,
-        "installs": opts.installs,
-        "clients": opts.clients,
-        "processes": opts.processes,
-        "calls": len(load.calls),
-        "calls_per_second": round(len(load.calls) / elapsed, 1),
-        "calls_after_warmup": len(load.calls) - calls_at_warmup,
-        "answers": {f"{c} {r}".strip(): n for (c, r), n in answers.most_common()},
-        "ops": {
-            op: {
-                "calls": len(calls),
-                "ok": sum(1 for c in calls if c.code == "OK"),
-                "p50_ms": round(statistics.median(c.seconds for c in calls) * 1000, 1),
-                "p99_ms": round(percentile([c.seconds for c in calls], 99) * 1000, 1),
-            }
-            for op, calls in sorted(by_op.items())
-        },
-        "forced_due": forced,
-        **figures,
-        "memory_curve_mib": [[round(k / 1024, 1) for k in sample] for sample in samples],
-        "memory_mib": [
-            {
-                "warm": round(w / 1024, 1),
-                "end": round(e / 1024, 1),
-                "peak": round(p / 1024, 1),
-                "growth": f"{g:+.1%}",
-            }
-            for w, e, p, g in zip(warm, end, peak, growth, strict=True)
-        ],
-    }
+    (answers_check, memory_check, servers_check), growth, answers = run_checks(run)
+    checks = [answers_check, *db_checks, memory_check, servers_check]
+    report = build_report(opts, run, figures, growth, answers)
     print_report(report, checks)
     (logs / "soak.json").write_text(
         json.dumps({"figures": report, "checks": [c.__dict__ for c in checks]}, indent=2)

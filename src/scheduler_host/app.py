@@ -215,6 +215,69 @@ async def start_application(
         raise
 
 
+async def use_case_deps(settings: Settings, pool: DatabasePool, clock: Clock) -> UseCaseDeps:
+    """What the use cases need: units of work on `pool`, the shared caches and the policies."""
+    install_cache = InstallContextCache(settings.install_cache_seconds)
+    return UseCaseDeps(
+        uow_factory=PgUnitOfWorkFactory(pool, endpoint_cache=install_cache),
+        clock=clock,
+        page_tokens=SignedPageTokens(await load_key(pool, PAGE_TOKEN_KEY)),
+        install_cache=install_cache,
+        read_limiter=ReadLimiter(settings.read_limit_per_minute),
+        schedules=schedule_policy(settings),
+        access=access_policy(settings),
+    )
+
+
+def build_dispatcher(
+    settings: Settings, pool: DatabasePool, clock: Clock, metrics: Metrics
+) -> Dispatcher:
+    """The dispatcher on its own connections of `pool`, calling the Runner over HTTP."""
+    return Dispatcher(
+        PgDispatchStore(pool, RUN_HISTORY_LIMIT, settings.dispatch_connections),
+        HttpRunnerClient(
+            settings.runner_base_url,
+            settings.dispatch_max_in_flight,
+            call_token=settings.runner_call_token or None,
+        ),
+        dispatch_policy(settings),
+        clock,
+        observe=metrics.record_run,
+    )
+
+
+async def _serve_metrics(app: Application) -> None:
+    """The Prometheus endpoint, when configured; the whole application stops if it cannot."""
+    listen = app.settings.metrics_listen
+    if not listen:
+        return
+    try:
+        app.stop_metrics = serve_metrics(app.metrics, listen)
+    except OSError as exc:
+        await app.stop()
+        raise StartupError(f"cannot serve metrics on {listen}: {exc}") from None
+
+
+def _start_background_tasks(app: Application, clock: Clock) -> None:
+    """Health that follows the database, housekeeping, and the dispatcher when enabled."""
+    settings = app.settings
+    app.tasks.append(
+        asyncio.create_task(
+            watch_database(
+                DatabaseProbe(app.database_url), app.server, settings.health_check_seconds
+            ),
+            name="health-watch",
+        )
+    )
+    app.tasks.append(
+        asyncio.create_task(
+            prune_periodically(uow_factory=app.deps.uow_factory, clock=clock), name="housekeeping"
+        )
+    )
+    if settings.dispatcher_enabled:
+        app.dispatcher.start()
+
+
 async def _start(
     settings: Settings,
     url: str,
@@ -229,27 +292,8 @@ async def _start(
     metrics = build_metrics()
     tracer_provider = tracer_provider or tracer_provider_from_environment()
     pool = await open_pool(settings, url, tracer_provider)
-    install_cache = InstallContextCache(settings.install_cache_seconds)
-    deps = UseCaseDeps(
-        uow_factory=PgUnitOfWorkFactory(pool, endpoint_cache=install_cache),
-        clock=clock,
-        page_tokens=SignedPageTokens(await load_key(pool, PAGE_TOKEN_KEY)),
-        install_cache=install_cache,
-        read_limiter=ReadLimiter(settings.read_limit_per_minute),
-        schedules=schedule_policy(settings),
-        access=access_policy(settings),
-    )
-    dispatcher = Dispatcher(
-        PgDispatchStore(pool, RUN_HISTORY_LIMIT, settings.dispatch_connections),
-        HttpRunnerClient(
-            settings.runner_base_url,
-            settings.dispatch_max_in_flight,
-            call_token=settings.runner_call_token or None,
-        ),
-        dispatch_policy(settings),
-        clock,
-        observe=metrics.record_run,
-    )
+    deps = await use_case_deps(settings, pool, clock)
+    dispatcher = build_dispatcher(settings, pool, clock, metrics)
     try:
         server = await start_server(
             settings,
@@ -265,28 +309,9 @@ async def _start(
         await pool.close()
         raise StartupError(f"cannot listen on {listen or settings.listen}: {exc}") from None
     app = Application(settings, url, pool, deps, dispatcher, server, metrics, embedded)
-    if settings.metrics_listen:
-        try:
-            app.stop_metrics = serve_metrics(metrics, settings.metrics_listen)
-        except OSError as exc:
-            await app.stop()
-            raise StartupError(
-                f"cannot serve metrics on {settings.metrics_listen}: {exc}"
-            ) from None
+    await _serve_metrics(app)
     _warn_about_exposure(settings)
-    app.tasks.append(
-        asyncio.create_task(
-            watch_database(DatabaseProbe(url), server, settings.health_check_seconds),
-            name="health-watch",
-        )
-    )
-    app.tasks.append(
-        asyncio.create_task(
-            prune_periodically(uow_factory=deps.uow_factory, clock=clock), name="housekeeping"
-        )
-    )
-    if settings.dispatcher_enabled:
-        dispatcher.start()
+    _start_background_tasks(app, clock)
     return app
 
 

@@ -56,7 +56,7 @@ class Reply:
 Responder = Callable[[Execution], Awaitable[Reply]]
 
 
-async def answer_success(execution: Execution) -> Reply:
+async def answer_success(_execution: Execution) -> Reply:
     return Reply()
 
 

@@ -1,6 +1,6 @@
 """Operability: structured logs, Prometheus metrics and OpenTelemetry tracing set-up.
 
-Metric names and labels are part of the product contract (SPEC §10).
+Metric names and labels are part of the product contract: dashboards and alerts name them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The interceptor chain, end to end: who may call, in which order the checks answer (SPEC §3, §5).
+"""The interceptor chain, end to end: who may call, in which order the checks answer.
 
 Order of checks on SchedulerHost: token → x-install-id well-formed → install exists → install
 enabled → capability granted → rate limit (mutations) → the RPC's own validation. SchedulerAdmin
@@ -469,7 +469,7 @@ async def test_refused_install_reads_no_schedule_data(
     owned = await create(stubs, install.metadata, name="secret-schedule-name", cron="17 3 * * *")
     caller = await register_install(stubs.admin, enabled=enabled, capabilities=capabilities)
     for schedule_id in (owned.id, str(uuid.uuid4())):
-        calls = [
+        calls: list[Awaitable[Any]] = [
             stubs.host.GetSchedule(pb.GetScheduleRequest(id=schedule_id), metadata=caller.metadata),
             stubs.host.UpdateSchedule(
                 pb.UpdateScheduleRequest(
@@ -522,7 +522,8 @@ async def test_tenant_and_scope_come_from_the_install(stubs: Stubs) -> None:
     other_tenant = await register_install(stubs.admin)
     created = await create(stubs, a.metadata, name="only-a")
     listed_a = await stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=a.metadata)
-    assert [s.id for s in listed_a.schedules] == [created.id] and listed_a.total_size == 1
+    assert [s.id for s in listed_a.schedules] == [created.id]
+    assert listed_a.total_size == 1
     for handle in (same_tenant, other_tenant):
         # Metadata a caller might try to pick a tenant with is ignored.
         md = (
@@ -532,7 +533,8 @@ async def test_tenant_and_scope_come_from_the_install(stubs: Stubs) -> None:
             ("tenant-id", a.tenant_id),
         )
         listed = await stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=md)
-        assert list(listed.schedules) == [] and listed.total_size == 0
+        assert list(listed.schedules) == []
+        assert listed.total_size == 0
         failure = await rpc_failure(
             stubs.host.GetSchedule(pb.GetScheduleRequest(id=created.id), metadata=md)
         )
@@ -581,10 +583,10 @@ VISIBILITY_BOUND = CACHE_SECONDS + 0.5
 
 
 @pytest.fixture(scope="module")
-async def cached_stubs(e2e_database_url: str, app: Application) -> AsyncIterator[Stubs]:
+async def cached_stubs(app: Application) -> AsyncIterator[Stubs]:
     """A second server on the same database that caches install contexts for 1 s."""
     second = await start_application(
-        e2e_settings(e2e_database_url, install_cache_seconds=CACHE_SECONDS), migrate=True
+        e2e_settings(app.database_url, install_cache_seconds=CACHE_SECONDS), migrate=True
     )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
@@ -685,11 +687,11 @@ QUOTA = 2
 
 
 @pytest.fixture(scope="module")
-async def limited_stubs(e2e_database_url: str, app: Application) -> AsyncIterator[Stubs]:
+async def limited_stubs(app: Application) -> AsyncIterator[Stubs]:
     """A server with the default rate limit (10 a minute) and a quota of 2 schedules."""
     limited = await start_application(
         e2e_settings(
-            e2e_database_url, rate_limit_per_minute=RATE_LIMIT, max_schedules_per_install=QUOTA
+            app.database_url, rate_limit_per_minute=RATE_LIMIT, max_schedules_per_install=QUOTA
         ),
         migrate=True,
     )

@@ -1,4 +1,4 @@
-"""Schedules beyond cron (SPEC §12), end to end with the dispatcher on a test clock: one-time
+"""Schedules beyond cron, end to end with the dispatcher on a test clock: one-time
 runs, time bounds, jitter, previews of stored schedules, and an install's own run history."""
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ async def test_a_one_time_schedule_fires_once_across_two_processes_then_is_disab
 ) -> None:
     when = START + timedelta(hours=2)
     made = await create(h, run_at=ts(when))
-    assert made.cron == "" and at(made.next_run_time) == when and made.enabled
+    assert made.cron == ""
+    assert at(made.next_run_time) == when
+    assert made.enabled
     # A second process on the same database, with its own dispatcher and the same clock.
     second = await start_application(
         e2e_settings(h.database_url, runner_base_url=h.runner.url), clock=h.clock
@@ -82,12 +84,15 @@ async def test_a_one_time_schedule_fires_once_across_two_processes_then_is_disab
         later = await asyncio.gather(h.app.dispatcher.run_once(), second.dispatcher.run_once())
     finally:
         await second.stop()
-    assert len(first_runs) + len(second_runs) == 1 and later == [[], []]
+    assert len(first_runs) + len(second_runs) == 1
+    assert list(later) == [[], []]
     assert len(h.runner.of(made.id)) == 1
     (run,) = await h.runs(made.id)
-    assert run.status == schedule_pb2.RUN_STATE_SUCCESS and at(run.scheduled_time) == when
+    assert run.status == schedule_pb2.RUN_STATE_SUCCESS
+    assert at(run.scheduled_time) == when
     after = await h.get(made.id)
-    assert not after.enabled and not after.HasField("next_run_time")
+    assert not after.enabled
+    assert not after.HasField("next_run_time")
     assert after.etag != made.etag, "disabled by the server: a change of the definition"
 
 
@@ -97,10 +102,13 @@ async def test_a_one_time_run_missed_beyond_the_catch_up_window_is_skipped(h: Ha
     h.clock.now = when + timedelta(hours=1)  # the service was down at run_at
     assert await h.app.dispatcher.run_once() == []
     (run,) = await h.runs(made.id)
-    assert run.status == schedule_pb2.RUN_STATE_SKIPPED and "missed" in run.error
-    assert run.error == SKIPPED_MISSED and not h.runner.of(made.id)
+    assert run.status == schedule_pb2.RUN_STATE_SKIPPED
+    assert "missed" in run.error
+    assert run.error == SKIPPED_MISSED
+    assert not h.runner.of(made.id)
     after = await h.get(made.id)
-    assert not after.enabled and not after.HasField("next_run_time")
+    assert not after.enabled
+    assert not after.HasField("next_run_time")
 
 
 async def test_run_at_must_be_ahead_and_within_a_year(h: Harness) -> None:
@@ -124,7 +132,8 @@ async def test_a_mask_naming_cron_switches_between_recurring_and_one_time(h: Har
             metadata=h.install.metadata,
         )
     ).schedule
-    assert one_time.cron == "" and at(one_time.run_at) == when
+    assert one_time.cron == ""
+    assert at(one_time.run_at) == when
     assert at(one_time.next_run_time) == when
     back = (
         await h.stubs.host.UpdateSchedule(
@@ -135,7 +144,8 @@ async def test_a_mask_naming_cron_switches_between_recurring_and_one_time(h: Har
             metadata=h.install.metadata,
         )
     ).schedule
-    assert back.cron == "30 * * * *" and not back.HasField("run_at")
+    assert back.cron == "30 * * * *"
+    assert not back.HasField("run_at")
     assert at(back.next_run_time) == START + timedelta(minutes=30)
 
 
@@ -151,7 +161,8 @@ async def test_a_bounded_schedule_never_fires_outside_its_bounds(h: Harness) -> 
     fired = sorted(at(r.scheduled_time) for r in await h.runs(made.id))
     assert fired == [start, start + timedelta(hours=1), end]
     after = await h.get(made.id)
-    assert after.enabled and not after.HasField("next_run_time"), "past end_time: no next run"
+    assert after.enabled, "past end_time: still enabled"
+    assert not after.HasField("next_run_time"), "past end_time: no next run"
     refused = await rpc_failure(create(h, cron="0 * * * *", start_time=ts(end), end_time=ts(start)))
     assert refused.violations == {"schedule.end_time": "TIME_BOUNDS_INVALID"}
 
@@ -274,4 +285,5 @@ async def test_a_one_time_schedule_counts_toward_the_quota_until_deleted(h: Harn
         pb.DeleteScheduleRequest(id=kept[0].id), metadata=h.install.metadata
     )
     room = await create(h, cron="0 * * * *")
-    assert room.enabled and room.cron == "0 * * * *"
+    assert room.enabled
+    assert room.cron == "0 * * * *"

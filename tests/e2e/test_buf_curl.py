@@ -120,7 +120,8 @@ async def test_list_schedules_and_get_endpoints(
     )
     page: dict[str, Any] = json.loads(out)
     assert [s["id"] for s in page["schedules"]] == ids[:1]
-    assert page["totalSize"] == 2 and page["nextPageToken"]
+    assert page["totalSize"] == 2
+    assert page["nextPageToken"]
     body = json.dumps({"page_size": 1, "page_token": page["nextPageToken"]})
     _, out, _ = await buf_curl(
         buf, empty_dir, *headers, "-d", body, url(app, f"{HOST}/ListSchedules")

@@ -105,7 +105,8 @@ def test_the_client_installs_alone(client_venv: Path) -> None:
     listed = run_in(client_venv, "-m", "pip", "list", "--format=json")
     assert listed.returncode == 0, listed.stderr
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert "scheduler-host-client" in names and "scheduler-host" not in names
+    assert "scheduler-host-client" in names
+    assert "scheduler-host" not in names
 
     probe = run_in(
         client_venv,
@@ -122,7 +123,8 @@ def test_the_client_installs_alone(client_venv: Path) -> None:
     # Extras (the test tools) aside, these four and nothing else.
     runtime = {re.split(r"[^A-Za-z0-9_.-]", r)[0] for r in seen["requires"] if "extra ==" not in r}
     assert runtime == {"grpcio", "grpcio-status", "protobuf", "googleapis-common-protos"}
-    assert seen["server"] is False and seen["typed"] is True
+    assert seen["server"] is False
+    assert seen["typed"] is True
 
 
 def test_the_installed_client_calls_a_live_server(client_venv: Path, live_server: str) -> None:
@@ -154,7 +156,8 @@ def test_the_two_wheels_never_ship_the_same_file(client_venv: Path, tmp_path: Pa
     assert not client & server
     generated = {p.relative_to(ROOT / "generated").as_posix() for p in ROOT.glob("generated/**/*")}
     shipped = {g for g in generated if g.endswith((".py", ".pyi", "py.typed"))}
-    assert shipped and shipped <= client, "the client carries every generated module and stub"
+    assert shipped, "generated/ holds modules and stubs"
+    assert shipped <= client, "the client carries every generated module and stub"
     assert "scheduler_host_client/py.typed" in client
     assert not any(n.startswith("schedulerhost/") for n in server)
     assert "scheduler_host/client/__init__.py" in server, "the server re-exports the client"

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import grpc
@@ -23,7 +23,6 @@ from schedulerhost.v1 import schedule_pb2
 from schedulerhost.v1 import scheduler_host_pb2 as pb
 
 from scheduler_host.adapters.db.buckets import bucket_of
-from scheduler_host.app import Application
 from tests.support.grpc_status_details import failure_of
 from tests.support.server import InstallHandle, Stubs
 
@@ -90,7 +89,7 @@ async def wait_until_released(monitor: asyncpg.Connection, blocker: asyncpg.Conn
     return time.monotonic() - started
 
 
-async def expect_deadline(call: asyncio.Future[object]) -> float:
+async def expect_deadline(call: Awaitable[object]) -> float:
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call
@@ -119,8 +118,8 @@ async def names(stubs: Stubs, install: InstallHandle) -> list[str]:
     return [s.name for s in listed.schedules]
 
 
+@pytest.mark.usefixtures("app")
 async def test_create_cancelled_after_its_insert_commits_nothing(
-    app: Application,
     stubs: Stubs,
     install: InstallHandle,
     blocker: asyncpg.Connection,
@@ -182,8 +181,8 @@ async def test_create_cancelled_after_its_insert_commits_nothing(
     assert cancelled_calls(caplog, "CreateSchedule") == 1
 
 
+@pytest.mark.usefixtures("app")
 async def test_update_cancelled_while_waiting_for_the_row_changes_nothing(
-    app: Application,
     stubs: Stubs,
     install: InstallHandle,
     blocker: asyncpg.Connection,
@@ -215,8 +214,8 @@ async def test_update_cancelled_while_waiting_for_the_row_changes_nothing(
     assert cancelled_calls(caplog, "UpdateSchedule") == 1
 
 
+@pytest.mark.usefixtures("app")
 async def test_many_cancelled_reads_give_back_their_connections(
-    app: Application,
     stubs: Stubs,
     install: InstallHandle,
     blocker: asyncpg.Connection,
@@ -255,8 +254,9 @@ async def test_many_cancelled_reads_give_back_their_connections(
     assert released_after < SETTLE
 
 
+@pytest.mark.usefixtures("app")
 async def test_calls_that_find_no_free_connection_are_unavailable(
-    app: Application, stubs: Stubs, install: InstallHandle, blocker: asyncpg.Connection
+    stubs: Stubs, install: InstallHandle, blocker: asyncpg.Connection
 ) -> None:
     """With every pooled connection (10 + 10 overflow) waiting in a slow database, further calls
     wait for the pool's timeout (10 s) and then answer UNAVAILABLE, which clients retry, not

@@ -162,7 +162,7 @@ async def h(postgres: PostgresServer, runner: RecordingRunner) -> AsyncIterator[
             yield harness
 
 
-async def test_runner_receives_the_spec_request_and_the_run_is_recorded(h: Harness) -> None:
+async def test_runner_receives_the_execute_request_and_the_run_is_recorded(h: Harness) -> None:
     post = await h.create("0 * * * *", "POST /sync", payload={"full": True, "n": 3})
     get = await h.create("0 * * * *", "GET /status", payload={"ignored": True})
     due = START + timedelta(hours=1)
@@ -195,20 +195,26 @@ async def test_runner_receives_the_spec_request_and_the_run_is_recorded(h: Harne
         "providers": ["cap:scheduler.manage"],
     }
     payload = base64.b64decode(body_b64).decode()
-    assert json.loads(payload) == {"full": True, "n": 3} and " " not in payload
+    assert json.loads(payload) == {"full": True, "n": 3}
+    assert " " not in payload
     (sent_get,) = h.runner.of(get.id)
-    assert "body_b64" not in sent_get.body["http"] and sent_get.body["http"]["method"] == "GET"
+    assert "body_b64" not in sent_get.body["http"]
+    assert sent_get.body["http"]["method"] == "GET"
 
     schedule = await h.get(post.id)
     assert schedule.last_run_status == schedule_pb2.RUN_STATUS_SUCCESS
-    assert at(schedule.last_run_time) == due and schedule.last_error == ""
+    assert at(schedule.last_run_time) == due
+    assert schedule.last_error == ""
     assert at(schedule.next_run_time) == due + timedelta(hours=1)
     assert schedule.etag == post.etag  # a run is not a change of the schedule
     (run,) = await h.runs(post.id)
     assert run.status == schedule_pb2.RUN_STATE_SUCCESS
     assert run.trigger == schedule_pb2.RUN_TRIGGER_SCHEDULE
-    assert at(run.scheduled_time) == due and at(run.start_time) == due
-    assert run.attempt == 1 and run.error == "" and run.lateness.ToTimedelta() == timedelta()
+    assert at(run.scheduled_time) == due
+    assert at(run.start_time) == due
+    assert run.attempt == 1
+    assert run.error == ""
+    assert run.lateness.ToTimedelta() == timedelta()
 
 
 async def test_503_twice_then_200_is_one_success_after_three_attempts(h: Harness) -> None:
@@ -224,7 +230,9 @@ async def test_503_twice_then_200_is_one_success_after_three_attempts(h: Harness
     assert len({e.idempotency_key for e in sent}) == 1
     assert len({e.headers["x-request-id"] for e in sent}) == 3
     (run,) = await h.runs(schedule.id)
-    assert run.status == schedule_pb2.RUN_STATE_SUCCESS and run.attempt == 3 and run.error == ""
+    assert run.status == schedule_pb2.RUN_STATE_SUCCESS
+    assert run.attempt == 3
+    assert run.error == ""
 
 
 async def test_400_is_not_retried(h: Harness) -> None:
@@ -233,7 +241,8 @@ async def test_400_is_not_retried(h: Harness) -> None:
     await h.run_at(START + timedelta(hours=1))
     assert len(h.runner.of(schedule.id)) == 1
     (run,) = await h.runs(schedule.id)
-    assert run.status == schedule_pb2.RUN_STATE_ERROR and run.attempt == 1
+    assert run.status == schedule_pb2.RUN_STATE_ERROR
+    assert run.attempt == 1
     assert run.error == "Runner returned status 400"
     got = await h.get(schedule.id)
     assert got.last_run_status == schedule_pb2.RUN_STATUS_ERROR
@@ -256,7 +265,7 @@ OVERSIZE = b'{"status":200,"body":"' + b"x" * 300_000 + b'"}'
     ],
     ids=["non-json", "empty", "body-status-500", "oversize", "oversize-streamed", "timeout", "502"],
 )
-async def test_failures_record_the_spec_message(
+async def test_failures_record_their_message(
     h: Harness, replies: list[Any], message: str, calls: int
 ) -> None:
     schedule = await h.create("0 * * * *")
@@ -264,18 +273,20 @@ async def test_failures_record_the_spec_message(
     await h.run_at(START + timedelta(hours=1))
     assert len(h.runner.of(schedule.id)) == calls
     (run,) = await h.runs(schedule.id)
-    assert run.status == schedule_pb2.RUN_STATE_ERROR and run.attempt == calls
+    assert run.status == schedule_pb2.RUN_STATE_ERROR
+    assert run.attempt == calls
     assert message in run.error
     assert run.error.startswith("Runner ")
     got = await h.get(schedule.id)
-    assert got.last_error == run.error and got.last_run_status == schedule_pb2.RUN_STATUS_ERROR
+    assert got.last_error == run.error
+    assert got.last_run_status == schedule_pb2.RUN_STATUS_ERROR
 
 
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-# Window (UTC) around each New York change, and what the spec says must happen inside it.
+# Window (UTC) around each New York change, and what must happen inside it.
 DST_CHANGES = {
     # 02:00 EST -> 03:00 EDT: 02:30 runs at 03:00 EDT; */30 has nothing in the missing hour.
     "spring-forward": (
@@ -363,7 +374,8 @@ async def test_two_hour_outage_runs_once_and_continues_from_now(h: Harness) -> N
     assert newest.status == schedule_pb2.RUN_STATE_SUCCESS
     assert at(newest.scheduled_time) == first + timedelta(hours=2)  # the latest missed one
     assert newest.lateness.ToTimedelta() == timedelta(minutes=2, seconds=30)
-    assert oldest.status == schedule_pb2.RUN_STATE_SKIPPED and oldest.error == SKIPPED_MISSED
+    assert oldest.status == schedule_pb2.RUN_STATE_SKIPPED
+    assert oldest.error == SKIPPED_MISSED
     assert at(oldest.scheduled_time) == first
     got = await h.get(schedule.id)
     assert at(got.next_run_time) == first + timedelta(hours=2, minutes=5)
@@ -389,8 +401,10 @@ async def test_missing_endpoint_disables_the_schedule(h: Harness) -> None:
     await h.run_at(START + timedelta(hours=1))
     assert h.runner.executions == []
     got = await h.get(schedule.id)
-    assert not got.enabled and not got.HasField("next_run_time")
-    assert got.last_error == ENDPOINT_MISSING and got.etag != schedule.etag
+    assert not got.enabled
+    assert not got.HasField("next_run_time")
+    assert got.last_error == ENDPOINT_MISSING
+    assert got.etag != schedule.etag
 
 
 async def test_disabled_install_keeps_schedules_and_continues_from_now(h: Harness) -> None:
@@ -407,7 +421,8 @@ async def test_disabled_install_keeps_schedules_and_continues_from_now(h: Harnes
         admin_pb.UpsertInstallRequest(install=message), metadata=admin_metadata()
     )
     kept = await h.get(schedule.id)
-    assert kept.enabled and at(kept.next_run_time) == START + timedelta(hours=4)
+    assert kept.enabled
+    assert at(kept.next_run_time) == START + timedelta(hours=4)
     await h.run_at(START + timedelta(hours=4))
     (run,) = await h.runs(schedule.id)  # nothing caught up, no skipped records
     assert at(run.scheduled_time) == START + timedelta(hours=4)
@@ -438,7 +453,8 @@ async def test_run_schedule_now_runs_at_once_and_is_limited_per_tenant(h: Harnes
     call = admin_pb.RunScheduleNowRequest(install_id=h.install.install_id, schedule_id=schedule.id)
     reply = await h.stubs.admin.RunScheduleNow(call, metadata=admin_metadata())
     assert reply.run.trigger == schedule_pb2.RUN_TRIGGER_MANUAL
-    assert reply.run.status == schedule_pb2.RUN_STATE_SUCCESS and reply.run.attempt == 1
+    assert reply.run.status == schedule_pb2.RUN_STATE_SUCCESS
+    assert reply.run.attempt == 1
     assert at(reply.run.scheduled_time) == START
     (sent,) = h.runner.executions
     assert sent.body["context"]["trigger"] == "manual"
@@ -447,8 +463,10 @@ async def test_run_schedule_now_runs_at_once_and_is_limited_per_tenant(h: Harnes
         h.clock.now += timedelta(seconds=1)
         await h.stubs.admin.RunScheduleNow(call, metadata=admin_metadata())
     limited = await rpc_failure(h.stubs.admin.RunScheduleNow(call, metadata=admin_metadata()))
-    assert limited.code == grpc.StatusCode.RESOURCE_EXHAUSTED and limited.reason == "RATE_LIMITED"
-    assert limited.retry_delay_seconds is not None and limited.retry_delay_seconds > 0
+    assert limited.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert limited.reason == "RATE_LIMITED"
+    assert limited.retry_delay_seconds is not None
+    assert limited.retry_delay_seconds > 0
     assert len(h.runner.executions) == 5
     assert (await h.get(schedule.id)).last_run_status == schedule_pb2.RUN_STATUS_SUCCESS
 
@@ -462,7 +480,8 @@ async def test_run_schedule_now_reports_unknown_and_invalid_ids(h: Harness) -> N
             metadata=admin_metadata(),
         )
     )
-    assert unknown.code == grpc.StatusCode.NOT_FOUND and unknown.reason == "SCHEDULE_NOT_FOUND"
+    assert unknown.code == grpc.StatusCode.NOT_FOUND
+    assert unknown.reason == "SCHEDULE_NOT_FOUND"
     invalid = await rpc_failure(
         h.stubs.admin.RunScheduleNow(
             admin_pb.RunScheduleNowRequest(install_id="nope", schedule_id="nope"),
@@ -477,7 +496,7 @@ async def test_stop_releases_a_run_in_flight_for_another_process(h: Harness) -> 
     schedule = await h.create("0 * * * *")
     stopped = asyncio.Event()
 
-    async def hold_until_stopped(execution: Execution) -> Reply:
+    async def hold_until_stopped(_execution: Execution) -> Reply:
         if not stopped.is_set():
             await asyncio.Event().wait()  # longer than the 0.5 s grace: never
         return Reply()
@@ -493,7 +512,8 @@ async def test_stop_releases_a_run_in_flight_for_another_process(h: Harness) -> 
         "SELECT status, lease_until FROM schedule_runs WHERE schedule_id = :sid",
         sid=uuid.UUID(schedule.id),
     )
-    assert status == "running" and lease_until <= due
+    assert status == "running"
+    assert lease_until <= due
 
     successor = await start_application(h.app.settings, clock=h.clock)
     try:
@@ -502,7 +522,8 @@ async def test_stop_releases_a_run_in_flight_for_another_process(h: Harness) -> 
     finally:
         await successor.stop()
     sent = h.runner.of(schedule.id)
-    assert run.status.value == "success" and run.attempt == len(sent) >= 2
+    assert run.status.value == "success"
+    assert run.attempt == len(sent) >= 2
     assert len({e.idempotency_key for e in sent}) == 1
 
 

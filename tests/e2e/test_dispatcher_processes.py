@@ -104,7 +104,7 @@ def dispatcher_env(runner: RecordingRunner, **overrides: str) -> dict[str, str]:
 async def servers(
     database_url: str, logs: list[Path], env: dict[str, str]
 ) -> AsyncIterator[list[ServerProcess]]:
-    started = [spawn_server(database_url, log, **env) for log in logs]
+    started = [spawn_server(database_url, log, args=("serve",), **env) for log in logs]
     try:
         await asyncio.gather(*(asyncio.to_thread(wait_until_serving, s) for s in started))
         yield started
@@ -194,7 +194,7 @@ async def test_sigkill_mid_run_loses_nothing_and_fires_the_occurrence_once(
     (schedule_id,) = await create_schedules(database_url, installs=1, per_install=1)
     first_delivery = asyncio.Event()
 
-    async def hang_on_first_delivery(execution: Execution) -> Reply:
+    async def hang_on_first_delivery(_execution: Execution) -> Reply:
         if not first_delivery.is_set():
             first_delivery.set()
             await asyncio.Event().wait()  # the process dies while the Runner is working
@@ -236,5 +236,7 @@ async def test_sigkill_mid_run_loses_nothing_and_fires_the_occurrence_once(
                 {"id": uuid.UUID(schedule_id)},
             )
         ).one()
-    assert schedule.enabled and schedule.next_run_time > due
-    assert schedule.last_run_status == "success" and schedule.running_run_id is None
+    assert schedule.enabled
+    assert schedule.next_run_time > due
+    assert schedule.last_run_status == "success"
+    assert schedule.running_run_id is None

@@ -95,7 +95,7 @@ async def test_a_repeated_admin_authorization_is_refused(stubs: Stubs) -> None:
 async def test_a_streaming_method_of_our_services_is_refused_by_the_chain() -> None:
     """A method added later that is not unary would otherwise pass every link untouched."""
 
-    async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    async def stream(_request: bytes, _context: Any) -> AsyncIterator[bytes]:
         yield b"should never be sent"
 
     handler = grpc.method_handlers_generic_handler(
@@ -108,10 +108,12 @@ async def test_a_streaming_method_of_our_services_is_refused_by_the_chain() -> N
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_stream("/schedulerhost.v1.SchedulerHost/Watch")(b"")
+            watch: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                "/schedulerhost.v1.SchedulerHost/Watch"
+            )
+            # The first read raises for the refusal; a message coming through would not raise.
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                async for _ in call:
-                    raise AssertionError("a message came through")
+                await watch(b"").read()
     finally:
         await server.stop(None)
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -136,7 +138,8 @@ async def test_reads_are_limited_per_install_and_mutations_do_not_count(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "RATE_LIMITED",
         )
-        assert failure.retry_delay_seconds is not None and 0 < failure.retry_delay_seconds <= 60
+        assert failure.retry_delay_seconds is not None
+        assert 0 < failure.retry_delay_seconds <= 60
         await stubs.host.GetEndpoints(pb.GetEndpointsRequest(), metadata=other.metadata)
         await stubs.host.CreateSchedule(create(), metadata=limited.metadata)
 
@@ -266,7 +269,8 @@ def test_serve_on_every_address_without_tls_warns(e2e_database_url: str, tmp_pat
     finally:
         server.stop()
     warnings = [line for line in server.log().splitlines() if "without TLS" in line]
-    assert len(warnings) == 1 and "WARNING" in warnings[0], server.log()
+    assert len(warnings) == 1, server.log()
+    assert "WARNING" in warnings[0], server.log()
 
 
 # --- the Runner: its credential, and answers that must not poison a schedule ----------------------
@@ -385,7 +389,10 @@ async def test_a_poison_answer_fails_the_run_once_and_the_schedule_goes_on(
                 await app.stop()
     finally:
         await runner.stop()
-    assert run.status.value == "error" and expected_error in (run.error or ""), run
-    assert 1 <= calls <= 3 and runner.requests == calls
-    assert got.schedule.enabled and at(got.schedule.next_run_time) == START + timedelta(hours=2)
+    assert run.status.value == "error", run
+    assert expected_error in (run.error or ""), run
+    assert 1 <= calls <= 3
+    assert runner.requests == calls
+    assert got.schedule.enabled
+    assert at(got.schedule.next_run_time) == START + timedelta(hours=2)
     assert got.schedule.last_run_status == schedule_pb2.RUN_STATUS_ERROR

@@ -1,7 +1,7 @@
 """Hostile input through the real server (`scheduler-host serve`, real PostgreSQL).
 
 - hypothesis-generated requests for every RPC of both services: every answer is OK or a code and
-  `ErrorInfo.reason` that SPEC §5 allows (never UNKNOWN or INTERNAL), field violations carry a
+  `ErrorInfo.reason` that the API allows (never UNKNOWN or INTERNAL), field violations carry a
   known reason, what is accepted is stored exactly, and the server stays healthy;
 - random bytes as the request body of every method: each is answered within its deadline;
 - a request over the maximum message size is refused with RESOURCE_EXHAUSTED, while the largest
@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -55,7 +55,7 @@ EXAMPLES = int(os.environ.get("SCHEDULER_HOST_HOSTILE_EXAMPLES", "25"))
 DEADLINE = 10.0  # seconds; generous on a loaded CI machine, far below "hangs"
 Metadata = tuple[tuple[str, str], ...]
 
-# SPEC §5: the codes a caller may see, each with the ErrorInfo reasons it may carry. UNAVAILABLE
+# The codes a caller may see, each with the ErrorInfo reasons it may carry. UNAVAILABLE
 # is not listed: the database is up and the server is not stopping during these tests.
 ALLOWED: dict[grpc.StatusCode, set[str]] = {
     grpc.StatusCode.OK: {""},
@@ -69,8 +69,8 @@ ALLOWED: dict[grpc.StatusCode, set[str]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: {"SCHEDULE_QUOTA_EXCEEDED", "RATE_LIMITED", ""},
     grpc.StatusCode.ABORTED: {"ETAG_MISMATCH"},
 }
-# SPEC §4 field reasons, plus the server's reasons for install fields, preview counts and
-# preview start times.
+# The field reasons of schedule validation, plus the server's reasons for install fields,
+# preview counts and preview start times.
 FIELD_REASONS = {
     "CRON_INVALID",
     "CRON_DOM_AND_DOW",
@@ -205,14 +205,15 @@ def call(method: Callable[..., Any], request: Any, metadata: Metadata) -> Outcom
     try:
         response = method(request, metadata=metadata, timeout=DEADLINE)
     except grpc.RpcError as error:
-        assert isinstance(error, grpc.Call)
-        failure = failure_of(error)  # type: ignore[arg-type]
+        if not isinstance(error, grpc.Call):  # the error of a call is also the call
+            raise
+        failure = failure_of(error)
         return Outcome(failure.code, failure, None, time.monotonic() - started)
     return Outcome(grpc.StatusCode.OK, None, response, time.monotonic() - started)
 
 
 def check_allowed(outcome: Outcome, what: str) -> None:
-    """The answer is one SPEC §5 allows, in its documented form."""
+    """The answer is one the API allows, in its documented form."""
     assert outcome.code != grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}: no answer in time"
     assert outcome.code in ALLOWED, f"{what}: {outcome.code} {outcome.failure}"
     failure = outcome.failure
@@ -304,7 +305,7 @@ SPECIALS = [
     "urn:uuid:" + str(uuid.uuid4()),
 ]
 
-no_surrogates = st.characters(exclude_categories=("Cs",))
+no_surrogates = st.characters(exclude_categories=["Cs"])
 long_text = st.builds(
     lambda unit, count: unit * count,
     st.sampled_from(["x", "\u00e9", "\U0001f600", "/", "a/", "\x00", " "]),
@@ -400,7 +401,7 @@ def schedules(t: Target, *, with_id: bool) -> st.SearchStrategy[schedule_pb2.Sch
         if draw(st.booleans()):
             msg.next_run_time.CopyFrom(draw(any_timestamp))
             msg.create_time.CopyFrom(draw(any_timestamp))
-        msg.last_run_status = draw(st.integers(-5, 10))
+        msg.last_run_status = schedule_pb2.RunStatus.ValueType(draw(st.integers(-5, 10)))
         for name in ("run_at", "start_time", "end_time"):
             if draw(st.integers(0, 5)) == 0:
                 getattr(msg, name).CopyFrom(draw(any_timestamp))
@@ -702,6 +703,7 @@ def test_generated_requests_get_an_allowed_answer(
     if outcome.code != grpc.StatusCode.OK:
         return
     if rpc == "CreateSchedule":
+        assert isinstance(request, pb.CreateScheduleRequest)
         created = outcome.response.schedule
         check_stored_schedule(t, request.schedule, created)
         # Keep the install below its quota, so later examples reach validation.
@@ -711,6 +713,7 @@ def test_generated_requests_get_an_allowed_answer(
             timeout=DEADLINE,
         )
     elif rpc == "UpsertInstall":
+        assert isinstance(request, admin_pb.UpsertInstallRequest)
         sent, got = request.install, outcome.response.install
         stored = t.admin.GetInstall(
             admin_pb.GetInstallRequest(install_id=got.install_id),
@@ -725,16 +728,17 @@ def test_generated_requests_get_an_allowed_answer(
         )
         assert {e.handler for e in stored.endpoints} == {e.handler.strip() for e in sent.endpoints}
     elif rpc == "UpdateSchedule":
+        assert isinstance(request, pb.UpdateScheduleRequest)
         mask = set(request.update_mask.paths)
-        sent = schedule_pb2.Schedule()
+        changed = schedule_pb2.Schedule()
         for name in ("name", "timezone", "cron", "payload"):
             if mask and name not in mask:
                 continue
             if name != "payload":
-                setattr(sent, name, getattr(request.schedule, name))
+                setattr(changed, name, getattr(request.schedule, name))
             elif request.schedule.HasField("payload"):
-                sent.payload.CopyFrom(request.schedule.payload)
-        check_stored_schedule(t, sent, outcome.response.schedule)
+                changed.payload.CopyFrom(request.schedule.payload)
+        check_stored_schedule(t, changed, outcome.response.schedule)
 
 
 @pytest.mark.parametrize("rpc", HOST_RPCS + ADMIN_RPCS)
@@ -779,14 +783,16 @@ def test_random_bytes_are_answered_in_time(target: Target, rpc: str, body: bytes
     t = target
     service = "SchedulerHost" if rpc in HOST_RPCS else "SchedulerAdmin"
     # No serializer: the bytes go on the wire as they are.
-    raw = t.channel.unary_unary(f"/schedulerhost.v1.{service}/{_METHOD_NAMES.get(rpc, rpc)}")
+    raw: grpc.UnaryUnaryMultiCallable[bytes, bytes] = t.channel.unary_unary(
+        f"/schedulerhost.v1.{service}/{_METHOD_NAMES.get(rpc, rpc)}"
+    )
     md = t.install_metadata(t.main) if rpc in HOST_RPCS else admin_metadata()
     outcome = call(raw, body, md)
     event(f"{outcome.code.name} {outcome.failure.reason if outcome.failure else ''}")
     check_answer(outcome, f"{rpc}({body!r:.200})")
     assert outcome.seconds < DEADLINE
     if outcome.failure is not None and outcome.failure.reason == "MALFORMED_REQUEST":
-        with pytest.raises(Exception):  # noqa: B017 - whatever the decoder raises
+        with pytest.raises(DecodeError):
             REQUEST_TYPES[rpc].FromString(body)
 
 
@@ -929,7 +935,7 @@ NAME_CASES: list[tuple[str, str | None, str | None]] = [
         None,
         "\u540d\u524d \u0645\u0631\u062d\u0628\u0627",
     ),
-    ("  padded  ", None, "padded"),  # SPEC §4: names are trimmed
+    ("  padded  ", None, "padded"),  # names are trimmed
     ("\U0001f600" * 128, None, "\U0001f600" * 128),  # 128 characters, 512 bytes
     ("x" * 129, "NAME_INVALID", None),
     ("a\x00b", "NAME_INVALID", None),
@@ -969,7 +975,7 @@ ENDPOINT_CASES: list[tuple[str, str | None, str | None]] = [
     ("GET /items/{id}", "ENDPOINT_NOT_SCHEDULABLE", None),
     ("POST /users/:id", "ENDPOINT_NOT_SCHEDULABLE", None),
     ("/report", "ENDPOINT_AMBIGUOUS", None),
-    ("POST //sync", None, "POST /sync"),  # SPEC §4: repeated "/" collapsed
+    ("POST //sync", None, "POST /sync"),  # repeated "/" collapsed
     ("/sync", None, "POST /sync"),
 ]
 CRON_CASES: list[tuple[str, str | None, str | None]] = [
@@ -1017,70 +1023,96 @@ FIELD_CASES = (
 )
 
 
+def odd_schedule(case: FieldCase) -> schedule_pb2.Schedule:
+    """A valid schedule but for `case`'s field."""
+    fields: dict[str, Any] = {"endpoint": "POST /sync", "cron": "0 0 1 1 *"}
+    if case.field == "payload":
+        fields["payload"] = to_value(case.value)
+    else:
+        fields[case.field] = case.value
+    return schedule_pb2.Schedule(**fields)
+
+
+def send_odd_value(
+    t: Target, md: Metadata, case: FieldCase, sent: schedule_pb2.Schedule, how: str
+) -> tuple[Outcome, schedule_pb2.Schedule | None]:
+    """`sent` in a create, or its field in an update of a schedule made for it (returned too)."""
+    if how == "create":
+        return call(t.host.CreateSchedule, pb.CreateScheduleRequest(schedule=sent), md), None
+    base = t.host.CreateSchedule(
+        pb.CreateScheduleRequest(
+            schedule=schedule_pb2.Schedule(endpoint="POST /sync", cron="0 0 1 1 *")
+        ),
+        metadata=md,
+        timeout=DEADLINE,
+    ).schedule
+    update = schedule_pb2.Schedule()
+    update.CopyFrom(sent)
+    update.id = base.id
+    outcome = call(
+        t.host.UpdateSchedule,
+        pb.UpdateScheduleRequest(
+            schedule=update, update_mask=field_mask_pb2.FieldMask(paths=[case.field])
+        ),
+        md,
+    )
+    return outcome, base
+
+
+def odd_value_problems(
+    t: Target,
+    md: Metadata,
+    case: FieldCase,
+    label: str,
+    outcome: Outcome,
+    base: schedule_pb2.Schedule | None,
+) -> list[str]:
+    """What went wrong: a value refused for another reason (or a refused update that changed
+    the schedule), or a value accepted that is not stored exactly."""
+    problems: list[str] = []
+    if case.reason is not None:
+        if outcome.failure is None or outcome.failure.violations != {
+            f"schedule.{case.field}": case.reason
+        }:
+            problems.append(f"{label}: expected {case.reason}, got {outcome}")
+        if base is not None:
+            # Refused means unchanged.
+            now = t.host.GetSchedule(
+                pb.GetScheduleRequest(id=base.id), metadata=md, timeout=DEADLINE
+            ).schedule
+            if now != base:
+                problems.append(f"{label}: a refused update changed the schedule")
+    elif outcome.code != grpc.StatusCode.OK:
+        problems.append(f"{label}: expected it stored, got {outcome.failure}")
+    else:
+        got = outcome.response.schedule
+        stored = payload_of(got.payload) if case.field == "payload" else getattr(got, case.field)
+        if not same_json(stored, case.stored):
+            problems.append(f"{label}: stored as {stored!r:.80}")
+        again = t.host.GetSchedule(
+            pb.GetScheduleRequest(id=got.id), metadata=md, timeout=DEADLINE
+        ).schedule
+        if again != got:
+            problems.append(f"{label}: read back differently")
+    return problems
+
+
 def test_odd_values_are_refused_or_stored_exactly(target: Target) -> None:
     t = target
     md = t.install_metadata(t.main)
     problems: list[str] = []
     for case in FIELD_CASES:
-        fields: dict[str, Any] = {"endpoint": "POST /sync", "cron": "0 0 1 1 *"}
-        if case.field == "payload":
-            fields["payload"] = to_value(case.value)
-        else:
-            fields[case.field] = case.value
-        sent = schedule_pb2.Schedule(**fields)
+        sent = odd_schedule(case)
         for how in ("create", "update"):
-            if how == "create":
-                outcome = call(t.host.CreateSchedule, pb.CreateScheduleRequest(schedule=sent), md)
-            else:
-                base = t.host.CreateSchedule(
-                    pb.CreateScheduleRequest(
-                        schedule=schedule_pb2.Schedule(endpoint="POST /sync", cron="0 0 1 1 *")
-                    ),
-                    metadata=md,
-                    timeout=DEADLINE,
-                ).schedule
-                update = schedule_pb2.Schedule()
-                update.CopyFrom(sent)
-                update.id = base.id
-                outcome = call(
-                    t.host.UpdateSchedule,
-                    pb.UpdateScheduleRequest(
-                        schedule=update, update_mask=field_mask_pb2.FieldMask(paths=[case.field])
-                    ),
-                    md,
-                )
+            outcome, base = send_odd_value(t, md, case, sent, how)
             label = f"{how} {case.field}={case.value!r:.80}"
             check_answer(outcome, label)
-            if case.reason is not None:
-                if outcome.failure is None or outcome.failure.violations != {
-                    f"schedule.{case.field}": case.reason
-                }:
-                    problems.append(f"{label}: expected {case.reason}, got {outcome}")
-                if how == "update":
-                    # Refused means unchanged.
-                    now = t.host.GetSchedule(
-                        pb.GetScheduleRequest(id=base.id), metadata=md, timeout=DEADLINE
-                    ).schedule
-                    if now != base:
-                        problems.append(f"{label}: a refused update changed the schedule")
-            elif outcome.code != grpc.StatusCode.OK:
-                problems.append(f"{label}: expected it stored, got {outcome.failure}")
-            else:
-                got = outcome.response.schedule
-                stored = (
-                    payload_of(got.payload) if case.field == "payload" else getattr(got, case.field)
-                )
-                if not same_json(stored, case.stored):
-                    problems.append(f"{label}: stored as {stored!r:.80}")
-                again = t.host.GetSchedule(
-                    pb.GetScheduleRequest(id=got.id), metadata=md, timeout=DEADLINE
-                ).schedule
-                if again != got:
-                    problems.append(f"{label}: read back differently")
-            if outcome.code == grpc.StatusCode.OK or how == "update":
-                created_id = outcome.response.schedule.id if outcome.response else base.id
+            problems += odd_value_problems(t, md, case, label, outcome, base)
+            if outcome.code == grpc.StatusCode.OK or base is not None:
+                made = outcome.response.schedule if outcome.response else base
+                assert made is not None
                 t.host.DeleteSchedule(
-                    pb.DeleteScheduleRequest(id=created_id), metadata=md, timeout=DEADLINE
+                    pb.DeleteScheduleRequest(id=made.id), metadata=md, timeout=DEADLINE
                 )
     assert not problems, "\n".join(problems)
     assert_healthy(t)

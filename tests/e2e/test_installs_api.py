@@ -1,10 +1,11 @@
 """SchedulerAdmin through the real server: installs, version upgrades with the remap of schedules,
-disabling and deleting installs, run history (SPEC sections 2, 3 and 7)."""
+disabling and deleting installs, run history."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -112,9 +113,11 @@ async def test_upsert_creates_and_get_returns_the_same_install(stubs: Stubs) -> 
     assert created.registry_id == "registry-ext"
     assert created.version_id == "2.4.0"
     assert created.content_hash == "sha256:abc"
-    assert created.HasField("enabled") and created.enabled is True
+    assert created.HasField("enabled")
+    assert created.enabled is True
     assert sorted(created.granted_capabilities) == sorted([CAPABILITY, "cap:storage.kv"])
-    assert created.HasField("create_time") and created.HasField("update_time")
+    assert created.HasField("create_time")
+    assert created.HasField("update_time")
     now = datetime.now(UTC)
     assert abs(created.create_time.ToDatetime(tzinfo=UTC) - now) < timedelta(minutes=1)
 
@@ -127,7 +130,8 @@ async def test_upsert_creates_and_get_returns_the_same_install(stubs: Stubs) -> 
     assert got.enabled is True
     assert sorted(got.granted_capabilities) == sorted(created.granted_capabilities)
     assert routes(got) == expected_routes
-    assert got.create_time == created.create_time and got.update_time == created.update_time
+    assert got.create_time == created.create_time
+    assert got.update_time == created.update_time
 
     # The runner sees the normalised endpoints too.
     handle = InstallHandle(install_id, message.tenant_id, "2.4.0")
@@ -183,19 +187,24 @@ async def test_version_upgrade_remaps_and_refuses_to_orphan_schedules(
     # v2 keeps both routes, with new handlers: the schedules follow to the v2 endpoints.
     v2_endpoints = tuple((m, p, f"{h}_v2") for m, p, h in DEFAULT_ENDPOINTS)
     reply = await upsert(stubs, same_install(install, "v2", endpoints=v2_endpoints))
-    assert reply.install.version_id == "v2" and list(reply.disabled_schedule_ids) == []
+    assert reply.install.version_id == "v2"
+    assert list(reply.disabled_schedule_ids) == []
     v2_ids = await endpoint_ids(stubs, install)
     endpoints = await stubs.host.GetEndpoints(pb.GetEndpointsRequest(), metadata=install.metadata)
     assert {e.handler for e in endpoints.endpoints} == {h for _, _, h in v2_endpoints}
     sync_v2 = await get(stubs, install, sync.id)
     status_v2 = await get(stubs, install, status.id)
-    assert sync_v2.endpoint == "POST /sync" and sync_v2.endpoint_id == v2_ids["POST /sync"]
-    assert status_v2.endpoint == "GET /status" and status_v2.endpoint_id == v2_ids["GET /status"]
+    assert sync_v2.endpoint == "POST /sync"
+    assert sync_v2.endpoint_id == v2_ids["POST /sync"]
+    assert status_v2.endpoint == "GET /status"
+    assert status_v2.endpoint_id == v2_ids["GET /status"]
     assert sync_v2.endpoint_id != sync.endpoint_id
     # Moving to another endpoint is a change of the schedule: its etag changes with it.
     assert sync_v2.etag != sync.etag
-    assert sync_v2.enabled and sync_v2.HasField("next_run_time")
-    assert status_v2.enabled and status_v2.HasField("next_run_time")
+    assert sync_v2.enabled
+    assert sync_v2.HasField("next_run_time")
+    assert status_v2.enabled
+    assert status_v2.HasField("next_run_time")
     # ...and keep working: they can be updated and new ones made on the v2 endpoints.
     updated = await stubs.host.UpdateSchedule(
         pb.UpdateScheduleRequest(
@@ -233,13 +242,16 @@ async def test_version_upgrade_remaps_and_refuses_to_orphan_schedules(
     v3_ids = await endpoint_ids(stubs, install)
     assert "GET /status" not in v3_ids
     orphan = await get(stubs, install, status.id)
-    assert orphan.HasField("enabled") and orphan.enabled is False
+    assert orphan.HasField("enabled")
+    assert orphan.enabled is False
     assert not orphan.HasField("next_run_time")
     assert orphan.last_error == MISSING_ENDPOINT_ERROR
     assert orphan.etag != status_v2.etag
     kept = await get(stubs, install, sync.id)
-    assert kept.enabled is True and kept.HasField("next_run_time")
-    assert kept.endpoint == "POST /sync" and kept.endpoint_id == v3_ids["POST /sync"]
+    assert kept.enabled is True
+    assert kept.HasField("next_run_time")
+    assert kept.endpoint == "POST /sync"
+    assert kept.endpoint_id == v3_ids["POST /sync"]
     assert kept.last_error == ""
 
     # Enabling the orphan again is refused until it names an endpoint of the current version.
@@ -254,7 +266,8 @@ async def test_version_upgrade_remaps_and_refuses_to_orphan_schedules(
     enable.schedule.endpoint = "POST /sync"
     enable.update_mask.paths.append("endpoint")
     revived = (await stubs.host.UpdateSchedule(enable, metadata=install.metadata)).schedule
-    assert revived.enabled and revived.endpoint_id == v3_ids["POST /sync"]
+    assert revived.enabled
+    assert revived.endpoint_id == v3_ids["POST /sync"]
     assert revived.HasField("next_run_time")
 
 
@@ -308,7 +321,7 @@ async def test_delete_install_removes_it_and_its_schedules(
         admin_pb.DeleteInstallRequest(install_id=install.install_id), metadata=admin_metadata()
     )
 
-    runner_calls = [
+    runner_calls: list[Awaitable[Any]] = [
         stubs.host.GetSchedule(pb.GetScheduleRequest(id=mine[0].id), metadata=install.metadata),
         stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=install.metadata),
         stubs.host.CreateSchedule(
@@ -348,7 +361,8 @@ async def test_delete_install_removes_it_and_its_schedules(
     # Registering the same install again starts empty: its schedules went with it.
     await upsert(stubs, same_install(install, "v1"))
     listed = await stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=install.metadata)
-    assert listed.total_size == 0 and list(listed.schedules) == []
+    assert listed.total_size == 0
+    assert list(listed.schedules) == []
     gone = await rpc_failure(
         stubs.host.GetSchedule(pb.GetScheduleRequest(id=mine[0].id), metadata=install.metadata)
     )
@@ -376,7 +390,7 @@ async def test_disabled_install_keeps_its_schedules(stubs: Stubs, install: Insta
     assert reply.install.enabled is False
     assert (await get_install(stubs, install.install_id)).enabled is False
 
-    runner_calls = [
+    runner_calls: list[Awaitable[Any]] = [
         stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=install.metadata),
         stubs.host.GetSchedule(pb.GetScheduleRequest(id=a.id), metadata=install.metadata),
         stubs.host.CreateSchedule(
@@ -401,7 +415,8 @@ async def test_disabled_install_keeps_its_schedules(stubs: Stubs, install: Insta
 
     await upsert(stubs, same_install(install, "v1", enabled=True))
     listed = await stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=install.metadata)
-    assert [s.id for s in listed.schedules] == [a.id, b.id] and listed.total_size == 2
+    assert [s.id for s in listed.schedules] == [a.id, b.id]
+    assert listed.total_size == 2
     now = datetime.now(UTC) - timedelta(seconds=1)
     for before, after in zip((a, b), listed.schedules, strict=True):
         assert (after.name, after.cron, after.endpoint) == (
@@ -409,7 +424,8 @@ async def test_disabled_install_keeps_its_schedules(stubs: Stubs, install: Insta
             before.cron,
             before.endpoint,
         )
-        assert after.enabled is True and after.HasField("next_run_time")
+        assert after.enabled is True
+        assert after.HasField("next_run_time")
         assert after.next_run_time.ToDatetime(tzinfo=UTC) > now
 
 
@@ -424,7 +440,8 @@ async def test_list_schedule_runs(
         admin_pb.ListScheduleRunsRequest(install_id=install.install_id, schedule_id=schedule.id),
         metadata=admin_metadata(),
     )
-    assert list(reply.runs) == [] and reply.next_page_token == ""
+    assert list(reply.runs) == []
+    assert reply.next_page_token == ""
 
     unknown = await rpc_failure(
         stubs.admin.ListScheduleRuns(
@@ -468,19 +485,22 @@ async def test_operator_reads_schedules_of_a_disabled_install(stubs: Stubs) -> N
         ),
         metadata=admin_metadata(),
     )
-    assert got.schedule.id == first.id and got.schedule.name == "first"
+    assert got.schedule.id == first.id
+    assert got.schedule.name == "first"
     page = await stubs.admin.ListSchedules(
         admin_pb.SchedulerAdminListSchedulesRequest(install_id=handle.install_id, page_size=1),
         metadata=admin_metadata(),
     )
-    assert [s.id for s in page.schedules] == [first.id] and page.total_size == 2
+    assert [s.id for s in page.schedules] == [first.id]
+    assert page.total_size == 2
     rest = await stubs.admin.ListSchedules(
         admin_pb.SchedulerAdminListSchedulesRequest(
             install_id=handle.install_id, page_token=page.next_page_token
         ),
         metadata=admin_metadata(),
     )
-    assert [s.id for s in rest.schedules] == [second.id] and not rest.next_page_token
+    assert [s.id for s in rest.schedules] == [second.id]
+    assert not rest.next_page_token
 
 
 async def test_operator_reads_answer_not_found_for_unknown_ids(

@@ -1,4 +1,4 @@
-"""Quota and rate limit hold across server processes (SPEC §6): two `scheduler-host serve`
+"""Quota and rate limit hold across server processes: two `scheduler-host serve`
 processes share one PostgreSQL database, and every count lives in that database.
 """
 
@@ -51,7 +51,7 @@ def start_pair(e2e_database_url: str, tmp_path: Path) -> Iterator[StartPair]:
         )
         started.append(first)
         wait_until_serving(first)
-        second = spawn_server(e2e_database_url, tmp_path / "server-2.log", **env)
+        second = spawn_server(e2e_database_url, tmp_path / "server-2.log", args=("serve",), **env)
         started.append(second)
         wait_until_serving(second)
         return first, second
@@ -249,8 +249,8 @@ async def test_rate_limit_is_shared_by_two_processes(start_pair: StartPair) -> N
             lambda: pair[1].host.UpdateSchedule(bad_update, metadata=md),
         ]
         for call in refused_calls:
-            _, failure = await attempt(call())
-            assert_rate_limited(failure)
+            _, refusal = await attempt(call())
+            assert_rate_limited(refusal)
         still_there = await pair[1].host.GetSchedule(pb.GetScheduleRequest(id=kept.id), metadata=md)
         assert still_there.schedule.etag == updated.etag
 
@@ -282,7 +282,7 @@ async def test_rate_limit_is_shared_by_two_processes(start_pair: StartPair) -> N
 
         # Just before its slot frees, the timed install is still refused; just after, it passes.
         await asyncio.sleep(max(0.0, timed_free_at - 1.0 - time.time()))
-        _, failure = await attempt(create(timed, 0))
-        assert_rate_limited(failure)
+        _, refusal = await attempt(create(timed, 0))
+        assert_rate_limited(refusal)
         await asyncio.sleep(max(0.0, timed_free_at - time.time()) + 0.25)
         await create(timed, 1)  # passes

@@ -126,7 +126,8 @@ async def test_node_client_fails_loudly(node_client: Path) -> None:
         cwd=node_client,
     )
     assert code == 1
-    assert "FAILED" in err and "UNAVAILABLE" in err
+    assert "FAILED" in err
+    assert "UNAVAILABLE" in err
 
 
 async def test_node_generated_code_is_fresh(node_client: Path) -> None:

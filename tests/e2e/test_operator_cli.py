@@ -144,7 +144,8 @@ async def test_json_output_parses_as_the_messages(target: str, tmp_path: Path) -
     )
     assert listed.returncode == 0, listed.stderr
     page = json.loads(listed.stdout)
-    assert page["totalSize"] == 1 and [s["id"] for s in page["schedules"]] == [made.id]
+    assert page["totalSize"] == 1
+    assert [s["id"] for s in page["schedules"]] == [made.id]
 
     got = await scheduler_host(
         target, "-o", "json", "schedules", "get", "--install", install_id, "--schedule", made.id
@@ -192,7 +193,8 @@ async def test_a_refused_request_exits_67_with_its_reason_and_every_field_violat
     assert all(len(line.split(": ", 2)) == 3 for line in details), "each with its description"
 
     as_json = await scheduler_host(target, "-o", "json", "installs", "upsert", "-f", str(bad))
-    assert as_json.returncode == 67 and as_json.stdout == ""
+    assert as_json.returncode == 67
+    assert as_json.stdout == ""
     error = json.loads(as_json.stderr)
     assert (error["code"], error["reason"], error["exitCode"]) == (
         "INVALID_ARGUMENT",
@@ -212,9 +214,11 @@ async def test_exit_codes_follow_the_grpc_code(target: str) -> None:
     assert "UNAUTHENTICATED INVALID_TOKEN" in wrong_token.stderr
     assert "not-the-token" not in wrong_token.stderr
     closed = await scheduler_host(f"127.0.0.1:{free_port()}", "installs", "get", missing)
-    assert closed.returncode == 78 and "UNAVAILABLE" in closed.stderr, closed
+    assert closed.returncode == 78, closed
+    assert "UNAVAILABLE" in closed.stderr, closed
     usage = await scheduler_host(target, "schedules", "list")
-    assert usage.returncode == 2 and "--install" in usage.stderr, usage
+    assert usage.returncode == 2, usage
+    assert "--install" in usage.stderr, usage
 
 
 async def test_the_token_comes_from_the_servers_variables(target: str) -> None:
@@ -245,20 +249,22 @@ async def test_installs_get_and_delete(target: str, tmp_path: Path) -> None:
     )
 
     unconfirmed = await scheduler_host(target, "installs", "delete", install_id)
-    assert unconfirmed.returncode == 1 and "Aborted!" in unconfirmed.stderr
+    assert unconfirmed.returncode == 1
+    assert "Aborted!" in unconfirmed.stderr
     assert (await scheduler_host(target, "installs", "get", install_id)).returncode == 0
 
     deleted = await scheduler_host(target, "installs", "delete", install_id, "--yes")
-    assert deleted.returncode == 0 and f"deleted install {install_id}" in deleted.stdout
+    assert deleted.returncode == 0
+    assert f"deleted install {install_id}" in deleted.stdout
     assert (await scheduler_host(target, "installs", "get", install_id)).returncode == 69
 
 
 @pytest.fixture
-async def runner_target(e2e_database_url: str, app: Application) -> AsyncIterator[str]:
+async def runner_target(app: Application) -> AsyncIterator[str]:
     """A server on the e2e database whose Runner is a stand-in that answers every run with 200."""
     runner = RecordingRunner()
     await runner.start()
-    server = await start_application(e2e_settings(e2e_database_url, runner_base_url=runner.url))
+    server = await start_application(e2e_settings(app.database_url, runner_base_url=runner.url))
     try:
         yield f"127.0.0.1:{server.port}"
     finally:
@@ -282,7 +288,8 @@ async def test_run_now_then_list_runs(runner_target: str, tmp_path: Path) -> Non
     assert (shown["trigger"], shown["status"]) == ("manual", "success")
     again = await scheduler_host(runner_target, "-o", "json", "schedules", "run-now", *ids)
     second = json.loads(again.stdout)
-    assert second["status"] == "RUN_STATE_SUCCESS" and second["scheduleId"] == schedule.id
+    assert second["status"] == "RUN_STATE_SUCCESS"
+    assert second["scheduleId"] == schedule.id
 
     listed = await scheduler_host(runner_target, "runs", "list", *ids)
     assert listed.returncode == 0, listed.stderr
@@ -294,7 +301,8 @@ async def test_run_now_then_list_runs(runner_target: str, tmp_path: Path) -> Non
         runner_target, "-o", "json", "runs", "list", *ids, "--limit", "1"
     )
     page = json.loads(limited.stdout)
-    assert [r["id"] for r in page["runs"]] == [second["id"]] and page["nextPageToken"]
+    assert [r["id"] for r in page["runs"]] == [second["id"]]
+    assert page["nextPageToken"]
     async with SchedulerAdminClient(runner_target, ADMIN_TOKEN) as admin:
         kept = [r.id async for r in admin.iter_schedule_runs(install_id, schedule.id)]
     assert kept == [second["id"], shown["id"]]
@@ -342,7 +350,8 @@ async def test_health(target: str) -> None:
     )
     assert json.loads(host_service.stdout) == {"status": "SERVING"}
     unknown = await scheduler_host(target, "health", "--service", "no.such.Service")
-    assert unknown.returncode == 69 and "NOT_FOUND" in unknown.stderr
+    assert unknown.returncode == 69
+    assert "NOT_FOUND" in unknown.stderr
 
 
 @pytest.fixture(scope="module")
@@ -359,9 +368,8 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
     return authority, directory
 
 
-async def test_tls_and_mtls_flags(
-    e2e_database_url: str, app: Application, ca: tuple[trustme.CA, Path]
-) -> None:
+@pytest.mark.usefixtures("app")
+async def test_tls_and_mtls_flags(e2e_database_url: str, ca: tuple[trustme.CA, Path]) -> None:
     _, pki = ca
     server = await start_application(
         e2e_settings(
@@ -382,6 +390,7 @@ async def test_tls_and_mtls_flags(
         without_cert = await scheduler_host(target, *tls, "health")
         assert without_cert.returncode == 78, without_cert.stderr  # mTLS refuses the handshake
         half = await scheduler_host(target, *tls, "--tls-cert", str(pki / "client.pem"), "health")
-        assert half.returncode == 2 and "--tls-key" in half.stderr, half.stderr
+        assert half.returncode == 2, half.stderr
+        assert "--tls-key" in half.stderr, half.stderr
     finally:
         await server.stop()

@@ -1,6 +1,5 @@
 """The Python client (scheduler-host-client, also importable as scheduler_host.client) through the
-real server: every operation, and every exception class of the client raised by a real failure
-(SPEC sections 2, 5 and 6)."""
+real server: every operation, and every exception class of the client raised by a real failure."""
 
 from __future__ import annotations
 
@@ -118,7 +117,9 @@ async def test_schedule_lifecycle(host: SchedulerHostClient) -> None:
         ),
         request_id=request_id,
     )
-    assert created.id and created.etag and created.enabled
+    assert created.id
+    assert created.etag
+    assert created.enabled
     assert created.endpoint == "POST /sync"
     assert schedule_payload(created) == {"a": 1}
     again = await host.create_schedule(
@@ -135,7 +136,8 @@ async def test_schedule_lifecycle(host: SchedulerHostClient) -> None:
     ]
     first = await host.list_schedules(page_size=2)
     assert [s.id for s in first.schedules] == [created.id, others[0].id]
-    assert first.total_size == 3 and first.next_page_token
+    assert first.total_size == 3
+    assert first.next_page_token
     second = await host.list_schedules(page_size=2, page_token=first.next_page_token)
     assert [s.id for s in second.schedules] == [others[1].id]
     assert second.next_page_token == ""
@@ -160,12 +162,14 @@ async def test_schedule_lifecycle(host: SchedulerHostClient) -> None:
     disabled = await host.update_schedule(
         with_id(new_schedule("", "", enabled=False), got.id), "enabled"
     )
-    assert disabled.enabled is False and not disabled.HasField("next_run_time")
+    assert disabled.enabled is False
+    assert not disabled.HasField("next_run_time")
     masked = await host.update_schedule(
         with_id(new_schedule("", "", enabled=True), got.id),
         field_mask_pb2.FieldMask(paths=["enabled"]),
     )
-    assert masked.enabled and masked.HasField("next_run_time")
+    assert masked.enabled
+    assert masked.HasField("next_run_time")
 
     preview = await host.preview_schedule(
         "30 2 * * *",
@@ -188,11 +192,13 @@ async def test_schedule_lifecycle(host: SchedulerHostClient) -> None:
 async def test_admin_client(admin: SchedulerAdminClient, target: str) -> None:
     install_id = await register(admin)
     install = await admin.get_install(install_id)
-    assert install.install_id == install_id and list(install.granted_capabilities) == [CAPABILITY]
+    assert install.install_id == install_id
+    assert list(install.granted_capabilities) == [CAPABILITY]
     async with SchedulerHostClient(target, RUNNER_TOKEN, install_id) as host:
         schedule = await host.create_schedule(new_schedule("POST /sync", "@hourly"))
     runs = await admin.list_schedule_runs(install_id, schedule.id)
-    assert list(runs.runs) == [] and runs.next_page_token == ""
+    assert list(runs.runs) == []
+    assert runs.next_page_token == ""
     assert [r async for r in admin.iter_schedule_runs(install_id, schedule.id)] == []
     await admin.delete_install(install_id)
     error = await expect(errors.NotFound, admin.get_install(install_id))
@@ -236,11 +242,13 @@ async def test_admin_reads_an_installs_schedules_whatever_its_state(
 
     page = await admin.list_schedules(install.install_id, page_size=2)
     assert [s.id for s in page.schedules] == [m.id for m in made[:2]]
-    assert page.total_size == 3 and page.next_page_token
+    assert page.total_size == 3
+    assert page.next_page_token
     rest = await admin.list_schedules(
         install.install_id, page_size=2, page_token=page.next_page_token
     )
-    assert [s.id for s in rest.schedules] == [made[2].id] and rest.next_page_token == ""
+    assert [s.id for s in rest.schedules] == [made[2].id]
+    assert rest.next_page_token == ""
     assert [s.id async for s in admin.iter_schedules(install.install_id, page_size=1)] == [
         m.id for m in made
     ]
@@ -262,11 +270,11 @@ async def test_admin_reads_an_installs_schedules_whatever_its_state(
 
 
 @pytest.fixture
-async def runner_target(e2e_database_url: str, app: Application) -> AsyncIterator[str]:
+async def runner_target(app: Application) -> AsyncIterator[str]:
     """A server on the e2e database whose Runner is a stand-in that answers every run with 200."""
     runner = RecordingRunner()
     await runner.start()
-    server = await start_application(e2e_settings(e2e_database_url, runner_base_url=runner.url))
+    server = await start_application(e2e_settings(app.database_url, runner_base_url=runner.url))
     try:
         yield f"127.0.0.1:{server.port}"
     finally:
@@ -286,7 +294,8 @@ async def test_run_history_for_the_install_and_the_operator(runner_target: str) 
             assert first.trigger == schedule_pb2.RUN_TRIGGER_MANUAL
 
             page = await host.list_schedule_runs(schedule.id, page_size=1)
-            assert [r.id for r in page.runs] == [second.id] and page.next_page_token
+            assert [r.id for r in page.runs] == [second.id]
+            assert page.next_page_token
             newest_first = [r.id async for r in host.iter_schedule_runs(schedule.id, page_size=1)]
             assert newest_first == [second.id, first.id]
             by_operator = [r async for r in admin.iter_schedule_runs(install_id, schedule.id)]
@@ -406,7 +415,8 @@ async def test_unavailable_on_a_closed_port() -> None:
         f"127.0.0.1:{free_port()}", RUNNER_TOKEN, str(uuid.uuid4()), timeout=2
     ) as host:
         error = await expect(errors.Unavailable, host.get_endpoints())
-    assert error.code == grpc.StatusCode.UNAVAILABLE and error.retryable
+    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert error.retryable
 
 
 async def test_deadline_exceeded_while_the_row_is_locked(
@@ -424,7 +434,8 @@ async def test_deadline_exceeded_while_the_row_is_locked(
             error = await expect(
                 errors.DeadlineExceeded, host.update_schedule(change, ["cron"], timeout=0.5)
             )
-            assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.retryable
+            assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert error.retryable
     finally:
         await conn.close()
     # Once the row is free the same change goes through.
@@ -433,10 +444,10 @@ async def test_deadline_exceeded_while_the_row_is_locked(
 
 
 @pytest.fixture
-async def limited_target(e2e_database_url: str, app: Application) -> AsyncIterator[str]:
+async def limited_target(app: Application) -> AsyncIterator[str]:
     """A second server on the same database with a quota of 1 and 2 changes per minute."""
     limited = await start_application(
-        e2e_settings(e2e_database_url, rate_limit_per_minute=2, max_schedules_per_install=1)
+        e2e_settings(app.database_url, rate_limit_per_minute=2, max_schedules_per_install=1)
     )
     try:
         yield f"127.0.0.1:{limited.port}"
@@ -461,17 +472,17 @@ async def test_quota_exceeded_and_rate_limited(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "SCHEDULE_QUOTA_EXCEEDED",
     )
-    assert quota.quota_subjects and not quota.retryable
+    assert quota.quota_subjects
+    assert not quota.retryable
     assert isinstance(quota, errors.ResourceExhausted)
     assert (limited.code, limited.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
-    assert limited.retry_delay is not None and limited.retryable
+    assert limited.retry_delay is not None
+    assert limited.retryable
     assert timedelta(0) < limited.retry_delay <= timedelta(seconds=60)
 
 
 @pytest.fixture
-async def broken_schema_target(
-    postgres: PostgresServer, app: Application
-) -> AsyncIterator[tuple[str, str]]:
+async def broken_schema_target(postgres: PostgresServer) -> AsyncIterator[tuple[str, str]]:
     """A server on its own database whose `schedules` table was renamed after the start."""
     with scratch_database(postgres, prefix="scheduler_host_client") as name:
         url = postgres.url(name)

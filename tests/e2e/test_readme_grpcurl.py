@@ -143,7 +143,8 @@ def test_admin_call(registered: dict[str, Any]) -> None:
     assert install["endpoints"] == [{"method": "POST", "path": "/sync", "handler": "sync"}]
 
 
-def test_host_calls_with_their_two_headers(address: str, registered: dict[str, Any]) -> None:
+@pytest.mark.usefixtures("registered")
+def test_host_calls_with_their_two_headers(address: str) -> None:
     done = run_block("host-call", address)
     assert done.returncode == 0, done.stderr
     created, listed = documents(done.stdout)
@@ -161,9 +162,8 @@ def test_host_calls_with_their_two_headers(address: str, registered: dict[str, A
     assert documents(again.stdout)[0]["schedule"]["id"] == schedule["id"], "safe to repeat"
 
 
-def test_an_error_shows_its_details_as_the_readme_does(
-    address: str, registered: dict[str, Any]
-) -> None:
+@pytest.mark.usefixtures("registered")
+def test_an_error_shows_its_details_as_the_readme_does(address: str) -> None:
     done = run_block("error", address)
     assert done.returncode == 64 + 3, done  # INVALID_ARGUMENT
     (status,) = documents(done.stderr)

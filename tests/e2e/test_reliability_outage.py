@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from schedulerhost.v1 import schedule_pb2
 from schedulerhost.v1 import scheduler_admin_pb2 as admin_pb
@@ -150,7 +151,7 @@ async def worker(
             ledger.possible[install.install_id] += 1
             rid = str(uuid.uuid4())
             name = f"c-{rid[:8]}"
-            request = pb.CreateScheduleRequest(
+            request: Message = pb.CreateScheduleRequest(
                 schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY, name=name),
                 request_id=rid,
             )
@@ -245,6 +246,48 @@ def server_env(runner: RecordingRunner) -> dict[str, str]:
     }
 
 
+async def seed_schedule(stubs: Stubs, install: InstallHandle, ledger: Ledger) -> str:
+    """A schedule of `install` made before the load, in the ledger as the install's."""
+    rid = str(uuid.uuid4())
+    reply = await stubs.host.CreateSchedule(
+        pb.CreateScheduleRequest(
+            schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY), request_id=rid
+        ),
+        metadata=install.metadata,
+    )
+    ledger.created[rid] = reply.schedule.id
+    ledger.possible[install.install_id] += 1
+    ledger.owned[install.install_id].append(reply.schedule.id)
+    sid: str = reply.schedule.id
+    return sid
+
+
+async def retry_lost_answers(stubs: Stubs, ledger: Ledger) -> None:
+    """Deletes and creates whose answer was lost are retried, creates with the same request id
+    (as the client does): each makes or returns one schedule. Deletes first: one that did not
+    happen still takes a quota slot."""
+    for sid, install in ledger.delete_failed.items():
+        try:
+            await stubs.host.DeleteSchedule(
+                pb.DeleteScheduleRequest(id=sid), metadata=install.metadata, timeout=3
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: it was deleted
+                raise
+        ledger.deleted.add(sid)
+
+    for rid, (install, name) in ledger.create_failed.items():
+        reply = await stubs.host.CreateSchedule(
+            pb.CreateScheduleRequest(
+                schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY, name=name),
+                request_id=rid,
+            ),
+            metadata=install.metadata,
+            timeout=CALL_TIMEOUT,
+        )
+        ledger.created[rid] = reply.schedule.id
+
+
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_database_outage_under_load(
     cluster: ThrowawayCluster,
@@ -264,21 +307,11 @@ async def test_database_outage_under_load(
             stubs = Stubs(channel)
             installs = [await register_install(stubs.admin) for _ in range(4)]
             ledger = Ledger(owned={i.install_id: [] for i in installs})
-            seeds: list[str] = []
-            for install in installs:
-                for _ in range(3):
-                    rid = str(uuid.uuid4())
-                    reply = await stubs.host.CreateSchedule(
-                        pb.CreateScheduleRequest(
-                            schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY),
-                            request_id=rid,
-                        ),
-                        metadata=install.metadata,
-                    )
-                    ledger.created[rid] = reply.schedule.id
-                    ledger.possible[install.install_id] += 1
-                    seeds.append(reply.schedule.id)
-                    ledger.owned[install.install_id].append(reply.schedule.id)
+            seeds = [
+                await seed_schedule(stubs, install, ledger)
+                for install in installs
+                for _ in range(3)
+            ]
 
             # Runs in flight when the database goes: the Runner answers once it is down.
             held = [seeds[i * 3] for i in range(len(installs))]
@@ -343,7 +376,8 @@ async def test_database_outage_under_load(
                 (r.op, r.code) for r in during
             )
             after = [r for r in ledger.results if r.started > recovered_at + 0.2]
-            assert after and all(r.code != grpc.StatusCode.UNAVAILABLE for r in after)
+            assert after
+            assert all(r.code != grpc.StatusCode.UNAVAILABLE for r in after)
 
             # Health followed the database.
             went_down = [t for t, s in health if t > down_at and s == NOT_SERVING]
@@ -352,34 +386,13 @@ async def test_database_outage_under_load(
             assert all(s == SERVING for t, s in health if t > recovered_at)
             assert recovery <= RECOVERY_LIMIT
 
-            # Deletes and creates whose answer was lost are retried, creates with the same
-            # request id (as the client does): each makes or returns one schedule. Deletes
-            # first: one that did not happen still takes a quota slot.
-            for sid, install in ledger.delete_failed.items():
-                try:
-                    await stubs.host.DeleteSchedule(
-                        pb.DeleteScheduleRequest(id=sid), metadata=install.metadata, timeout=3
-                    )
-                except grpc.aio.AioRpcError as error:
-                    assert error.code() == grpc.StatusCode.NOT_FOUND, error
-                ledger.deleted.add(sid)
-
-            for rid, (install, name) in ledger.create_failed.items():
-                reply = await stubs.host.CreateSchedule(
-                    pb.CreateScheduleRequest(
-                        schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY, name=name),
-                        request_id=rid,
-                    ),
-                    metadata=install.metadata,
-                    timeout=CALL_TIMEOUT,
-                )
-                ledger.created[rid] = reply.schedule.id
+            await retry_lost_answers(stubs, ledger)
 
             # The dispatcher: the held runs were recorded once each, as successes, after the
             # outage; the Runner saw each occurrence only with its one idempotency key.
             async def held_runs_done() -> bool:
                 async with engine.connect() as conn:
-                    done = await conn.scalar(
+                    done: int = await conn.scalar(
                         sa.text(
                             "SELECT count(*) FROM schedule_runs WHERE schedule_id = ANY(:ids) "
                             "AND status = 'success'"

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,82 @@ async def outcome(call: Any) -> tuple[str, str]:
     return "OK", ""
 
 
+@dataclass
+class Seeded:
+    installs: list[InstallHandle]
+    stuck_install: InstallHandle  # its row is locked past the grace period
+    schedules: list[tuple[InstallHandle, str]]  # four of each install, kept for the checks
+    spares: list[tuple[InstallHandle, str]]  # deleted by calls in flight
+
+
+async def new_schedule(stubs: Stubs, install: InstallHandle) -> tuple[InstallHandle, str]:
+    reply = await stubs.host.CreateSchedule(
+        pb.CreateScheduleRequest(schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY)),
+        metadata=install.metadata,
+    )
+    return install, reply.schedule.id
+
+
+async def seed(stubs: Stubs) -> Seeded:
+    installs = [await register_install(stubs.admin) for _ in range(5)]
+    stuck_install = await register_install(stubs.admin)
+    schedules = [await new_schedule(stubs, install) for install in installs for _ in range(4)]
+    spares = [await new_schedule(stubs, installs[n % len(installs)]) for n in range(IN_FLIGHT // 5)]
+    return Seeded(installs, stuck_install, schedules, spares)
+
+
+def call_in_flight(
+    n: int, stubs: Stubs, seeded: Seeded, renames: dict[str, set[str]]
+) -> tuple[str, Any]:
+    """The `n`th call made while the schedules are locked: its kind and the call. The last
+    STUCK are creates of the stuck install; an update notes the name it would give."""
+    install, sid = seeded.schedules[n % len(seeded.schedules)]
+    md = install.metadata
+    kind = ("create", "update", "get", "list", "delete")[n % 5]
+    host = stubs.host
+    if n >= IN_FLIGHT - STUCK:
+        schedule = schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY, name=f"stuck-{n}")
+        request = pb.CreateScheduleRequest(schedule=schedule)
+        return "stuck", host.CreateSchedule(
+            request, metadata=seeded.stuck_install.metadata, timeout=30
+        )
+    if kind == "create":
+        schedule = schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY, name=f"during-{n}")
+        request = pb.CreateScheduleRequest(schedule=schedule, request_id=str(uuid.uuid4()))
+        return kind, host.CreateSchedule(request, metadata=md, timeout=30)
+    if kind == "update":
+        renames.setdefault(sid, set()).add(f"renamed-{n}")
+        changes = schedule_pb2.Schedule(id=sid, name=f"renamed-{n}")
+        return kind, host.UpdateSchedule(
+            pb.UpdateScheduleRequest(schedule=changes), metadata=md, timeout=30
+        )
+    if kind == "get":
+        return kind, host.GetSchedule(pb.GetScheduleRequest(id=sid), metadata=md, timeout=30)
+    if kind == "list":
+        return kind, host.ListSchedules(pb.ListSchedulesRequest(), metadata=md, timeout=30)
+    spare_install, spare_id = seeded.spares.pop()
+    return kind, host.DeleteSchedule(
+        pb.DeleteScheduleRequest(id=spare_id), metadata=spare_install.metadata, timeout=30
+    )
+
+
+async def runs_and_names(database_url: str) -> tuple[list[Any], dict[str, str | None]]:
+    """Every run (schedule id, status, lease and attempt, and the database's now) and every
+    schedule's name by id."""
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        rows = await conn.fetch(
+            "SELECT schedule_id::text AS sid, status, lease_until, now() AS now, attempt "
+            "FROM schedule_runs"
+        )
+        named = {
+            r["id"]: r["name"] for r in await conn.fetch("SELECT id::text, name FROM schedules")
+        }
+    finally:
+        await conn.close()
+    return list(rows), named
+
+
 async def test_sigterm_with_50_calls_and_runs_in_flight(
     database_url: str, runner: RecordingRunner, tmp_path: Path
 ) -> None:
@@ -103,30 +180,8 @@ async def test_sigterm_with_50_calls_and_runs_in_flight(
         await asyncio.to_thread(wait_until_serving, server)
         async with grpc.aio.insecure_channel(server.target) as channel:
             stubs = Stubs(channel)
-            installs: list[InstallHandle] = [await register_install(stubs.admin) for _ in range(5)]
-            stuck_install = await register_install(stubs.admin)
-            schedules: list[tuple[InstallHandle, str]] = []
-            for install in installs:
-                for _ in range(4):
-                    reply = await stubs.host.CreateSchedule(
-                        pb.CreateScheduleRequest(
-                            schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY)
-                        ),
-                        metadata=install.metadata,
-                    )
-                    schedules.append((install, reply.schedule.id))
-
-            # Deleted by calls in flight (the others stay for the checks).
-            spares: list[tuple[InstallHandle, str]] = []
-            for n in range(IN_FLIGHT // 5):
-                install = installs[n % len(installs)]
-                reply = await stubs.host.CreateSchedule(
-                    pb.CreateScheduleRequest(
-                        schedule=schedule_pb2.Schedule(endpoint="/sync", cron=YEARLY)
-                    ),
-                    metadata=install.metadata,
-                )
-                spares.append((install, reply.schedule.id))
+            seeded = await seed(stubs)
+            installs, schedules = seeded.installs, seeded.schedules
 
             # Runs in flight: four finish half a second into the grace period, two never would.
             never = asyncio.Event()
@@ -157,63 +212,14 @@ async def test_sigterm_with_50_calls_and_runs_in_flight(
             await holder.execute("BEGIN")
             await holder.execute(
                 "SELECT 1 FROM installs WHERE id = $1 FOR UPDATE",
-                uuid.UUID(stuck_install.install_id),
+                uuid.UUID(seeded.stuck_install.install_id),
             )
             await blocker.execute("BEGIN")
             await blocker.execute("LOCK TABLE schedules IN ACCESS EXCLUSIVE MODE")
             calls: list[tuple[str, asyncio.Future[Any]]] = []
             renames: dict[str, set[str]] = {}
             for n in range(IN_FLIGHT):
-                install, sid = schedules[n % len(schedules)]
-                md = install.metadata
-                kind = ("create", "update", "get", "list", "delete")[n % 5]
-                call: Any
-                if n >= IN_FLIGHT - STUCK:
-                    kind = "stuck"
-                    call = stubs.host.CreateSchedule(
-                        pb.CreateScheduleRequest(
-                            schedule=schedule_pb2.Schedule(
-                                endpoint="/sync", cron=YEARLY, name=f"stuck-{n}"
-                            )
-                        ),
-                        metadata=stuck_install.metadata,
-                        timeout=30,
-                    )
-                elif kind == "create":
-                    call = stubs.host.CreateSchedule(
-                        pb.CreateScheduleRequest(
-                            schedule=schedule_pb2.Schedule(
-                                endpoint="/sync", cron=YEARLY, name=f"during-{n}"
-                            ),
-                            request_id=str(uuid.uuid4()),
-                        ),
-                        metadata=md,
-                        timeout=30,
-                    )
-                elif kind == "update":
-                    renames.setdefault(sid, set()).add(f"renamed-{n}")
-                    call = stubs.host.UpdateSchedule(
-                        pb.UpdateScheduleRequest(
-                            schedule=schedule_pb2.Schedule(id=sid, name=f"renamed-{n}")
-                        ),
-                        metadata=md,
-                        timeout=30,
-                    )
-                elif kind == "get":
-                    call = stubs.host.GetSchedule(
-                        pb.GetScheduleRequest(id=sid), metadata=md, timeout=30
-                    )
-                elif kind == "list":
-                    call = stubs.host.ListSchedules(
-                        pb.ListSchedulesRequest(), metadata=md, timeout=30
-                    )
-                else:
-                    spare_install, spare_id = spares.pop()
-                    call = stubs.host.DeleteSchedule(
-                        pb.DeleteScheduleRequest(id=spare_id),
-                        metadata=spare_install.metadata,
-                        timeout=30,
-                    )
+                kind, call = call_in_flight(n, stubs, seeded, renames)
                 calls.append((kind, asyncio.ensure_future(outcome(call))))
             # Every call has reached the server: at least the pool's worth waits on the lock.
             deadline = time.monotonic() + 10
@@ -269,18 +275,8 @@ async def test_sigterm_with_50_calls_and_runs_in_flight(
     assert "unhandled error" not in log, log
 
     # The runs: those that finished in the grace period are recorded, the others released.
-    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
-    try:
-        rows = await conn.fetch(
-            "SELECT schedule_id::text AS sid, status, lease_until, now() AS now, attempt "
-            "FROM schedule_runs"
-        )
-        named = {
-            r["id"]: r["name"] for r in await conn.fetch("SELECT id::text, name FROM schedules")
-        }
-        names = set(named.values())
-    finally:
-        await conn.close()
+    rows, named = await runs_and_names(database_url)
+    names = set(named.values())
     # What the finished calls wrote is there; nothing of the cut ones.
     assert {f"during-{n}" for n in range(0, IN_FLIGHT - STUCK, 5)} <= names
     for sid, candidates in renames.items():
@@ -296,8 +292,16 @@ async def test_sigterm_with_50_calls_and_runs_in_flight(
         assert run["lease_until"] <= run["now"], f"not released: {run}"
 
     # Another process takes the released runs over at once, with the same idempotency keys.
+    await check_taken_over(database_url, runner, hanging, due, tmp_path)
+
+
+async def check_taken_over(
+    database_url: str, runner: RecordingRunner, hanging: list[str], due: datetime, tmp_path: Path
+) -> None:
     calls_before = {sid: len(runner.of(sid)) for sid in hanging}
-    successor = spawn_server(database_url, tmp_path / "successor.log", **env(runner))
+    successor = spawn_server(
+        database_url, tmp_path / "successor.log", args=("serve",), **env(runner)
+    )
     try:
         await asyncio.to_thread(wait_until_serving, successor)
         deadline = time.monotonic() + 10

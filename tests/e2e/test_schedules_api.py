@@ -1,5 +1,5 @@
 """SchedulerHost behaviour through the real server: defaults, masks, etags, idempotency, quota,
-pagination, endpoints, previews and install scope (SPEC sections 2, 3, 6 and 7)."""
+pagination, endpoints, previews and install scope."""
 
 from __future__ import annotations
 
@@ -111,9 +111,11 @@ async def test_create_defaults_enabled_utc_and_next_run_time(
     stubs: Stubs, install: InstallHandle
 ) -> None:
     created = await create(stubs, install, cron="17 */2 * * *")
-    assert created.HasField("enabled") and created.enabled is True
+    assert created.HasField("enabled")
+    assert created.enabled is True
     assert created.timezone == "UTC"
-    assert created.HasField("next_run_time") and created.HasField("create_time")
+    assert created.HasField("next_run_time")
+    assert created.HasField("create_time")
     assert as_dt(created.next_run_time) > as_dt(created.create_time)
     expected = await first_run("17 */2 * * *", "UTC", created.create_time, stubs, install)
     assert created.next_run_time == expected
@@ -134,10 +136,12 @@ async def test_create_next_run_time_matches_preview_in_a_timezone(
 
 async def test_create_disabled_has_no_next_run_time(stubs: Stubs, install: InstallHandle) -> None:
     created = await create(stubs, install, enabled=False)
-    assert created.HasField("enabled") and created.enabled is False
+    assert created.HasField("enabled")
+    assert created.enabled is False
     assert not created.HasField("next_run_time")
     got = await get(stubs, install, created.id)
-    assert got.enabled is False and not got.HasField("next_run_time")
+    assert got.enabled is False
+    assert not got.HasField("next_run_time")
 
 
 async def test_create_canonical_endpoint_and_endpoint_id(
@@ -174,7 +178,8 @@ async def test_create_ignores_output_fields_sent_on_input(
         next_run_time=ts("2001-01-01T00:00:00Z"),
         create_time=ts("2001-01-01T00:00:00Z"),
     )
-    assert created.id != bogus_id and created.last_error == ""
+    assert created.id != bogus_id
+    assert created.last_error == ""
     assert created.etag != "999-deadbeef"
     assert as_dt(created.create_time).year >= 2025
     assert as_dt(created.next_run_time) > as_dt(created.create_time)
@@ -216,7 +221,8 @@ async def test_mask_cron_changes_only_cron(stubs: Stubs, install: InstallHandle)
     assert after.payload == before.payload
     assert after.timezone == "Europe/Berlin"
     assert (after.endpoint, after.endpoint_id) == (before.endpoint, before.endpoint_id)
-    assert after.enabled is True and after.HasField("next_run_time")
+    assert after.enabled is True
+    assert after.HasField("next_run_time")
     assert as_dt(after.next_run_time).minute == 30
     assert after.create_time == before.create_time
     assert await get(stubs, install, before.id) == after
@@ -241,7 +247,8 @@ async def test_mask_payload_without_payload_clears_it(stubs: Stubs, install: Ins
     before = await make_full(stubs, install)
     after = await update(stubs, install, schedule_pb2.Schedule(id=before.id), mask("payload"))
     assert not after.HasField("payload")
-    assert after.name == "nightly-sync" and after.cron == before.cron
+    assert after.name == "nightly-sync"
+    assert after.cron == before.cron
     assert not (await get(stubs, install, before.id)).HasField("payload")
 
 
@@ -255,7 +262,8 @@ async def test_no_mask_changes_the_fields_set_and_keeps_the_others(
     assert (after.cron, after.timezone) == ("15 * * * *", "UTC")
     assert after.name == "nightly-sync"
     assert after.payload == before.payload
-    assert after.endpoint == "POST /sync" and after.enabled is True
+    assert after.endpoint == "POST /sync"
+    assert after.enabled is True
     # An empty mask behaves like no mask.
     again = await update(
         stubs, install, schedule_pb2.Schedule(id=before.id, endpoint="GET /status"), mask()
@@ -280,7 +288,8 @@ async def test_read_modify_write_of_a_whole_schedule_changes_only_what_changed(
         before.endpoint,
         before.endpoint_id,
     )
-    assert after.etag != before.etag and after.create_time == before.create_time
+    assert after.etag != before.etag
+    assert after.create_time == before.create_time
     # Sending the stale copy again (its etag is now old) is refused.
     failure = await rpc_failure(update(stubs, install, edited))
     assert_failure(failure, grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
@@ -291,12 +300,14 @@ async def test_mask_enabled_toggles_next_run_time(stubs: Stubs, install: Install
     disabled = await update(
         stubs, install, schedule_pb2.Schedule(id=before.id, enabled=False), mask("enabled")
     )
-    assert disabled.enabled is False and not disabled.HasField("next_run_time")
+    assert disabled.enabled is False
+    assert not disabled.HasField("next_run_time")
     assert not (await get(stubs, install, before.id)).HasField("next_run_time")
     enabled = await update(
         stubs, install, schedule_pb2.Schedule(id=before.id, enabled=True), mask("enabled")
     )
-    assert enabled.enabled is True and enabled.HasField("next_run_time")
+    assert enabled.enabled is True
+    assert enabled.HasField("next_run_time")
     assert as_dt(enabled.next_run_time) > datetime.now(UTC) - timedelta(seconds=1)
     expected = await first_run(enabled.cron, enabled.timezone, enabled.update_time, stubs, install)
     assert enabled.next_run_time == expected
@@ -371,9 +382,11 @@ async def test_etag_changes_on_each_update_and_stale_etags_are_refused(
     v4 = await update(
         stubs, install, schedule_pb2.Schedule(id=v1.id, name="renamed", etag=v3.etag), mask("name")
     )
-    assert v4.name == "renamed" and v4.etag not in {v1.etag, v2.etag, v3.etag}
+    assert v4.name == "renamed"
+    assert v4.etag not in {v1.etag, v2.etag, v3.etag}
     v5 = await update(stubs, install, schedule_pb2.Schedule(id=v1.id, cron="50 * * * *"))
-    assert v5.cron == "50 * * * *" and v5.etag != v4.etag
+    assert v5.cron == "50 * * * *"
+    assert v5.etag != v4.etag
     await stubs.host.DeleteSchedule(
         pb.DeleteScheduleRequest(id=v1.id, etag=v5.etag), metadata=install.metadata
     )
@@ -397,7 +410,8 @@ async def test_no_op_update_keeps_the_etag(stubs: Stubs, install: InstallHandle)
     same = await update(
         stubs, install, schedule_pb2.Schedule(id=before.id, cron=before.cron), mask("cron")
     )
-    assert same.etag == before.etag and same.update_time == before.update_time
+    assert same.etag == before.etag
+    assert same.update_time == before.update_time
     same = await update(
         stubs,
         install,
@@ -434,7 +448,8 @@ async def test_same_request_id_returns_the_first_schedule(
     )
     assert len({s.id for s in results}) == 1
     listed = await list_all(stubs, install)
-    assert listed.total_size == 2 and len(listed.schedules) == 2
+    assert listed.total_size == 2
+    assert len(listed.schedules) == 2
 
     # A different request id is a different request.
     third = await create(stubs, install, str(uuid.uuid4()))
@@ -464,7 +479,8 @@ async def test_quota_of_fifty_schedules(stubs: Stubs, install: InstallHandle) ->
         failure = await rpc_failure(create(stubs, install, str(uuid.uuid4()), enabled=enabled))
         assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED, failure
         assert failure.reason == "SCHEDULE_QUOTA_EXCEEDED"
-        assert "google.rpc.QuotaFailure" in failure.detail_types and failure.quota_subjects
+        assert "google.rpc.QuotaFailure" in failure.detail_types
+        assert failure.quota_subjects
         assert "google.rpc.BadRequest" not in failure.detail_types
     failure = await rpc_failure(create(stubs, install))
     assert_failure(failure, grpc.StatusCode.RESOURCE_EXHAUSTED, "SCHEDULE_QUOTA_EXCEEDED")
@@ -527,7 +543,8 @@ async def test_pagination_is_stable_while_schedules_change(
 
     page1 = await list_page(stubs, install, "")
     assert [x.id for x in page1.schedules] == [s[0].id, s[1].id]
-    assert page1.total_size == 6 and page1.next_page_token
+    assert page1.total_size == 6
+    assert page1.next_page_token
 
     # Between reads: one added at the end, one not yet reached deleted, one already returned
     # deleted.
@@ -539,12 +556,14 @@ async def test_pagination_is_stable_while_schedules_change(
 
     page2 = await list_page(stubs, install, page1.next_page_token)
     assert [x.id for x in page2.schedules] == [s[2].id, s[4].id]
-    assert page2.total_size == 5 and page2.next_page_token
+    assert page2.total_size == 5
+    assert page2.next_page_token
 
     late2 = await create(stubs, install, name="late2")
     page3 = await list_page(stubs, install, page2.next_page_token)
     assert [x.id for x in page3.schedules] == [s[5].id, late.id]
-    assert page3.total_size == 6 and page3.next_page_token
+    assert page3.total_size == 6
+    assert page3.next_page_token
 
     page4 = await list_page(stubs, install, page3.next_page_token)
     assert [x.id for x in page4.schedules] == [late2.id]
@@ -560,7 +579,9 @@ async def test_last_page_has_empty_token_and_empty_install_lists_nothing(
     stubs: Stubs, install: InstallHandle
 ) -> None:
     empty = await list_page(stubs, install, "")
-    assert list(empty.schedules) == [] and empty.total_size == 0 and empty.next_page_token == ""
+    assert list(empty.schedules) == []
+    assert empty.total_size == 0
+    assert empty.next_page_token == ""
     a = await create(stubs, install)
     b = await create(stubs, install)
     exact = await list_page(stubs, install, "")
@@ -568,7 +589,8 @@ async def test_last_page_has_empty_token_and_empty_install_lists_nothing(
     assert exact.total_size == 2
     if exact.next_page_token:  # a token on a full last page must lead to an empty last page
         tail = await list_page(stubs, install, exact.next_page_token)
-        assert list(tail.schedules) == [] and tail.next_page_token == ""
+        assert list(tail.schedules) == []
+        assert tail.next_page_token == ""
 
 
 # --------------------------------------------------------------------------- GetEndpoints
@@ -597,7 +619,8 @@ async def test_get_endpoints_lists_every_endpoint_with_schedulable_flag(
         assert by_route[route].unschedulable_reason.strip(), route
     assert by_route["POST /sync"].handler == "sync"
     ids = [e.id for e in reply.endpoints]
-    assert all(str(uuid.UUID(i)) == i for i in ids) and len(set(ids)) == 7
+    assert all(str(uuid.UUID(i)) == i for i in ids)
+    assert len(set(ids)) == 7
 
     again = await stubs.host.GetEndpoints(pb.GetEndpointsRequest(), metadata=install.metadata)
     assert {f"{e.method} {e.path}": e.id for e in again.endpoints} == {
@@ -642,15 +665,18 @@ def increasing(times: Any) -> bool:
 
 async def test_preview_count_default_and_maximum(stubs: Stubs, install: InstallHandle) -> None:
     default = await preview(stubs, install, "*/5 * * * *")
-    assert len(default.run_times) == 10 and increasing(default.run_times)
+    assert len(default.run_times) == 10
+    assert increasing(default.run_times)
     now = datetime.now(UTC)
     assert now - timedelta(seconds=5) < as_dt(default.run_times[0]) <= now + timedelta(minutes=5)
     capped = await preview(stubs, install, "0 * * * *", count=500)
-    assert len(capped.run_times) == 100 and increasing(capped.run_times)
+    assert len(capped.run_times) == 100
+    assert increasing(capped.run_times)
     exactly = await preview(stubs, install, "0 * * * *", count=100)
     assert len(exactly.run_times) == 100
     three = await preview(stubs, install, "@daily", timezone="Europe/Berlin", count=3)
-    assert len(three.run_times) == 3 and increasing(three.run_times)
+    assert len(three.run_times) == 3
+    assert increasing(three.run_times)
 
 
 async def test_preview_from_start_time_is_exclusive_and_in_utc(
@@ -812,11 +838,13 @@ async def test_another_install_cannot_see_or_touch_a_schedule(
 
     assert await get(stubs, install, mine.id) == mine
     listed = await list_all(stubs, other_install)
-    assert listed.total_size == 0 and list(listed.schedules) == []
+    assert listed.total_size == 0
+    assert list(listed.schedules) == []
 
     # Names are unique per install only.
     theirs = await create(stubs, other_install, name="shared-name")
-    assert theirs.name == "shared-name" and theirs.id != mine.id
+    assert theirs.name == "shared-name"
+    assert theirs.id != mine.id
     assert [s.id for s in (await list_all(stubs, other_install)).schedules] == [theirs.id]
     assert [s.id for s in (await list_all(stubs, install)).schedules] == [mine.id]
     # And a duplicate inside one install is refused.

@@ -97,7 +97,8 @@ def test_serve_refuses_an_unmigrated_database_with_one_stderr_line(
     assert result.returncode == 1, result
     assert result.stdout == ""
     assert len(lines(result.stderr)) == 1, result.stderr
-    assert "not migrated" in result.stderr and "scheduler-host migrate" in result.stderr
+    assert "not migrated" in result.stderr
+    assert "scheduler-host migrate" in result.stderr
 
 
 @pytest.mark.parametrize("database", ["configured", "embedded"])
@@ -112,7 +113,7 @@ def test_migrate_then_serve(database: str, request: pytest.FixtureRequest, tmp_p
     again = run_cli(url, "migrate", **embedded)
     assert again.returncode == 0, again.stderr
 
-    server = spawn_server(url, tmp_path / "server.log", **embedded)
+    server = spawn_server(url, tmp_path / "server.log", args=("serve",), **embedded)
     try:
         wait_until_serving(server)
     finally:

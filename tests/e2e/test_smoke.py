@@ -29,7 +29,8 @@ async def test_schedule_round_trip(stubs: Stubs, install: InstallHandle) -> None
         )
     ).schedule
     assert created.endpoint == "POST /sync"
-    assert created.enabled and created.HasField("next_run_time")
+    assert created.enabled
+    assert created.HasField("next_run_time")
     got = (
         await stubs.host.GetSchedule(
             pb.GetScheduleRequest(id=created.id), metadata=install.metadata
@@ -37,7 +38,8 @@ async def test_schedule_round_trip(stubs: Stubs, install: InstallHandle) -> None
     ).schedule
     assert got == created
     listed = await stubs.host.ListSchedules(pb.ListSchedulesRequest(), metadata=install.metadata)
-    assert [s.id for s in listed.schedules] == [created.id] and listed.total_size == 1
+    assert [s.id for s in listed.schedules] == [created.id]
+    assert listed.total_size == 1
     updated = (
         await stubs.host.UpdateSchedule(
             pb.UpdateScheduleRequest(
@@ -47,18 +49,22 @@ async def test_schedule_round_trip(stubs: Stubs, install: InstallHandle) -> None
             metadata=install.metadata,
         )
     ).schedule
-    assert updated.cron == "0 * * * *" and updated.name == "sync" and updated.payload == payload
+    assert updated.cron == "0 * * * *"
+    assert updated.name == "sync"
+    assert updated.payload == payload
     assert updated.etag != created.etag
     stale = await rpc_failure(
         stubs.host.DeleteSchedule(
             pb.DeleteScheduleRequest(id=created.id, etag=created.etag), metadata=install.metadata
         )
     )
-    assert stale.code == grpc.StatusCode.ABORTED and stale.reason == "ETAG_MISMATCH"
+    assert stale.code == grpc.StatusCode.ABORTED
+    assert stale.reason == "ETAG_MISMATCH"
     await stubs.host.DeleteSchedule(
         pb.DeleteScheduleRequest(id=created.id), metadata=install.metadata
     )
     gone = await rpc_failure(
         stubs.host.GetSchedule(pb.GetScheduleRequest(id=created.id), metadata=install.metadata)
     )
-    assert gone.code == grpc.StatusCode.NOT_FOUND and gone.reason == "SCHEDULE_NOT_FOUND"
+    assert gone.code == grpc.StatusCode.NOT_FOUND
+    assert gone.reason == "SCHEDULE_NOT_FOUND"

@@ -21,7 +21,7 @@ from schedulerhost.v1 import schedule_pb2
 from schedulerhost.v1 import scheduler_admin_pb2 as admin_pb
 from schedulerhost.v1 import scheduler_host_pb2 as pb
 
-from scheduler_host.app import Application, start_application
+from scheduler_host.app import start_application
 from tests.e2e.conftest import e2e_settings
 from tests.support.grpc_status_details import rpc_failure
 from tests.support.postgres import start_throwaway_cluster
@@ -64,8 +64,9 @@ def labels(operation: str, tenant_id: str, code: str) -> tuple[tuple[str, str], 
     )
 
 
+@pytest.mark.usefixtures("app")
 async def test_metrics_endpoint_counts_calls_errors_durations_and_runs(
-    e2e_database_url: str, app: Application, runner: RecordingRunner
+    e2e_database_url: str, runner: RecordingRunner
 ) -> None:
     metrics_port = free_port()
     served = await start_application(
@@ -130,9 +131,8 @@ async def test_metrics_endpoint_counts_calls_errors_durations_and_runs(
     assert samples[("extension_scheduler_run_lateness_seconds_count", ())] == 1
 
 
-async def test_each_rpc_is_a_server_span_with_database_spans_inside(
-    e2e_database_url: str, app: Application
-) -> None:
+@pytest.mark.usefixtures("app")
+async def test_each_rpc_is_a_server_span_with_database_spans_inside(e2e_database_url: str) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -161,8 +161,9 @@ async def test_each_rpc_is_a_server_span_with_database_spans_inside(
         assert any("SELECT" in c.name for c in children), [c.name for c in children]
 
 
+@pytest.mark.usefixtures("app")
 async def test_json_logs_carry_the_call_fields_and_no_token(
-    e2e_database_url: str, app: Application, tmp_path: Path
+    e2e_database_url: str, tmp_path: Path
 ) -> None:
     server = spawn_server(
         e2e_database_url, tmp_path / "server.log", SCHEDULER_HOST_LOG_FORMAT="json"
@@ -192,9 +193,11 @@ async def test_json_logs_carry_the_call_fields_and_no_token(
     assert listed["tenant_id"] == install.tenant_id
     assert listed["duration_ms"] >= 0
     refused = next(line for line in calls if line.get("operation") == "GetSchedule")
-    assert refused["grpc_code"] == "INVALID_ARGUMENT" and refused["request_id"]
+    assert refused["grpc_code"] == "INVALID_ARGUMENT"
+    assert refused["request_id"]
     text = server.log()
-    assert RUNNER_TOKEN not in text and ADMIN_TOKEN not in text
+    assert RUNNER_TOKEN not in text
+    assert ADMIN_TOKEN not in text
 
 
 async def health(target: str) -> int:

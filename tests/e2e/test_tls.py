@@ -1,4 +1,4 @@
-"""TLS and mTLS (SPEC §3): SCHEDULER_HOST_TLS_CERT + _KEY serve TLS; adding _CLIENT_CA
+"""TLS and mTLS: SCHEDULER_HOST_TLS_CERT + _KEY serve TLS; adding _CLIENT_CA
 requires a client certificate signed by that CA."""
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-async def tls_server(e2e_database_url: str, pki: Pki, app: Application) -> AsyncIterator[int]:
+async def tls_server(pki: Pki, app: Application) -> AsyncIterator[int]:
     server = await start_application(
-        e2e_settings(e2e_database_url, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key)),
+        e2e_settings(app.database_url, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key)),
         migrate=True,
     )
     try:
@@ -75,10 +75,10 @@ async def tls_server(e2e_database_url: str, pki: Pki, app: Application) -> Async
 
 
 @pytest.fixture(scope="module")
-async def mtls_server(e2e_database_url: str, pki: Pki, app: Application) -> AsyncIterator[int]:
+async def mtls_server(pki: Pki, app: Application) -> AsyncIterator[int]:
     server = await start_application(
         e2e_settings(
-            e2e_database_url,
+            app.database_url,
             tls_cert=str(pki.server_cert),
             tls_key=str(pki.server_key),
             tls_client_ca=str(pki.client_ca),

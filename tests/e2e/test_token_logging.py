@@ -1,4 +1,4 @@
-"""Tokens never reach the log (SPEC §3), and production refuses weak runner tokens at start."""
+"""Tokens never reach the log, and production refuses weak runner tokens at start."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -85,7 +86,7 @@ async def test_no_token_reaches_the_log(debug_server: ServerProcess) -> None:
         )
         await stubs.host.GetSchedule(pb.GetScheduleRequest(id=created.schedule.id), metadata=second)
         # Refused tokens, in every place a token is read.
-        refused = [
+        refused: list[Awaitable[Any]] = [
             stubs.host.ListSchedules(
                 pb.ListSchedulesRequest(),
                 metadata=(("x-runner-auth", BAD_TOKEN), ("x-install-id", msg.install_id)),

@@ -1,4 +1,4 @@
-"""Validation through the real server: every rule of SPEC §4 and the error shapes of SPEC §5.
+"""Validation through the real server: every validation rule and the shape of each error.
 
 Each failure is checked the way a generated client reads it: the gRPC code, `ErrorInfo.reason`
 and `domain`, and the `BadRequest` field violations (field → reason).
@@ -122,19 +122,17 @@ def assert_invalid(failure: RpcFailure, violations: dict[str, str]) -> None:
 
 async def raw_violations(call: Awaitable[Any]) -> list[tuple[str, str]]:
     """Every field violation of the BadRequest, in order, duplicates kept."""
-    try:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call
-    except grpc.aio.AioRpcError as error:
-        st = rpc_status.from_call(error)  # type: ignore[arg-type]
-        assert st is not None, error
-        out: list[tuple[str, str]] = []
-        for detail in st.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                out.extend((v.field, v.reason) for v in bad.field_violations)
-        return out
-    raise AssertionError("the call succeeded but was expected to fail")
+    st = rpc_status.from_call(raised.value)
+    assert st is not None, raised.value
+    out: list[tuple[str, str]] = []
+    for detail in st.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out.extend((v.field, v.reason) for v in bad.field_violations)
+    return out
 
 
 BAD_UUIDS = [
@@ -379,7 +377,8 @@ async def test_preview_count_defaults_to_10_and_caps_at_100(
 async def test_preview_rejects_negative_count(stubs: Stubs, shared_install: InstallHandle) -> None:
     failure = await rpc_failure(preview_call(stubs, shared_install, "@hourly", count=-1))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert failure.reason == "VALIDATION_FAILED" and failure.domain == DOMAIN
+    assert failure.reason == "VALIDATION_FAILED"
+    assert failure.domain == DOMAIN
     assert set(failure.violations) == {"count"}
 
 
@@ -522,7 +521,8 @@ async def test_duplicate_name_in_the_same_install_is_already_exists(
     for duplicate in ("sync", "  sync  "):
         failure = await rpc_failure(create_call(stubs, install, name=duplicate))
         assert failure.code == grpc.StatusCode.ALREADY_EXISTS, failure
-        assert failure.reason == "SCHEDULE_NAME_IN_USE" and failure.domain == DOMAIN
+        assert failure.reason == "SCHEDULE_NAME_IN_USE"
+        assert failure.domain == DOMAIN
     assert (await list_all(stubs, install)).total_size == 1
 
 
@@ -549,7 +549,8 @@ async def test_rename_to_a_taken_name_is_already_exists(
         update_call(stubs, install, schedule_pb2.Schedule(id=second.id, name=" first "))
     )
     assert failure.code == grpc.StatusCode.ALREADY_EXISTS, failure
-    assert failure.reason == "SCHEDULE_NAME_IN_USE" and failure.domain == DOMAIN
+    assert failure.reason == "SCHEDULE_NAME_IN_USE"
+    assert failure.domain == DOMAIN
     assert (await get(stubs, install, second.id)).name == "second"
 
 
@@ -584,7 +585,9 @@ async def test_payload_object_or_array_is_returned_equal(
 
 
 async def test_null_payload_means_unset(stubs: Stubs, install: InstallHandle) -> None:
-    created = await create(stubs, install, payload=struct_pb2.Value(null_value=0))
+    created = await create(
+        stubs, install, payload=struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
+    )
     assert not created.HasField("payload")
 
 
@@ -817,7 +820,8 @@ async def test_get_endpoints_marks_schedulable_by_the_same_rule(
         "POST /report",
     }
     for key in ("PUT /items", "GET /items/{id}", "POST /users/:id"):
-        assert not flags[key].schedulable and flags[key].unschedulable_reason
+        assert not flags[key].schedulable
+        assert flags[key].unschedulable_reason
     for e in reply.endpoints:
         if e.schedulable:
             assert e.unschedulable_reason == ""
@@ -1015,7 +1019,8 @@ async def test_page_size_zero_and_oversized_return_everything_below_the_limit(
     for page_size in (0, 100, 500, 2**31 - 1):
         reply = await list_call(stubs, install, page_size)
         assert [s.id for s in reply.schedules] == ids, page_size
-        assert reply.next_page_token == "" and reply.total_size == 3
+        assert reply.next_page_token == ""
+        assert reply.total_size == 3
 
 
 async def test_page_size_one_walks_the_list_with_tokens(
@@ -1026,7 +1031,8 @@ async def test_page_size_one_walks_the_list_with_tokens(
     token = ""
     for _ in range(3):
         reply = await list_call(stubs, install, 1, token)
-        assert len(reply.schedules) == 1 and reply.total_size == 3
+        assert len(reply.schedules) == 1
+        assert reply.total_size == 3
         seen.append(reply.schedules[0].id)
         token = reply.next_page_token
     assert seen == ids
@@ -1037,12 +1043,15 @@ async def test_default_page_holds_all_fifty_schedules(stubs: Stubs, install: Ins
     # 50 is the quota, so the default page (50) must hold a full install.
     await asyncio.gather(*(create(stubs, install) for _ in range(50)))
     reply = await list_call(stubs, install, 0)
-    assert len(reply.schedules) == 50 and reply.next_page_token == ""
+    assert len(reply.schedules) == 50
+    assert reply.next_page_token == ""
     assert reply.total_size == 50
     first = await list_call(stubs, install, 49)
-    assert len(first.schedules) == 49 and first.next_page_token
+    assert len(first.schedules) == 49
+    assert first.next_page_token
     rest = await list_call(stubs, install, 49, first.next_page_token)
-    assert len(rest.schedules) == 1 and rest.next_page_token == ""
+    assert len(rest.schedules) == 1
+    assert rest.next_page_token == ""
     assert [s.id for s in [*first.schedules, *rest.schedules]] == [s.id for s in reply.schedules]
 
 
@@ -1238,7 +1247,8 @@ async def test_create_reports_every_bad_field_together(
         },
     )
     listed = await list_all(stubs, install)
-    assert list(listed.schedules) == [] and listed.total_size == 0
+    assert list(listed.schedules) == []
+    assert listed.total_size == 0
 
 
 @pytest.mark.parametrize(
@@ -1328,10 +1338,12 @@ async def test_output_fields_on_create_are_ignored(stubs: Stubs, install: Instal
         create_time=ts(long_ago),
         update_time=ts(long_ago),
     )
-    assert created.id != sent_id and uuid.UUID(created.id)
+    assert created.id != sent_id
+    assert uuid.UUID(created.id)
     assert created.etag != "bogus-etag"
     assert uuid.UUID(created.endpoint_id)
-    assert created.last_error == "" and not created.HasField("last_run_time")
+    assert created.last_error == ""
+    assert not created.HasField("last_run_time")
     assert created.last_run_status == schedule_pb2.RUN_STATUS_UNSPECIFIED
     now = datetime.now(UTC)
     assert created.create_time.ToDatetime(tzinfo=UTC) > now - timedelta(minutes=5)
@@ -1359,10 +1371,12 @@ async def test_output_fields_on_update_are_ignored(stubs: Stubs, install: Instal
         update_time=ts(long_ago),
     )
     updated = (await update_call(stubs, install, change)).schedule
-    assert updated.cron == "0 0 * * *" and updated.name == "n"
+    assert updated.cron == "0 0 * * *"
+    assert updated.name == "n"
     assert updated.endpoint_id == created.endpoint_id
     assert updated.create_time == created.create_time
-    assert updated.last_error == "" and not updated.HasField("last_run_time")
+    assert updated.last_error == ""
+    assert not updated.HasField("last_run_time")
     assert updated.next_run_time.ToDatetime(tzinfo=UTC) > datetime.now(UTC) - timedelta(minutes=1)
 
 
@@ -1391,7 +1405,7 @@ async def test_unknown_schedule_is_not_found_with_resource_info(
 ) -> None:
     theirs = await create(stubs, other_install)
     for missing in (str(uuid.uuid4()), theirs.id):
-        calls = [
+        calls: list[Awaitable[Any]] = [
             stubs.host.GetSchedule(pb.GetScheduleRequest(id=missing), metadata=install.metadata),
             stubs.host.DeleteSchedule(
                 pb.DeleteScheduleRequest(id=missing), metadata=install.metadata
@@ -1401,7 +1415,8 @@ async def test_unknown_schedule_is_not_found_with_resource_info(
         for call in calls:
             failure = await rpc_failure(call)
             assert failure.code == grpc.StatusCode.NOT_FOUND, failure
-            assert failure.reason == "SCHEDULE_NOT_FOUND" and failure.domain == DOMAIN
+            assert failure.reason == "SCHEDULE_NOT_FOUND"
+            assert failure.domain == DOMAIN
             assert failure.resource == ("schedule", missing)
             assert failure.violations == {}
     # The other install's schedule is untouched.
@@ -1410,7 +1425,7 @@ async def test_unknown_schedule_is_not_found_with_resource_info(
 
 async def test_unknown_install_is_not_found_with_resource_info(stubs: Stubs) -> None:
     missing = str(uuid.uuid4())
-    calls = [
+    calls: list[Awaitable[Any]] = [
         stubs.admin.GetInstall(
             admin_pb.GetInstallRequest(install_id=missing), metadata=admin_metadata()
         ),
@@ -1425,7 +1440,8 @@ async def test_unknown_install_is_not_found_with_resource_info(stubs: Stubs) -> 
     for call in calls:
         failure = await rpc_failure(call)
         assert failure.code == grpc.StatusCode.NOT_FOUND, failure
-        assert failure.reason == "INSTALL_NOT_FOUND" and failure.domain == DOMAIN
+        assert failure.reason == "INSTALL_NOT_FOUND"
+        assert failure.domain == DOMAIN
         assert failure.resource == ("install", missing)
 
 
@@ -1440,7 +1456,8 @@ async def test_list_runs_of_unknown_schedule_is_not_found(
         )
     )
     assert failure.code == grpc.StatusCode.NOT_FOUND, failure
-    assert failure.reason == "SCHEDULE_NOT_FOUND" and failure.resource == ("schedule", missing)
+    assert failure.reason == "SCHEDULE_NOT_FOUND"
+    assert failure.resource == ("schedule", missing)
 
 
 MALFORMED_BYTES = [
@@ -1475,8 +1492,10 @@ async def test_request_bytes_that_do_not_decode_are_malformed_request(
     )
     failure = await rpc_failure(call(data, metadata=shared_install.metadata))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
-    assert failure.reason == "MALFORMED_REQUEST" and failure.domain == DOMAIN
-    assert "Traceback" not in failure.message and "Error parsing" not in failure.message
+    assert failure.reason == "MALFORMED_REQUEST"
+    assert failure.domain == DOMAIN
+    assert "Traceback" not in failure.message
+    assert "Error parsing" not in failure.message
 
 
 @pytest.mark.parametrize("method", ["GetInstall", "UpsertInstall", "ListScheduleRuns"])
@@ -1490,7 +1509,8 @@ async def test_admin_request_bytes_that_do_not_decode_are_malformed_request(
     )
     failure = await rpc_failure(call(b"\xff\xff\xff", metadata=admin_metadata()))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
-    assert failure.reason == "MALFORMED_REQUEST" and failure.domain == DOMAIN
+    assert failure.reason == "MALFORMED_REQUEST"
+    assert failure.domain == DOMAIN
 
 
 async def test_request_over_the_size_limit_is_resource_exhausted(
@@ -1563,7 +1583,8 @@ async def test_error_messages_never_carry_internals_or_tokens(
     for call in calls:
         failure = await rpc_failure(call)
         assert failure.code != grpc.StatusCode.UNKNOWN, failure
-        assert failure.domain == DOMAIN and failure.reason, failure
+        assert failure.domain == DOMAIN, failure
+        assert failure.reason, failure
         texts = [failure.message, *failure.descriptions.values()]
         for text in texts:
             for forbidden in (*FORBIDDEN_IN_MESSAGES, wrong_token):

@@ -62,7 +62,8 @@ def test_two_workers_share_the_port_and_stop_together(
                     pb.GetEndpointsRequest(), metadata=metadata, timeout=5
                 )
         answered = [calls_answered(metrics), calls_answered(metrics + 1)]
-        assert all(a > 0 for a in answered) and sum(answered) >= 40, answered
+        assert all(a > 0 for a in answered), answered
+        assert sum(answered) >= 40, answered
         group.process.send_signal(signal.SIGTERM)
         code = group.process.wait(30)
     finally:
@@ -81,4 +82,5 @@ def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
         SCHEDULER_HOST_LISTEN="127.0.0.1:0",
     )
     code = group.process.wait(30)
-    assert code == 2 and "SCHEDULER_HOST_LISTEN" in group.log(), group.log()
+    assert code == 2, group.log()
+    assert "SCHEDULER_HOST_LISTEN" in group.log(), group.log()

@@ -166,11 +166,13 @@ async def test_a_claim_applies_the_plan_to_each_due_schedule_of_its_bucket(world
     by_schedule = {c.run.schedule_id: c for c in batch.runs}
     assert set(by_schedule) == {fires.id, missed.id}
     for claim in batch.runs:
-        assert claim.lease_until == LEASE and claim.takeovers == 0
+        assert claim.lease_until == LEASE
+        assert claim.takeovers == 0
         assert (claim.run.status, claim.run.trigger) == (RunState.RUNNING, RunTrigger.SCHEDULE)
         assert (claim.run.start_time, claim.run.attempt, claim.run.scheduled_time) == (T, 1, T)
         assert claim.target.install == w.installs[A].context()
-        assert claim.target.endpoint_found and not claim.target.run_in_flight
+        assert claim.target.endpoint_found
+        assert not claim.target.run_in_flight
 
     (run,) = await w.runs(fires)
     assert (run["id"], run["status"], run["scheduled_time"], run["lease_until"]) == (
@@ -179,7 +181,9 @@ async def test_a_claim_applies_the_plan_to_each_due_schedule_of_its_bucket(world
         T,
         LEASE,
     )
-    assert run["bucket"] == bucket_of(A) and run["attempt"] == 1 and run["takeovers"] == 0
+    assert run["bucket"] == bucket_of(A)
+    assert run["attempt"] == 1
+    assert run["takeovers"] == 0
     fired = await w.row(fires)
     assert fired["next_run_time"] == T + 5 * MINUTE
     assert fired["running_run_id"] == run["id"]
@@ -191,7 +195,8 @@ async def test_a_claim_applies_the_plan_to_each_due_schedule_of_its_bucket(world
         T - timedelta(hours=2),
         SKIPPED_MISSED,
     )
-    assert skipped["lease_until"] is None and skipped["finish_time"] == T
+    assert skipped["lease_until"] is None
+    assert skipped["finish_time"] == T
     assert (caught_up["status"], caught_up["scheduled_time"]) == ("running", T)
     missed_row = await w.row(missed)
     assert (missed_row["last_run_status"], missed_row["last_run_time"]) == ("skipped", T)
@@ -214,11 +219,14 @@ async def test_a_claim_applies_the_plan_to_each_due_schedule_of_its_bucket(world
     assert await w.runs(gone) == []
 
     parked_row = await w.row(parked)
-    assert parked_row["enabled"] and parked_row["next_run_time"] is None
-    assert parked_row["revision"] == 1 and await w.runs(parked) == []
+    assert parked_row["enabled"]
+    assert parked_row["next_run_time"] is None
+    assert parked_row["revision"] == 1
+    assert await w.runs(parked) == []
 
     assert (await w.row(later))["next_run_time"] == T + 3 * MINUTE
-    assert (await w.row(elsewhere))["next_run_time"] == T and await w.runs(elsewhere) == []
+    assert (await w.row(elsewhere))["next_run_time"] == T
+    assert await w.runs(elsewhere) == []
     # The other bucket is claimed on its own.
     (other,) = await w.claim(B)
     assert other.run.schedule_id == elsewhere.id
@@ -347,7 +355,8 @@ async def test_an_occurrence_already_recorded_is_not_fired_again(world: World) -
 
     assert [c.run.schedule_id for c in claims] == [other.id]
     row = await w.row(s)
-    assert row["running_run_id"] is None and row["next_run_time"] == T + 5 * MINUTE
+    assert row["running_run_id"] is None
+    assert row["next_run_time"] == T + 5 * MINUTE
     assert [r["id"] for r in await w.runs(s)] == [done]
     assert (await run_row(w.db, done))["status"] == "success"
 
@@ -382,7 +391,8 @@ async def test_expired_leases_are_taken_over_counting_attempts_and_takeovers(
         T,
         RunState.RUNNING,
     )
-    assert taken.target.schedule.id == s.id and taken.target.install == w.installs[A].context()
+    assert taken.target.schedule.id == s.id
+    assert taken.target.install == w.installs[A].context()
     row = await run_row(w.db, claim.run.id)
     assert (row["lease_until"], row["attempt"], row["takeovers"], row["status"]) == (
         second_lease,
@@ -517,16 +527,19 @@ async def test_finishes_are_written_together_and_fenced_by_their_leases(world: W
         )
         assert row["running_run_id"] is None
     ok_row = await w.row(ok.target.schedule)
-    assert ok_row["enabled"] and ok_row["revision"] == 1
+    assert ok_row["enabled"]
+    assert ok_row["revision"] == 1
     assert ok_row["next_run_time"] == T + 5 * MINUTE
     gone = await w.row(disabled.target.schedule)
-    assert not gone["enabled"] and gone["next_run_time"] is None
+    assert not gone["enabled"]
+    assert gone["next_run_time"] is None
     assert (gone["revision"], gone["update_time"]) == (2, done)
     for kept, lease in ((lost, LEASE + MINUTE), (released, T + MINUTE)):
         run = await run_row(w.db, kept.run.id)
         assert (run["status"], run["lease_until"], run["finish_time"]) == ("running", lease, None)
         row = await w.row(kept.target.schedule)
-        assert row["running_run_id"] == kept.run.id and row["last_run_status"] is None
+        assert row["running_run_id"] == kept.run.id
+        assert row["last_run_status"] is None
     # A released run is taken over at once.
     (again,) = await w.store.take_over_expired(bucket_of(A), T + 2 * MINUTE, 10, LEASE, [])
     assert again.run.id == released.run.id
@@ -589,7 +602,8 @@ async def test_manual_runs_go_through_the_same_records(world: World) -> None:
     target = await w.store.load_target(A, iid, s.id)
     assert target is not None
     assert target.schedule == await _schedule(w, s)
-    assert target.endpoint_found and not target.run_in_flight
+    assert target.endpoint_found
+    assert not target.run_in_flight
 
     first = await w.store.start_manual_run(target, T, T, LEASE)
     assert first is not None
@@ -605,7 +619,8 @@ async def test_manual_runs_go_through_the_same_records(world: World) -> None:
     assert row["running_run_id"] == first.run.id, "the first counts as in flight"
     assert row["next_run_time"] == T + timedelta(hours=10)
     reloaded = await w.store.load_target(A, iid, s.id)
-    assert reloaded is not None and reloaded.run_in_flight
+    assert reloaded is not None
+    assert reloaded.run_in_flight
 
     done = T + timedelta(seconds=1)
     results = await w.store.finish_runs(
@@ -617,10 +632,12 @@ async def test_manual_runs_go_through_the_same_records(world: World) -> None:
     assert [r.status if r else None for r in results] == [RunState.SUCCESS, RunState.ERROR]
     assert [r["status"] for r in await w.runs(s)] == ["success", "error"]
     row = await w.row(s)
-    assert row["running_run_id"] is None and row["last_run_status"] in ("success", "error")
+    assert row["running_run_id"] is None
+    assert row["last_run_status"] in ("success", "error")
     gone = await w.schedule(path="/gone")
     gone_target = await w.store.load_target(A, iid, gone.id)
-    assert gone_target is not None and not gone_target.endpoint_found
+    assert gone_target is not None
+    assert not gone_target.endpoint_found
 
 
 async def _schedule(w: World, s: Schedule) -> Schedule | None:

@@ -266,9 +266,7 @@ WHERE n.nspname = 'public' AND c.relname = ANY($1::text[]) AND k.contype IN ('p'
 """
 
 
-async def test_every_key_and_index_of_a_tenant_table_starts_with_the_bucket(
-    pg_url: str, db: Db
-) -> None:
+async def test_every_key_and_index_of_a_tenant_table_starts_with_the_bucket(db: Db) -> None:
     rows = await db.fetch(_KEY_COLUMNS, list(tables.TENANT_TABLES))
     kinds = {(r["table_name"], r["kind"]) for r in rows}
     for table in tables.TENANT_TABLES:
@@ -295,7 +293,7 @@ async def test_every_key_and_index_of_a_tenant_table_starts_with_the_bucket(
 
 
 async def test_tenant_tables_carry_the_bucket_and_the_others_are_the_reference_tables(
-    pg_url: str, db: Db
+    db: Db,
 ) -> None:
     present = {
         r[0]
@@ -620,7 +618,8 @@ async def _readable_by_the_new_storage(url: str, ids: dict[str, list[uuid.UUID]]
                 assert install is not None
                 assert [e.selector for e in install.endpoints] == ["GET /status", "POST /sync"]
                 page, total = await u.schedules.page_with_total(install.tenant_id, iid, None, 10)
-                assert total == 2 and [s.name for s in page] == ["schedule-0", None]
+                assert total == 2
+                assert [s.name for s in page] == ["schedule-0", None]
                 runs = await u.runs.page(install.tenant_id, page[0].id, None, 10)
                 assert [r.status for r in runs] == ["running", "success"]
                 # The two migrated hits of the install count in its window.
@@ -702,7 +701,7 @@ async def test_0003_drops_what_its_keys_cannot_hold_and_its_downgrade_what_0002_
         await db.close()
 
 
-async def test_a_schedule_is_either_recurring_or_one_time(pg_url: str, db: Db) -> None:
+async def test_a_schedule_is_either_recurring_or_one_time(db: Db) -> None:
     iid = uuid.uuid4()
     bucket = bucket_of("tenant-a")
     await db.execute(

@@ -174,7 +174,9 @@ async def test_saving_again_updates_the_install_and_replaces_its_endpoints(
     assert got.update_time == later
     assert got.create_time == T0, "the first registration time is kept"
     assert old_eps == [], "only the current version's endpoints are kept"
-    assert ctx is not None and ctx.capabilities == frozenset() and not ctx.enabled
+    assert ctx is not None
+    assert ctx.capabilities == frozenset()
+    assert not ctx.enabled
 
 
 async def test_saving_an_install_without_endpoints(factory: PgUnitOfWorkFactory) -> None:
@@ -183,7 +185,8 @@ async def test_saving_an_install_without_endpoints(factory: PgUnitOfWorkFactory)
     await save_installs(factory, replace(install, endpoints=()))
     async with factory(autocommit=True) as u:
         got = await u.installs.get(install.install_id)
-    assert got is not None and got.endpoints == ()
+    assert got is not None
+    assert got.endpoints == ()
 
 
 async def test_the_directory_names_each_install_s_bucket_and_tenant(
@@ -283,10 +286,14 @@ async def test_leaving_without_commit_rolls_back(factory: PgUnitOfWorkFactory) -
     async with factory(autocommit=True) as u:
         assert await u.installs.get(install.install_id) is None
         assert await u.installs.context(install.install_id) is None
-    with pytest.raises(LookupError):
+
+    async def save_then_fail() -> None:
         async with factory() as u:
             await u.installs.save(install)
             raise LookupError("the use case failed")
+
+    with pytest.raises(LookupError, match="the use case failed"):
+        await save_then_fail()
     async with factory(autocommit=True) as u:
         assert await u.installs.get(install.install_id) is None
 
@@ -317,7 +324,8 @@ async def test_a_created_schedule_reads_back_field_for_field(
     for sent, made in zip((full, unset, array, empty, once), stored, strict=True):
         got = await get(factory, sent)
         assert got == made
-        assert got is not None and got.payload_wire == sent.payload_wire
+        assert got is not None
+        assert got.payload_wire == sent.payload_wire
         # Nothing but the create time (and update time) is the store's own.
         assert replace(made, create_time=sent.create_time, update_time=sent.update_time) == sent
     async with factory(autocommit=True) as u:
@@ -408,7 +416,8 @@ async def test_pages_follow_create_time_then_id(factory: PgUnitOfWorkFactory, db
             after = (page[-1].create_time, page[-1].id)
         assert await u.schedules.page_with_total("tenant-b", iid, None, 100) == ([], 0)
 
-    assert everything == expected and count == 7
+    assert everything == expected
+    assert count == 7
     assert [len(p) for p in pages] == [3, 3, 1]
     assert [s.id for p in pages for s in p] == [s.id for s in expected]
     assert totals == [7, 7, 7, 7], "an empty page still carries the total"
@@ -713,7 +722,8 @@ async def test_update_definition_writes_only_at_the_expected_revision(
         last_run_status="error",
         last_error="x",
     )
-    assert stored is not None and stored.payload_wire == b"\x01"
+    assert stored is not None
+    assert stored.payload_wire == b"\x01"
     assert await get(factory, s) == stored
     assert (await schedule_row(db, s.id))["running_run_id"] == run_id
 
@@ -721,7 +731,9 @@ async def test_update_definition_writes_only_at_the_expected_revision(
     timed = replace(stored, revision=3, next_run_time=None)
     async with factory(autocommit=True) as u:
         again = await u.schedules.update_definition(timed, 2, timing=True, version_id="v1")
-    assert again is not None and again.next_run_time is None and again.revision == 3
+    assert again is not None
+    assert again.next_run_time is None
+    assert again.revision == 3
 
     async with factory(autocommit=True) as u:
         with pytest.raises(NameInUse):
@@ -751,7 +763,8 @@ async def test_delete_with_and_without_a_revision(factory: PgUnitOfWorkFactory, 
         assert await u.schedules.delete(tenant, iid, at_revision.id, revision=2) is False
         assert await u.schedules.get(tenant, iid, at_revision.id, for_update=False) == at_revision
         assert await u.schedules.delete(tenant, iid, at_revision.id, revision=1) is True
-    assert await get(factory, gone) is None and await get(factory, at_revision) is None
+    assert await get(factory, gone) is None
+    assert await get(factory, at_revision) is None
     assert await get(factory, keep) == keep
     # A schedule's runs go with it.
     assert await db.fetchval("SELECT count(*) FROM schedule_runs WHERE id = $1", run) == 0
@@ -929,7 +942,8 @@ async def test_runs_page_newest_first_by_scheduled_time_then_id(
         install.install_id,
         s.id,
     )
-    assert first.finish_time == T0 + 3 * SECOND and first.attempt == 1
+    assert first.finish_time == T0 + 3 * SECOND
+    assert first.attempt == 1
     assert {r.status for r in everything} == set(RunState) - {RunState.PENDING}
     assert {r.trigger for r in everything} == set(RunTrigger)
 
@@ -1034,7 +1048,8 @@ async def test_a_caller_whose_clock_lags_counts_from_just_after_the_newest_hit(
     # A refusal's wait never exceeds the window, whatever the lag of the caller's clock.
     for lag in (timedelta(0), SECOND, timedelta(minutes=5)):
         wait = await hit(factory, T0 - lag, limit=2)
-        assert wait is not None and timedelta(0) < wait <= WINDOW, (lag, wait)
+        assert wait is not None, lag
+        assert timedelta(0) < wait <= WINDOW, (lag, wait)
 
 
 async def test_every_wait_stays_within_the_window(factory: PgUnitOfWorkFactory) -> None:
@@ -1066,10 +1081,14 @@ async def test_the_limit_is_exact_across_processes(pg_url: str, db: Db) -> None:
 async def test_a_hit_in_an_autocommit_unit_counts_even_when_the_use_case_fails(
     factory: PgUnitOfWorkFactory,
 ) -> None:
-    with pytest.raises(LookupError):
+
+    async def hit_then_fail() -> None:
         async with factory(autocommit=True) as u:
             assert await u.rate_limits.hit("mutations:y", "tenant-a", 1, WINDOW, T0) is None
             raise LookupError("the mutation failed afterwards")
+
+    with pytest.raises(LookupError, match="the mutation failed afterwards"):
+        await hit_then_fail()
     assert await hit(factory, T0 + WINDOW / 2, scope="mutations:y", limit=1) == WINDOW / 2
 
 

@@ -314,7 +314,7 @@ async def test_a_huge_answer_is_not_read_past_the_cap(
     piece = b"x" * (1024 * 1024)
     sent = 0
 
-    async def flood(request: Request, writer: asyncio.StreamWriter) -> bool:
+    async def flood(_request: Request, writer: asyncio.StreamWriter) -> bool:
         nonlocal sent
         head = {
             "content-length": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total,
@@ -337,7 +337,8 @@ async def test_a_huge_answer_is_not_read_past_the_cap(
     assert outcome == CallOutcome(
         False, f"Runner response larger than {MAX_RESPONSE_BYTES} bytes (http 200)"
     )
-    assert sent < total and elapsed < 10
+    assert sent < total
+    assert elapsed < 10
 
 
 async def test_a_runner_that_closes_in_the_body_is_a_retryable_failure(
@@ -399,7 +400,7 @@ async def test_a_runner_that_trickles_bytes_cannot_stretch_the_deadline(
     assert server.connections == 2
 
 
-async def test_keep_alive_reuses_one_connection_for_the_request_of_the_spec(
+async def test_keep_alive_reuses_one_connection_for_the_runner_request(
     clients: Callable[..., HttpRunnerClient],
 ) -> None:
     async with RawRunner() as server:
@@ -445,7 +446,7 @@ async def test_a_runner_that_drops_a_reused_connection_gets_the_call_on_a_new_on
 async def test_a_runner_that_closes_without_answering_is_a_retryable_failure(
     clients: Callable[..., HttpRunnerClient],
 ) -> None:
-    async def hang_up(request: Request, writer: asyncio.StreamWriter) -> bool:
+    async def hang_up(_request: Request, _writer: asyncio.StreamWriter) -> bool:
         return False
 
     async with RawRunner(hang_up) as server:
@@ -483,7 +484,7 @@ async def test_connections_the_runner_means_to_close_are_not_reused(
 async def test_informational_answers_are_skipped_and_redirects_not_followed(
     clients: Callable[..., HttpRunnerClient],
 ) -> None:
-    async def continue_then_redirect(request: Request, writer: asyncio.StreamWriter) -> bool:
+    async def continue_then_redirect(_request: Request, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         writer.write(
             answer(b"{}", head=b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\n")
@@ -501,7 +502,7 @@ async def test_informational_answers_are_skipped_and_redirects_not_followed(
 async def test_connections_are_bounded_by_max_connections(
     clients: Callable[..., HttpRunnerClient],
 ) -> None:
-    async def slow(request: Request, writer: asyncio.StreamWriter) -> bool:
+    async def slow(_request: Request, writer: asyncio.StreamWriter) -> bool:
         await asyncio.sleep(0.05)
         writer.write(answer(b"{}"))
         await writer.drain()
@@ -511,7 +512,8 @@ async def test_connections_are_bounded_by_max_connections(
         client = clients(server.url, 3)
         outcomes = await asyncio.gather(*(client.execute(call(f"r{n}")) for n in range(12)))
     assert outcomes == [CallOutcome(True)] * 12
-    assert server.most_open <= 3 and server.connections == 3
+    assert server.most_open <= 3
+    assert server.connections == 3
 
 
 async def test_the_wait_for_a_connection_counts_against_the_deadline(
@@ -561,7 +563,8 @@ async def test_a_runner_that_is_not_listening_is_a_retryable_connect_failure() -
         outcome = await client.execute(call())
     finally:
         await client.close()
-    assert not outcome.ok and outcome.retryable
+    assert not outcome.ok
+    assert outcome.retryable
     assert (outcome.error or "").startswith(
         "Runner call failed: cannot connect to the Runner (ClientConnectorError: "
     )
@@ -601,7 +604,7 @@ async def stand_in() -> AsyncIterator[tuple[StandInRunner, list[Execution]]]:
     await runner.stop()
 
 
-async def test_the_stand_in_receives_the_spec_body_and_headers(
+async def test_the_stand_in_receives_the_request_body_and_headers(
     stand_in: tuple[StandInRunner, list[Execution]], clients: Callable[..., HttpRunnerClient]
 ) -> None:
     runner, seen = stand_in
@@ -650,7 +653,8 @@ async def test_https_with_the_given_trust_and_not_without_it(
         untrusting = clients(server.url)  # the system's trust store does not know this CA
         refused = await untrusting.execute(call())
     assert outcomes == [CallOutcome(False, own_error(n)) for n in (1, 2, 3)]
-    assert not refused.ok and refused.retryable
+    assert not refused.ok
+    assert refused.retryable
     assert (refused.error or "").startswith(
         "Runner call failed: the Runner's TLS certificate was refused"
     )

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
+from typing_extensions import override
 
 from scheduler_host.adapters.db.buckets import bucket_of
 from scheduler_host.adapters.db.dispatch_store import PgDispatchStore
@@ -36,7 +37,7 @@ from scheduler_host.domain.schedule import Schedule
 from scheduler_host.service import installs, schedules
 from scheduler_host.service.access import InstallContextCache, authorize_install
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput
-from scheduler_host.service.ports import ClaimedRun, RunOutcome
+from scheduler_host.service.ports import ClaimedRun, PageTokens, RunOutcome
 from scheduler_host.service.schedule_input import ScheduleFields
 from tests.support.storage import Db, connect, wait_for_lock_waiters
 
@@ -148,10 +149,12 @@ def install_input(
     )
 
 
-class _NoTokens:
+class _NoTokens(PageTokens):
+    @override
     def encode(self, scope: str, position: Any) -> str:
         return "next"
 
+    @override
     def decode(self, scope: str, token: str) -> list[str] | None:
         return None
 
@@ -327,7 +330,8 @@ async def test_optimistic_updates_racing_each_other_lose_nothing(
     assert final.revision == 25
     assert (final.name, final.cron) == ("renamed", "30 2 * * *")
     assert final.payload == max(stored, key=lambda r: r.revision).payload
-    assert final.next_run_time is not None and (
+    assert final.next_run_time is not None
+    assert (
         final.next_run_time.hour,
         final.next_run_time.minute,
     ) == (2, 30)
@@ -577,4 +581,5 @@ async def test_two_registrations_of_one_new_install_for_two_tenants_leave_one_in
     directory = await db.fetch("SELECT bucket, tenant_id FROM install_directory")
     assert [tuple(r) for r in directory] == [(bucket_of(TENANT), TENANT)]
     assert [tuple(r) for r in rows] == [(bucket_of(TENANT), TENANT)], "one install, the first"
-    assert results[0] == [] and isinstance(results[1], ValidationFailed), results
+    assert results[0] == [], results
+    assert isinstance(results[1], ValidationFailed), results

@@ -20,7 +20,7 @@ def json_reply(text: str, status: int = 200) -> Reply:
 def hold_until(event: asyncio.Event, reply: Reply | None = None) -> Step:
     """Answer only once `event` is set (a run kept in flight)."""
 
-    async def step(execution: Execution) -> Reply:
+    async def step(_execution: Execution) -> Reply:
         await event.wait()
         return reply or Reply()
 
@@ -28,7 +28,7 @@ def hold_until(event: asyncio.Event, reply: Reply | None = None) -> Step:
 
 
 def slow(seconds: float, reply: Reply | None = None) -> Step:
-    async def step(execution: Execution) -> Reply:
+    async def step(_execution: Execution) -> Reply:
         await asyncio.sleep(seconds)
         return reply or Reply()
 

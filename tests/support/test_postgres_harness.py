@@ -46,7 +46,7 @@ def test_server_from_url_parses_sqlalchemy_and_plain_urls() -> None:
     assert server.url("x") == "postgresql+asyncpg://alice@db.example:6543/x"
     assert server.dsn("x") == "postgresql://alice@db.example:6543/x"
     assert server_from_url("postgresql://h/db").port == 5432
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a PostgreSQL URL"):
         server_from_url("mysql://root@h/db")
 
 

@@ -1,7 +1,9 @@
 """In-memory implementations of every port of `service/ports.py`, for unit tests of the use cases
 and the dispatcher. They keep the ports' promises (transactions roll back unless committed,
-conditional writes, the unique run guard, lease fencing), and mypy checks them against the
-Protocols below, so a fake cannot drift from its port."""
+conditional writes, the unique run guard, lease fencing). The fakes subclass their ports and mark
+the ports' methods `@override` (an argument a fake has no use for is still the port's), except the
+unit of work, whose port declares read-only properties; mypy checks every fake against its port
+(see the end of this file), so a fake cannot drift from it."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
+
+from typing_extensions import override
 
 from scheduler_host.domain.endpoints import Endpoint
 from scheduler_host.domain.errors import InstallNotFound, NameInUse
@@ -44,7 +48,7 @@ class Data:
     hits: dict[str, list[datetime]] = field(default_factory=dict)
 
 
-class FakeSchedules:
+class FakeSchedules(ports.ScheduleRepository):
     def __init__(self, data: Data) -> None:
         self.d = data
 
@@ -63,6 +67,7 @@ class FakeSchedules:
             if s.name is not None and other.id != s.id and other.name == s.name:
                 raise NameInUse("a schedule with this name already exists in the install")
 
+    @override
     async def get(
         self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID, *, for_update: bool
     ) -> Schedule | None:
@@ -71,6 +76,7 @@ class FakeSchedules:
             return None
         return found
 
+    @override
     async def page_with_total(
         self,
         tenant_id: str,
@@ -82,6 +88,7 @@ class FakeSchedules:
         page = [s for s in mine if after is None or (s.create_time, s.id) > after]
         return page[:limit], len(mine)
 
+    @override
     async def usage(
         self,
         tenant_id: str,
@@ -97,6 +104,7 @@ class FakeSchedules:
         key = self.d.keys.get((install_id, request_id)) if request_id is not None else None
         return key[0] if key is not None and key[1] > since else None
 
+    @override
     async def create(
         self,
         schedule: Schedule,
@@ -128,6 +136,7 @@ class FakeSchedules:
             self.d.keys[(created.install_id, request_id)] = (created.id, created.create_time)
         return ports.CreateOutcome(created=created)
 
+    @override
     async def update_definition(
         self, schedule: Schedule, expected_revision: int, *, timing: bool, version_id: str
     ) -> Schedule | None:
@@ -148,6 +157,7 @@ class FakeSchedules:
         self.d.schedules[schedule.id] = stored
         return stored
 
+    @override
     async def delete(
         self,
         tenant_id: str,
@@ -164,9 +174,11 @@ class FakeSchedules:
             del self.d.runs[run_id]
         return True
 
+    @override
     async def lock_install_schedules(self, tenant_id: str, install_id: uuid.UUID) -> list[Schedule]:
         return sorted(self._mine(tenant_id, install_id), key=lambda s: s.id)
 
+    @override
     async def apply_remap(
         self, tenant_id: str, install_id: uuid.UUID, changes: Sequence[Schedule]
     ) -> None:
@@ -183,22 +195,26 @@ class FakeSchedules:
             )
 
 
-class FakeInstalls:
+class FakeInstalls(ports.InstallRepository):
     def __init__(self, data: Data, cache: ports.EndpointCache | None = None) -> None:
         self.d = data
         self.cache = cache
 
+    @override
     async def get(self, install_id: uuid.UUID) -> Install | None:
         return self.d.installs.get(install_id)
 
+    @override
     async def context(self, install_id: uuid.UUID) -> InstallContext | None:
         found = self.d.installs.get(install_id)
         return found.context() if found is not None else None
 
+    @override
     async def lock(self, tenant_id: str, install_id: uuid.UUID) -> bool:
         found = self.d.installs.get(install_id)
         return found is not None and found.tenant_id == tenant_id
 
+    @override
     async def endpoints(
         self, tenant_id: str, install_id: uuid.UUID, version_id: str
     ) -> list[Endpoint]:
@@ -212,6 +228,7 @@ class FakeInstalls:
             self.cache.keep_endpoints(install_id, version_id, eps)
         return eps
 
+    @override
     async def save(self, install: Install) -> bool:
         stored = self.d.installs.get(install.install_id)
         if stored is not None and stored.tenant_id != install.tenant_id:
@@ -219,6 +236,7 @@ class FakeInstalls:
         self.d.installs[install.install_id] = install
         return True
 
+    @override
     async def delete(self, install_id: uuid.UUID) -> bool:
         if self.d.installs.pop(install_id, None) is None:
             return False
@@ -229,10 +247,11 @@ class FakeInstalls:
         return True
 
 
-class FakeRuns:
+class FakeRuns(ports.RunRepository):
     def __init__(self, data: Data) -> None:
         self.d = data
 
+    @override
     async def page(
         self,
         tenant_id: str,
@@ -248,10 +267,11 @@ class FakeRuns:
         return [r for r in runs if before is None or (r.scheduled_time, r.id) < before][:limit]
 
 
-class FakeRateLimiter:
+class FakeRateLimiter(ports.RateLimiter):
     def __init__(self, data: Data) -> None:
         self.d = data
 
+    @override
     async def hit(
         self, scope: str, tenant_id: str, limit: int, window: timedelta, now: datetime
     ) -> timedelta | None:
@@ -263,14 +283,16 @@ class FakeRateLimiter:
         hits.append(now)
         return None
 
+    @override
     async def forget(self, scope: str, tenant_id: str) -> None:
         self.d.hits.pop(scope, None)
 
 
-class FakeHousekeeping:
+class FakeHousekeeping(ports.Housekeeping):
     def __init__(self, data: Data) -> None:
         self.d = data
 
+    @override
     async def prune(self, keys_before: datetime, hits_before: datetime) -> int:
         old = [k for k, (_, made) in self.d.keys.items() if made <= keys_before]
         for k in old:
@@ -316,18 +338,19 @@ class FakeUnitOfWork:
             self._data.__dict__.update(self._snapshot.__dict__)
 
 
-class FakeUnitOfWorkFactory:
+class FakeUnitOfWorkFactory(ports.UnitOfWorkFactory):
     def __init__(self, data: Data | None = None, cache: ports.EndpointCache | None = None) -> None:
         self.data = data or Data()
         self.cache = cache
         self.units = 0
 
+    @override
     def __call__(self, *, autocommit: bool = False) -> FakeUnitOfWork:
         self.units += 1
         return FakeUnitOfWork(self.data, autocommit, self.cache)
 
 
-class FakeDispatchStore:
+class FakeDispatchStore(ports.DispatchStore):
     """The dispatch store over the same data, with one bucket (0) for every tenant."""
 
     def __init__(self, data: Data, history_limit: int = 100) -> None:
@@ -349,6 +372,7 @@ class FakeDispatchStore:
             run_in_flight=run is not None and run.status in OPEN,
         )
 
+    @override
     async def poll(self) -> list[ports.BucketWork]:
         due = [s.next_run_time for s in self.d.schedules.values() if s.enabled and s.next_run_time]
         leases = [
@@ -379,6 +403,7 @@ class FakeDispatchStore:
             if r.status not in OPEN:
                 del self.d.runs[r.id]
 
+    @override
     async def claim_due(
         self,
         bucket: int,
@@ -443,6 +468,7 @@ class FakeDispatchStore:
         self._cut_history(s.id)
         return claim
 
+    @override
     async def take_over_expired(
         self,
         bucket: int,
@@ -472,6 +498,7 @@ class FakeDispatchStore:
             )
         return claims
 
+    @override
     async def load_target(
         self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID
     ) -> ports.RunTarget | None:
@@ -480,6 +507,7 @@ class FakeDispatchStore:
             return None
         return self._target(s)
 
+    @override
     async def start_manual_run(
         self,
         target: ports.RunTarget,
@@ -500,6 +528,7 @@ class FakeDispatchStore:
         lease = self.d.leases.get(claim.run.id)
         return lease is not None and lease.until == claim.lease_until
 
+    @override
     async def record_attempt(self, claim: ports.ClaimedRun, attempt: int) -> bool:
         self.attempts.append(attempt)
         if not self._holds(claim):
@@ -507,6 +536,7 @@ class FakeDispatchStore:
         self.d.runs[claim.run.id] = replace(self.d.runs[claim.run.id], attempt=attempt)
         return True
 
+    @override
     async def finish_runs(self, outcomes: Sequence[ports.RunOutcome]) -> list[ScheduleRun | None]:
         written: list[ScheduleRun | None] = []
         for o in outcomes:
@@ -544,6 +574,7 @@ class FakeDispatchStore:
             written.append(run)
         return written
 
+    @override
     async def release(self, claim: ports.ClaimedRun, now: datetime) -> None:
         if self._holds(claim):
             self.d.leases[claim.run.id] = Lease(now, self.d.leases[claim.run.id].takeovers)
@@ -576,17 +607,19 @@ def _run(
 
 
 @dataclass
-class FakeRunner:
+class FakeRunner(ports.RunnerClient):
     """Answers each call with the next scripted outcome (success when the script is empty)."""
 
     answers: list[ports.CallOutcome] = field(default_factory=list)
     calls: list[ports.RunnerCall] = field(default_factory=list)
     closed: bool = False
 
+    @override
     async def execute(self, call: ports.RunnerCall) -> ports.CallOutcome:
         self.calls.append(call)
         return self.answers.pop(0) if self.answers else ports.CallOutcome(True)
 
+    @override
     async def close(self) -> None:
         self.closed = True
 

@@ -33,7 +33,8 @@ def test_help_names_every_command_and_the_exit_codes(capsys: pytest.CaptureFixtu
         assert f"  {command} " in out, command
     for option in ("--target", "--token", "--tls-ca", "--tls-cert", "--tls-key", "--output"):
         assert option in out, option
-    assert "67 INVALID_ARGUMENT" in out and "80 UNAUTHENTICATED" in out
+    assert "67 INVALID_ARGUMENT" in out
+    assert "80 UNAUTHENTICATED" in out
 
 
 def test_python_dash_m_runs_the_same_command() -> None:
@@ -45,13 +46,15 @@ def test_python_dash_m_runs_the_same_command() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
-    assert "list" in done.stdout and "run-now" in done.stdout
+    assert "list" in done.stdout
+    assert "run-now" in done.stdout
 
 
 def test_preview_help_says_how_it_is_computed(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["preview", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "Computed locally" in out and "scheduler_host.domain.occurrences" in out
+    assert "Computed locally" in out
+    assert "scheduler_host.domain.occurrences" in out
 
 
 @pytest.mark.parametrize(
@@ -71,7 +74,8 @@ def test_a_bad_install_file_exits_2_before_any_call(
     code = main(["--target", f"127.0.0.1:{free_port()}", "installs", "upsert", "-f", str(source)])
     assert code == 2
     err = capsys.readouterr().err
-    assert problem in err and "install.yaml" in err
+    assert problem in err
+    assert "install.yaml" in err
 
 
 def test_the_admin_token_comes_from_the_servers_variables() -> None:

@@ -70,7 +70,8 @@ def test_an_empty_environment_gives_the_documented_defaults() -> None:
     assert settings.admin_tokens == (DEFAULT_ADMIN_TOKEN,)
     assert settings.runner_call_token == ""
     assert settings.read_limit_per_minute == 600
-    assert settings.max_concurrent_rpcs > 0 and settings.db_pool_max_waiters > 0
+    assert settings.max_concurrent_rpcs > 0
+    assert settings.db_pool_max_waiters > 0
     assert settings.reflection is True
     assert settings.environment == "development"
     assert settings.min_interval_seconds == 300

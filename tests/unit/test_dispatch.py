@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from typing_extensions import override
 
 from scheduler_host.app import dispatch_policy
 from scheduler_host.config import Settings
@@ -35,6 +36,7 @@ from scheduler_host.service.ports import (
     ClaimBatch,
     ClaimPlan,
     RunnerCall,
+    RunnerClient,
     RunOutcome,
     RunTarget,
     SkippedOccurrence,
@@ -154,7 +156,8 @@ def test_fixed_time_in_the_repeated_hour_is_followed_by_the_next_day() -> None:
     # 01:30 EDT on 2026-11-01 runs; the 01:30 EST an hour later does not.
     first = utc("2026-11-01T05:30")
     plan = plan_claim(target("30 1 * * *", first, timezone="America/New_York"), first, CATCHUP)
-    assert plan.fire_at == first and plan.next_run_time == utc("2026-11-02T06:30")
+    assert plan.fire_at == first
+    assert plan.next_run_time == utc("2026-11-02T06:30")
 
 
 def test_idempotency_key_names_one_occurrence() -> None:
@@ -252,7 +255,8 @@ async def test_transport_errors_are_tried_three_times_with_backoff_and_one_key()
     delays: list[float] = []
     (run,) = await dispatcher_of(store, runner, delays=delays).run_once()
     assert (run.status, run.error, run.attempt) == (RunState.ERROR, "ConnectError: refused", 3)
-    assert delays == [1.0, 2.0] and store.attempts == [2, 3]
+    assert delays == [1.0, 2.0]
+    assert store.attempts == [2, 3]
     assert len({c.idempotency_key for c in runner.calls}) == 1
     assert len({c.request_id for c in runner.calls}) == 3
 
@@ -281,7 +285,9 @@ async def test_a_schedule_that_cannot_be_evaluated_is_disabled_not_retried_forev
     stored(data, target(timezone="Mars/Olympus_Mons"))
     runs = await dispatcher_of(FakeDispatchStore(data), FakeRunner()).run_once()
     (schedule,) = data.schedules.values()
-    assert runs == [] and not schedule.enabled and schedule.last_error == UNEVALUABLE
+    assert runs == []
+    assert not schedule.enabled
+    assert schedule.last_error == UNEVALUABLE
 
 
 async def test_a_run_taken_over_too_often_is_abandoned_and_the_schedule_goes_on() -> None:
@@ -308,11 +314,13 @@ async def test_a_run_taken_over_too_often_is_abandoned_and_the_schedule_goes_on(
     await dispatcher.dispatch_due()
     await until(lambda: next(iter(data.runs.values())).status != RunState.RUNNING)
     (run,) = [r for r in data.runs.values() if r.trigger == RunTrigger.SCHEDULE][:1]
-    assert run.status == RunState.ERROR and run.error is not None
+    assert run.status == RunState.ERROR
+    assert run.error is not None
     assert run.error.startswith("abandoned after")
     assert runner.calls == [], "an abandoned run is not called again"
     (schedule,) = data.schedules.values()
-    assert schedule.enabled and schedule.next_run_time is not None
+    assert schedule.enabled
+    assert schedule.next_run_time is not None
 
 
 async def test_finishes_of_many_runs_are_written_in_one_call() -> None:
@@ -320,7 +328,8 @@ async def test_finishes_of_many_runs_are_written_in_one_call() -> None:
     due_schedules(data, 7)
     store = CountingStore(data)
     runs = await dispatcher_of(store, FakeRunner()).run_once()
-    assert len(runs) == 7 and store.finish_calls == [7]
+    assert len(runs) == 7
+    assert store.finish_calls == [7]
 
 
 async def test_an_outage_when_finishing_leaves_the_runs_unrecorded_and_leased() -> None:
@@ -334,7 +343,7 @@ async def test_an_outage_when_finishing_leaves_the_runs_unrecorded_and_leased() 
 
 
 @dataclass
-class HeldRunner:
+class HeldRunner(RunnerClient):
     """Answers only when released; counts the calls under way."""
 
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -342,6 +351,7 @@ class HeldRunner:
     busy: int = 0
     most_busy: int = 0
 
+    @override
     async def execute(self, call: RunnerCall) -> CallOutcome:
         self.calls += 1
         self.busy += 1
@@ -352,6 +362,7 @@ class HeldRunner:
             self.busy -= 1
         return CallOutcome(True)
 
+    @override
     async def close(self) -> None:
         pass
 
@@ -388,7 +399,8 @@ async def test_the_loop_claims_more_while_runs_are_in_flight_up_to_the_cap() -> 
         # Two batches of 4 claimed without waiting for a run; room for 2 is not a batch.
         await until(lambda: runner.calls == 8)
         await asyncio.sleep(0.05)
-        assert runner.calls == 8 and store.batches == [4, 4]
+        assert runner.calls == 8
+        assert store.batches == [4, 4]
         runner.release.set()
         await until(lambda: runner.calls == 40 and runner.busy == 0)
         assert runner.most_busy <= 10

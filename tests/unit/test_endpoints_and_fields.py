@@ -194,7 +194,8 @@ def test_resolve_not_schedulable(text: str) -> None:
 def test_a_bare_path_with_get_and_post_is_ambiguous() -> None:
     v = violation(resolve("/report"))
     assert v.reason == "ENDPOINT_AMBIGUOUS"
-    assert "GET" in v.description and "POST" in v.description
+    assert "GET" in v.description
+    assert "POST" in v.description
 
 
 def test_a_bare_path_with_get_and_unschedulable_methods_picks_get() -> None:

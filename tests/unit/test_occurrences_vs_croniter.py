@@ -11,7 +11,7 @@ names in any case, 7 for Sunday, and macros. The generator keeps to what both ac
   round the whole field (every hour), where we, like Debian cron, read it as 22; such a range is
   written as the single number instead.
 
-Where daylight saving applies, our policy (SPEC §7, Debian cron's) stands and croniter differs:
+Where daylight saving applies, our policy (Debian cron's) stands and croniter differs:
 croniter runs a fixed time twice when the clock goes back over it, we run it once, on the first
 pass. The examples at the end show that difference, and agreement on a skipped hour.
 """

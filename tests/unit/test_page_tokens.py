@@ -41,7 +41,8 @@ def signed(body: bytes, scope: str = SCOPE, key: bytes = KEY) -> str:
 
 def test_round_trip(tokens: SignedPageTokens) -> None:
     token = tokens.encode(SCOPE, POSITION)
-    assert isinstance(token, str) and token
+    assert isinstance(token, str)
+    assert token
     assert tokens.decode(SCOPE, token) == POSITION
 
 

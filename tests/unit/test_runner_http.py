@@ -1,4 +1,4 @@
-"""The Runner adapter's request (SPEC §7 body and headers), its verdict on an answer and the
+"""The Runner adapter's request (its body and headers), its verdict on an answer and the
 words of its failures, without a network."""
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ async def test_a_request_that_cannot_be_built_is_a_failed_call_not_an_exception(
 
 @pytest.mark.parametrize("url", ["ftp://runner", "runner:8080", "http://"])
 def test_a_bad_base_url_is_refused_at_construction(url: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected an http:// or https:// URL"):
         HttpRunnerClient(url)
 
 
@@ -204,7 +204,7 @@ def test_a_bad_base_url_is_refused_at_construction(url: str) -> None:
 def test_a_call_token_that_cannot_be_a_header_value_is_refused_at_construction(
     token: str,
 ) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="call token must be non-empty, without controls"):
         HttpRunnerClient("http://runner", call_token=token)
 
 

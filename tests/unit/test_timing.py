@@ -176,7 +176,8 @@ def test_fires_are_their_occurrences_plus_an_offset_below_the_jitter_and_the_nex
         offset = jitter_offset(timing.schedule_id, nominal, timing.jitter)
         fire = nominal + min(offset, following - nominal - MS) if offset else nominal
         assert nominal <= fire < following
-        assert (fire - nominal) % MS == timedelta(0) and fire - nominal <= offset
+        assert (fire - nominal) % MS == timedelta(0)
+        assert fire - nominal <= offset
         if fire > start.after:
             expected.append(fire)
     assert fired == expected[: len(fired)]
@@ -236,7 +237,8 @@ def test_jitter_spreads_schedules_sharing_an_expression_over_the_window(seed: in
         - hour
         for _ in range(500)
     )
-    assert offsets[0] >= timedelta(0) and offsets[-1] < timedelta(seconds=60)
+    assert offsets[0] >= timedelta(0)
+    assert offsets[-1] < timedelta(seconds=60)
     # Slide a 5-second window over the minute: none holds more than a quarter of the schedules.
     busiest = max(
         sum(1 for offset in offsets if low <= offset < low + timedelta(seconds=5))
@@ -372,7 +374,8 @@ def test_timing_keeps_instants_in_utc() -> None:
     tokyo = datetime(2026, 6, 1, 21, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
     timing = Timing.one_time(ID, tokyo, start_time=tokyo, end_time=tokyo + HOUR)
     assert (timing.run_at, timing.start_time) == (utc("2026-06-01T12:00"),) * 2
-    assert timing.run_at is not None and timing.run_at.tzinfo is UTC
+    assert timing.run_at is not None
+    assert timing.run_at.tzinfo is UTC
 
 
 @pytest.mark.parametrize(

@@ -106,7 +106,9 @@ async def world() -> World:
 async def test_create_stores_the_schedule_with_its_next_run(world: World) -> None:
     ctx = await world.register()
     created = await world.create(ctx, name="sync", payload={"a": 1}, timezone="Europe/Berlin")
-    assert created.endpoint == "POST /sync" and created.enabled and created.revision == 1
+    assert created.endpoint == "POST /sync"
+    assert created.enabled
+    assert created.revision == 1
     assert created.next_run_time == T0.replace(minute=5)
     stored = await schedules.get_schedule(ctx, str(created.id), uow_factory=world.uow)
     assert stored == created
@@ -173,7 +175,8 @@ async def test_pages_follow_creation_order_and_carry_the_total(world: World) -> 
             ctx, 2, page.next_page_token, uow_factory=world.uow, tokens=TOKENS
         )
         seen += [s.id for s in page.schedules]
-    assert seen == made and page.total_size == 5
+    assert seen == made
+    assert page.total_size == 5
 
 
 async def test_update_changes_only_the_masked_fields_and_the_etag(world: World) -> None:
@@ -190,7 +193,8 @@ async def test_update_changes_only_the_masked_fields_and_the_etag(world: World) 
         clock=world.clock,
     )
     assert (updated.cron, updated.name, updated.payload) == ("0 * * * *", "keep", {"a": 1})
-    assert updated.etag != created.etag and updated.next_run_time == T0.replace(hour=18, minute=0)
+    assert updated.etag != created.etag
+    assert updated.next_run_time == T0.replace(hour=18, minute=0)
     with pytest.raises(EtagMismatch):
         await schedules.update_schedule(
             ctx,
@@ -246,8 +250,10 @@ async def test_an_upgrade_remaps_schedules_or_fails_when_one_would_be_orphaned(
     )
     assert disabled == [gone.id]
     after = world.uow.data.schedules
-    assert after[kept.id].endpoint_id != kept.endpoint_id and after[kept.id].enabled
-    assert not after[gone.id].enabled and after[gone.id].last_error == MISSING_ENDPOINT_ON_UPDATE
+    assert after[kept.id].endpoint_id != kept.endpoint_id
+    assert after[kept.id].enabled
+    assert not after[gone.id].enabled
+    assert after[gone.id].last_error == MISSING_ENDPOINT_ON_UPDATE
     assert after[gone.id].revision == gone.revision + 1
 
 
@@ -300,7 +306,8 @@ async def test_deleting_an_install_drops_its_keys_and_rate_limit_hits(world: Wor
     await installs.delete_install(
         str(world.install_id), uow_factory=world.uow, install_cache=world.cache
     )
-    assert world.uow.data.keys == {} and world.uow.data.hits == {}
+    assert world.uow.data.keys == {}
+    assert world.uow.data.hits == {}
 
 
 # --- limits -------------------------------------------------------------------------------------
@@ -363,6 +370,7 @@ async def test_prune_removes_expired_keys_and_hits_only(world: World) -> None:
     await access.count_call("scope", "t", 10, "calls", uow_factory=world.uow, clock=world.clock)
     # The first key is past its 24 h; the second key and the hit are fresh.
     assert await prune_expired(uow_factory=world.uow, clock=world.clock) == 1
-    assert len(world.uow.data.keys) == 1 and len(world.uow.data.hits["scope"]) == 1
+    assert len(world.uow.data.keys) == 1
+    assert len(world.uow.data.hits["scope"]) == 1
     world.clock.now += timedelta(minutes=2)
     assert await prune_expired(uow_factory=world.uow, clock=world.clock) == 1  # the hit

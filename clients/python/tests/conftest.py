@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from recording_server import (
@@ -14,6 +15,20 @@ from recording_server import (
 )
 
 from scheduler_host_client import SchedulerAdminClient, SchedulerHostClient
+
+HERE = Path(__file__).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here as well for a run from clients/python, whose configuration has no markers.
+    config.addinivalue_line("markers", "unit: fast tests without PostgreSQL or a server process")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The client's tests are unit tests: an in-process recording server, no PostgreSQL."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker("unit")
 
 
 @pytest.fixture

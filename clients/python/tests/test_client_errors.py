@@ -122,11 +122,13 @@ async def test_quota_and_retry_details(
         ),
     )
     limited = await failure(host)
-    assert isinstance(limited, errors.RateLimited) and limited.retryable
+    assert isinstance(limited, errors.RateLimited)
+    assert limited.retryable
     assert limited.retry_delay == timedelta(seconds=7, microseconds=0)
     assert "(retry in 7 s)" in str(limited)
     full = await failure(host)
-    assert isinstance(full, errors.QuotaExceeded) and not full.retryable
+    assert isinstance(full, errors.QuotaExceeded)
+    assert not full.retryable
     assert full.quota_subjects == (f"install:{INSTALL}",)
 
 
@@ -147,7 +149,8 @@ async def test_unavailable_is_repeated_up_to_max_attempts(
     assert len(recorder.calls) == 3
     with pytest.raises(errors.Unavailable) as raised:
         await host.list_schedules()
-    assert raised.value.retryable and raised.value.message == "still"
+    assert raised.value.retryable
+    assert raised.value.message == "still"
     assert len(recorder.calls) == 6, "three attempts in all, then the error"
 
 
@@ -178,5 +181,7 @@ async def test_a_call_timeout_overrides_the_client_default(
     await host.get_endpoints()
     generous, default = (c.time_remaining for c in recorder.calls)
     # The deadline travels as a grpc-timeout header: rounded, so compare loosely.
-    assert generous is not None and 30 < generous <= 61
-    assert default is not None and default <= 6
+    assert generous is not None
+    assert 30 < generous <= 61
+    assert default is not None
+    assert default <= 6

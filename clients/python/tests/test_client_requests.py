@@ -61,7 +61,8 @@ def test_new_schedule_one_time_bounds_and_jitter() -> None:
     assert built.start_time.ToDatetime(UTC) == datetime(2029, 12, 31, 22, tzinfo=UTC)
     assert built.end_time.ToDatetime(UTC) == datetime(2030, 2, 1, tzinfo=UTC)
     assert (built.jitter.seconds, built.jitter.nanos) == (90, 250_000_000)
-    assert built.HasField("enabled") and built.enabled is False
+    assert built.HasField("enabled")
+    assert built.enabled is False
     assert schedule_payload(built) == [1, {"a": None}]
     assert schedule_payload(new_schedule("GET /status", "@daily")) is None
 
@@ -78,7 +79,8 @@ async def test_host_calls_carry_the_runner_token_the_install_and_a_deadline(
     assert call.metadata["x-runner-auth"] == RUNNER_TOKEN
     assert call.metadata["x-install-id"] == INSTALL_ID
     assert "authorization" not in call.metadata
-    assert call.time_remaining is not None and 0 < call.time_remaining <= 6  # timeout=5, rounded
+    assert call.time_remaining is not None
+    assert 0 < call.time_remaining <= 6  # timeout=5, rounded
 
 
 async def test_create_schedule_sends_the_new_fields_and_a_request_id(
@@ -163,13 +165,15 @@ async def test_install_run_history(recorder: RecordingServer, host: SchedulerHos
         scheduler_host_pb2.SchedulerHostListScheduleRunsResponse(runs=[run(id="r0")]),
     )
     page = await host.list_schedule_runs("s-1", page_size=2, page_token="start")
-    assert [r.id for r in page.runs] == ["r2", "r1"] and page.next_page_token == "next"
+    assert [r.id for r in page.runs] == ["r2", "r1"]
+    assert page.next_page_token == "next"
     assert [r.id async for r in host.iter_schedule_runs("s-1", page_size=2)] == ["r0"]
     requests = [c.request for c in recorder.calls]
     assert requests[0] == scheduler_host_pb2.SchedulerHostListScheduleRunsRequest(
         schedule_id="s-1", page_size=2, page_token="start"
     )
-    assert requests[1].page_token == "" and requests[1].schedule_id == "s-1"
+    assert requests[1].page_token == ""
+    assert requests[1].schedule_id == "s-1"
     assert all(c.method == f"/{HOST}/ListScheduleRuns" for c in recorder.calls)
 
 
@@ -216,7 +220,8 @@ async def test_admin_schedule_reads(recorder: RecordingServer, admin: SchedulerA
     )
     assert (await admin.get_schedule(INSTALL_ID, "s-1")).id == "s-1"
     page = await admin.list_schedules(INSTALL_ID, page_size=1)
-    assert [s.id for s in page.schedules] == ["a"] and page.total_size == 2
+    assert [s.id for s in page.schedules] == ["a"]
+    assert page.total_size == 2
     assert [s.id async for s in admin.iter_schedules(INSTALL_ID, page_size=1)] == ["b"]
 
     get, first, *rest = recorder.calls

@@ -1,4 +1,4 @@
-"""The Runner over HTTP: one `POST /v1/execute` per call (SPEC §7), its request built and its
+"""The Runner over HTTP: one `POST /v1/execute` per call, its request built and its
 answer judged here, so that the dispatcher deals only in calls and outcomes.
 
 The exchange runs on aiohttp (its C parser, keep-alive pool and TLS), with one session per client,
@@ -101,7 +101,7 @@ class RunnerResponse:
 
 
 def runner_request(call: RunnerCall) -> RunnerRequest:
-    """The exact body and headers of SPEC §7 for one call of `POST /v1/execute`."""
+    """The exact body and headers of one call of `POST /v1/execute`."""
     schedule, install = call.target.schedule, call.target.install
     http: dict[str, object] = {
         "method": schedule.endpoint_method,

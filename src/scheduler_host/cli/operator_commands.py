@@ -339,7 +339,9 @@ def runs_list(ctx: click.Context, install_id: str, schedule_id: str, limit: int)
 # --- preview --------------------------------------------------------------------------------
 
 
-def parse_instant(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+def parse_instant(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> datetime | None:
     if value is None:
         return None
     try:
@@ -422,7 +424,8 @@ def preview(
             field_violations=violations,
         )
         ctx.exit(report(invalid, conn.output))
-    assert expression is not None and isinstance(zone, str)
+    assert expression is not None
+    assert isinstance(zone, str)
 
     answer = scheduler_host_pb2.PreviewScheduleResponse()
     for instant in times:

@@ -3,7 +3,7 @@
 Fixed-time expressions run a skipped wall time once at the jump and a repeated one on the first
 pass only; others follow the wall clock (nothing in a skipped hour, a repeated hour twice).
 
-Cost (SPEC §11: no call may hold the event loop for more than about 1 ms). The search goes
+Cost (no call may hold the event loop for more than about 1 ms). The search goes
 straight from one allowed day to the next: a per-expression `_DayPlan` (cached) holds the next
 allowed month for each month, the sorted days of the month or the days from each weekday to the
 next allowed one, and whether only leap years can hold a run, so impossible months and years are
@@ -309,7 +309,9 @@ def _transition_hour_instants(
         wall = wall_top + minute
         # fold=0 reads the offset from before a transition, fold=1 the one after (PEP 495).
         old, new = tz.utcoffset(wall), tz.utcoffset(datetime.combine(day, later_reading))
-        assert old is not None and new is not None  # ZoneInfo always knows its offset
+        # ZoneInfo always knows its offset.
+        assert old is not None
+        assert new is not None
         if old == new:
             instants.append(top + minute - old)
         elif new < old:  # the clock went back: this wall time comes twice
@@ -346,7 +348,9 @@ def _wall_offsets(day: date, hour: int, tz: ZoneInfo) -> tuple[timedelta, timede
         day, hour = day + _DAY, 0
     before = tz.utcoffset(datetime.combine(day, _HOUR_TOPS[hour]))
     after = tz.utcoffset(datetime.combine(day, _HOUR_TOPS_AFTER[hour]))
-    assert before is not None and after is not None  # ZoneInfo always knows its offset
+    # ZoneInfo always knows its offset.
+    assert before is not None
+    assert after is not None
     return before, after
 
 

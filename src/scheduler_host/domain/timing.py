@@ -1,4 +1,4 @@
-"""When a schedule fires (SPEC §12): one-time runs, time bounds and jitter, on top of cron.
+"""When a schedule fires: one-time runs, time bounds and jitter, on top of cron.
 
 This module owns the fire instants of a schedule and the rules for its timing fields. Every
 replica, `next_run_time` and `PreviewSchedule` take their instants from `fires_after` /
@@ -317,7 +317,7 @@ def jitter_of(value: RequestTime | None) -> timedelta:
 def timing_violations(
     prefix: str, request: TimingRequest, now: datetime, *, check_run_at: bool
 ) -> list[FieldViolation]:
-    """The violations of SPEC §12's rules, at most one per field, on fields named `prefix` +
+    """The violations of the timing rules, at most one per field, on fields named `prefix` +
     `cron`, `run_at`, `start_time`, `end_time` and `jitter`. Instants are taken to the
     microsecond, as they are stored.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from scheduler_host.domain.endpoints import (
     Endpoint,
@@ -23,7 +24,7 @@ from scheduler_host.domain.remap import remap_schedules
 from scheduler_host.domain.schedule import validate_uuid
 from scheduler_host.domain.timing import next_run_of
 from scheduler_host.service.access import InstallContextCache, mutations_scope
-from scheduler_host.service.ports import Clock, UnitOfWorkFactory
+from scheduler_host.service.ports import Clock, UnitOfWork, UnitOfWorkFactory
 
 _MAX_ID_LENGTH = 128
 _MAX_HANDLER_LENGTH = 256
@@ -118,14 +119,41 @@ def _endpoints(
     return tuple(out)
 
 
-async def upsert_install(
-    data: InstallInput,
-    disable_missing_schedules: bool,
-    *,
-    uow_factory: UnitOfWorkFactory,
-    clock: Clock,
-    install_cache: InstallContextCache,
-) -> tuple[Install, list[uuid.UUID]]:
+@dataclass(frozen=True)
+class _ValidInstall:
+    """An upsert's fields once they passed validation: trimmed, endpoints normalised."""
+
+    install_id: uuid.UUID
+    tenant_id: str
+    registry_id: str
+    version_id: str
+    content_hash: str
+    enabled: bool | None
+    capabilities: tuple[str, ...]
+    endpoints: tuple[Endpoint, ...]
+
+    def install(self, current: Install | None, now: datetime) -> Install:
+        """The install to store; `enabled` and `create_time` default to `current`'s."""
+        if self.enabled is not None:
+            enabled = self.enabled
+        else:
+            enabled = current.enabled if current is not None else True
+        return Install(
+            install_id=self.install_id,
+            tenant_id=self.tenant_id,
+            registry_id=self.registry_id,
+            version_id=self.version_id,
+            content_hash=self.content_hash,
+            enabled=enabled,
+            granted_capabilities=self.capabilities,
+            endpoints=self.endpoints,
+            create_time=current.create_time if current is not None else now,
+            update_time=now,
+        )
+
+
+def _validate_install(data: InstallInput) -> _ValidInstall:
+    """`data` validated, or ValidationFailed with every violation found."""
     violations: list[FieldViolation] = []
     install_id = validate_uuid(data.install_id, "install.install_id")
     if isinstance(install_id, FieldViolation):
@@ -143,6 +171,51 @@ async def upsert_install(
     capabilities = tuple(sorted({c.strip() for c in data.granted_capabilities if c.strip()}))
     if violations:
         raise ValidationFailed(violations)
+    return _ValidInstall(
+        install_id,
+        tenant_id,
+        registry_id,
+        version_id,
+        content_hash,
+        data.enabled,
+        capabilities,
+        endpoints,
+    )
+
+
+async def _remap_schedules(
+    uow: UnitOfWork,
+    install: Install,
+    current: Install,
+    now: datetime,
+    disable_missing_schedules: bool,
+) -> list[uuid.UUID]:
+    """The install's schedules moved to its new endpoints; the ids of those disabled because
+    their endpoint is gone (RemapFailed instead, unless `disable_missing_schedules`)."""
+    tenant_id, install_id = install.tenant_id, install.install_id
+    remap = remap_schedules(
+        await uow.schedules.lock_install_schedules(tenant_id, install_id),
+        install.endpoints,
+        reenabled=install.enabled and not current.enabled,
+        now=now,
+        next_run=next_run_of,
+    )
+    if remap.missing and not disable_missing_schedules:
+        raise RemapFailed(remap.missing)
+    await uow.schedules.apply_remap(tenant_id, install_id, remap.changes)
+    return remap.disabled
+
+
+async def upsert_install(
+    data: InstallInput,
+    disable_missing_schedules: bool,
+    *,
+    uow_factory: UnitOfWorkFactory,
+    clock: Clock,
+    install_cache: InstallContextCache,
+) -> tuple[Install, list[uuid.UUID]]:
+    valid = _validate_install(data)
+    tenant_id, install_id = valid.tenant_id, valid.install_id
     now = clock()
     disabled: list[uuid.UUID] = []
     async with uow_factory() as uow:
@@ -152,34 +225,9 @@ async def upsert_install(
         current = await uow.installs.get(install_id)
         if current is not None and current.tenant_id != tenant_id:
             raise _tenant_change()
-        install = Install(
-            install_id=install_id,
-            tenant_id=tenant_id,
-            registry_id=registry_id,
-            version_id=version_id,
-            content_hash=content_hash,
-            enabled=(
-                data.enabled
-                if data.enabled is not None
-                else (current.enabled if current is not None else True)
-            ),
-            granted_capabilities=capabilities,
-            endpoints=endpoints,
-            create_time=current.create_time if current is not None else now,
-            update_time=now,
-        )
+        install = valid.install(current, now)
         if current is not None:
-            remap = remap_schedules(
-                await uow.schedules.lock_install_schedules(tenant_id, install_id),
-                endpoints,
-                reenabled=install.enabled and not current.enabled,
-                now=now,
-                next_run=next_run_of,
-            )
-            if remap.missing and not disable_missing_schedules:
-                raise RemapFailed(remap.missing)
-            await uow.schedules.apply_remap(tenant_id, install_id, remap.changes)
-            disabled = remap.disabled
+            disabled = await _remap_schedules(uow, install, current, now, disable_missing_schedules)
         if not await uow.installs.save(install):
             raise _tenant_change()
         await uow.commit()

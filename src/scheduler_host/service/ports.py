@@ -349,7 +349,7 @@ class DispatchStore(Protocol):
 class RunnerCall:
     """One call of the Runner for a run: what to execute, for whom, and how it is identified.
 
-    The adapter turns it into the Runner's request (SPEC §7) and judges the answer."""
+    The adapter turns it into the Runner's request and judges the answer."""
 
     target: RunTarget
     trigger: RunTrigger

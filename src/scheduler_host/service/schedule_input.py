@@ -120,7 +120,7 @@ def request_jitter(value: timedelta) -> RequestTime | None:
 def check_timing(
     out: Checked, request: TimingRequest, now: datetime, *, check_run_at: bool
 ) -> None:
-    """SPEC §12's rules on the timing of the whole schedule; the values when they pass. A
+    """The rules on the timing of the whole schedule; the values when they pass. A
     schedule with both or neither of cron and run_at is reported once, on `cron`."""
     found = timing_violations(PREFIX, request, now, check_run_at=check_run_at)
     spec_refused = any(v.reason == SCHEDULE_SPEC_INVALID for v in found)

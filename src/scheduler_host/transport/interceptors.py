@@ -153,7 +153,7 @@ def _refusing(handler: Handler) -> Handler:
     """A handler of the same kind that answers UNIMPLEMENTED / NOT_SUPPORTED."""
     st = status.to_status(NotSupported("streaming methods are not supported by this server"))
 
-    async def refuse(request: Any, context: Context) -> Any:
+    async def refuse(_request: Any, context: Context) -> Any:
         await abort_with(context, st)
 
     kw = {

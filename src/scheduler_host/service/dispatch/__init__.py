@@ -1,4 +1,4 @@
-"""The dispatcher (SPEC §7): claims due occurrences, calls the Runner, records each run.
+"""The dispatcher: claims due occurrences, calls the Runner, records each run.
 
 planning.py     what a due schedule does now; leases, backoff, idempotency keys (no I/O)
 claim_loop.py   the loop: poll buckets, claim, take over, start runs, stop

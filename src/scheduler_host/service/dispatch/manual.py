@@ -30,7 +30,8 @@ async def run_schedule_now(
     iid, sid, bad = parse_schedule_ids(install_id, schedule_id)
     if bad:
         raise ValidationFailed(bad)
-    assert iid is not None and sid is not None
+    assert iid is not None
+    assert sid is not None
     async with uow_factory(autocommit=True) as uow:
         ctx = await uow.installs.context(iid)
     if ctx is None:

@@ -559,7 +559,8 @@ def _revision_0002() -> Any:
     """The 0002 script, whose function the downgrade restores as that revision made it."""
     path = Path(__file__).with_name("0002_rate_limit_function.py")
     spec = importlib.util.spec_from_file_location("scheduler_host_migration_0002", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
