@@ -64,15 +64,12 @@ class Dispatcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         observe: Observer | None = None,
     ) -> None:
-        self._store = store
-        self._runner = runner
-        self._policy = policy
-        self._clock = clock
-        self._observe = observe
         self._recorder = OutcomeRecorder(store, self._slot_freed_now)
         self._executor = RunExecutor(
             store, runner, self._recorder, policy, clock, sleep=sleep, observe=observe
         )
+        # The loop's own uses of the parts the executor holds.
+        self._store, self._policy, self._clock = store, policy, clock
         self._in_flight: dict[asyncio.Task[ScheduleRun | None], ClaimedRun] = {}
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -147,7 +144,7 @@ class Dispatcher:
             log.warning("could not release run %s (its lease will expire): %s", claim.run.id, exc)
 
     async def close(self) -> None:
-        await self._runner.close()
+        await self._executor.runner.close()
 
     # --- running --------------------------------------------------------------------------
 
@@ -259,9 +256,9 @@ class Dispatcher:
         batch = await self._store.claim_due(
             bucket, now, limit, now + lease_length(self._policy), plan
         )
-        if self._observe is not None:
+        if self._executor.observe is not None:
             for _ in range(skipped):
-                self._observe(RunState.SKIPPED.value, None)
+                self._executor.observe(RunState.SKIPPED.value, None)
         return batch.runs, batch.schedules == limit, batch.next_due
 
     async def _take_over(self, work: list[BucketWork], now: datetime) -> list[ClaimedRun]:

@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from scheduler_host.domain.runs import RunState, ScheduleRun
 from scheduler_host.domain.schedule import truncate_error
@@ -39,25 +40,17 @@ log = logging.getLogger("scheduler_host.dispatch")
 Observer = Callable[[str, float | None], None]
 
 
+@dataclass(frozen=True)
 class RunExecutor:
-    def __init__(
-        self,
-        store: DispatchStore,
-        runner: RunnerClient,
-        recorder: OutcomeRecorder,
-        policy: DispatchPolicy,
-        clock: Clock,
-        *,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        observe: Observer | None = None,
-    ) -> None:
-        self._store = store
-        self._runner = runner
-        self._recorder = recorder
-        self._policy = policy
-        self._clock = clock
-        self._sleep = sleep
-        self._observe = observe
+    """What a run needs, shared with the claim loop that builds it."""
+
+    store: DispatchStore
+    runner: RunnerClient
+    recorder: OutcomeRecorder
+    policy: DispatchPolicy
+    clock: Clock
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    observe: Observer | None = None
 
     async def execute(self, claim: ClaimedRun) -> ScheduleRun | None:
         """Make the run and record it; None when the claim was lost to another process."""
@@ -85,19 +78,19 @@ class RunExecutor:
     async def _call(self, claim: ClaimedRun) -> tuple[CallOutcome | None, int]:
         """Call the Runner until it succeeds, fails for good or MAX_ATTEMPTS calls were made;
         None when the claim was lost between two attempts."""
-        run, policy = claim.run, self._policy
+        run, policy = claim.run, self.policy
         key = idempotency_key(run.schedule_id, run.trigger, run.scheduled_time)
         attempt = run.attempt
         while True:
             call = RunnerCall(
                 claim.target, run.trigger, key, str(uuid.uuid4()), policy.runner_timeout_seconds
             )
-            outcome = await self._runner.execute(call)
+            outcome = await self.runner.execute(call)
             if outcome.ok or not outcome.retryable or attempt >= MAX_ATTEMPTS:
                 return outcome, attempt
-            await self._sleep(retry_delay(policy, attempt))
+            await self.sleep(retry_delay(policy, attempt))
             attempt += 1
-            if not await self._store.record_attempt(claim, attempt):
+            if not await self.store.record_attempt(claim, attempt):
                 return None, attempt
 
     async def _finish(
@@ -113,9 +106,9 @@ class RunExecutor:
         run = claim.run
         error = truncate_error(error) if error else None
         outcome = RunOutcome(
-            claim, status, error, attempt, self._clock(), ENDPOINT_MISSING if disable else None
+            claim, status, error, attempt, self.clock(), ENDPOINT_MISSING if disable else None
         )
-        finished = await self._recorder.record(outcome)
+        finished = await self.recorder.record(outcome)
         log.info(
             "run %s schedule=%s install=%s trigger=%s scheduled=%s status=%s attempts=%d "
             "duration=%.3fs%s",
@@ -129,11 +122,11 @@ class RunExecutor:
             time.monotonic() - started if started is not None else 0.0,
             f" error={error!r}" if error else "",
         )
-        if finished is not None and self._observe is not None:
+        if finished is not None and self.observe is not None:
             lateness = (
                 (finished.start_time - finished.scheduled_time).total_seconds()
                 if finished.start_time is not None
                 else None
             )
-            self._observe(finished.status.value, lateness)
+            self.observe(finished.status.value, lateness)
         return finished
