@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
@@ -294,7 +295,7 @@ class HttpRunnerClient:
     async def execute(self, call: RunnerCall) -> CallOutcome:
         try:
             request = runner_request(call)
-            body = json.dumps(request.body, separators=(",", ":")).encode()
+            body = orjson.dumps(request.body)
         except Exception as exc:  # never raise into the dispatcher: the run fails instead
             return CallOutcome(
                 False, f"Runner call failed: cannot build the request ({type(exc).__name__})"
