@@ -195,30 +195,29 @@ def judge_response(response: RunnerResponse) -> CallOutcome:
     return CallOutcome(True)
 
 
+# What a failed exchange was, by the exception's type: the first that matches names it (the
+# more specific types come before the ones they derive from).
+_TRANSPORT_FAILURES: tuple[tuple[type[BaseException], str], ...] = (
+    (aiohttp.ClientConnectorCertificateError, "the Runner's TLS certificate was refused"),
+    (aiohttp.ClientSSLError, "TLS handshake with the Runner failed"),
+    (aiohttp.ClientConnectorDNSError, "cannot resolve the Runner's host"),
+    (aiohttp.ClientConnectorError, "cannot connect to the Runner"),
+    (aiohttp.ServerDisconnectedError, "the Runner closed the connection without answering"),
+    (aiohttp.ClientPayloadError, "the response body was cut short or malformed"),
+    (aiohttp.ClientResponseError, "invalid HTTP response"),
+    (aiohttp.ClientConnectionError, "connection error"),
+    (OSError, "connection error"),
+    (asyncio.LimitOverrunError, "response head too large"),
+)
+
+
 def transport_failure(exc: BaseException) -> str:
     """A failed exchange in words of ours: what happened and the exception's type, never its
     text beyond the operating system's reason (a parser's message may quote the answer)."""
     name = type(exc).__name__
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        what = "the Runner's TLS certificate was refused"
-    elif isinstance(exc, aiohttp.ClientSSLError):
-        what = "TLS handshake with the Runner failed"
-    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
-        what = "cannot resolve the Runner's host"
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        what = "cannot connect to the Runner"
-    elif isinstance(exc, aiohttp.ServerDisconnectedError):
-        what = "the Runner closed the connection without answering"
-    elif isinstance(exc, aiohttp.ClientPayloadError):
-        what = "the response body was cut short or malformed"
-    elif isinstance(exc, aiohttp.ClientResponseError):
-        what = "invalid HTTP response"
-    elif isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        what = "connection error"
-    elif isinstance(exc, asyncio.LimitOverrunError):
-        what = "response head too large"
-    else:
-        what = "unexpected error"
+    what = next(
+        (words for kind, words in _TRANSPORT_FAILURES if isinstance(exc, kind)), "unexpected error"
+    )
     reason = exc.strerror if isinstance(exc, OSError) else None
     return (
         f"Runner call failed: {what} ({name}: {reason})"
