@@ -19,7 +19,7 @@ from scheduler_host.domain.errors import (
     RemapFailed,
     ValidationFailed,
 )
-from scheduler_host.domain.install import Install, InstallContext
+from scheduler_host.domain.install import Install, InstallContext, InstallIdentity
 from scheduler_host.domain.remap import remap_schedules
 from scheduler_host.domain.schedule import validate_uuid
 from scheduler_host.domain.timing import next_run_of
@@ -120,14 +120,9 @@ def _endpoints(
 
 
 @dataclass(frozen=True)
-class _ValidInstall:
+class _ValidInstall(InstallIdentity):
     """An upsert's fields once they passed validation: trimmed, endpoints normalised."""
 
-    install_id: uuid.UUID
-    tenant_id: str
-    registry_id: str
-    version_id: str
-    content_hash: str
     enabled: bool | None
     capabilities: tuple[str, ...]
     endpoints: tuple[Endpoint, ...]
@@ -139,11 +134,7 @@ class _ValidInstall:
         else:
             enabled = current.enabled if current is not None else True
         return Install(
-            install_id=self.install_id,
-            tenant_id=self.tenant_id,
-            registry_id=self.registry_id,
-            version_id=self.version_id,
-            content_hash=self.content_hash,
+            **self.identity_fields(),
             enabled=enabled,
             granted_capabilities=self.capabilities,
             endpoints=self.endpoints,
