@@ -232,10 +232,16 @@ def _tenant_change() -> ValidationFailed:
     )
 
 
-async def get_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> Install:
+def _install_id(install_id: str) -> uuid.UUID:
+    """An operator's install id, or ValidationFailed when it is no UUID."""
     iid = validate_uuid(install_id, "install_id")
     if isinstance(iid, FieldViolation):
         raise ValidationFailed([iid])
+    return iid
+
+
+async def get_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> Install:
+    iid = _install_id(install_id)
     async with uow_factory() as uow:
         found = await uow.installs.get(iid)
     if found is None:
@@ -245,9 +251,7 @@ async def get_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> Ins
 
 async def install_context(install_id: str, *, uow_factory: UnitOfWorkFactory) -> InstallContext:
     """The context of an install named by an operator, whatever its state."""
-    iid = validate_uuid(install_id, "install_id")
-    if isinstance(iid, FieldViolation):
-        raise ValidationFailed([iid])
+    iid = _install_id(install_id)
     async with uow_factory(autocommit=True) as uow:
         ctx = await uow.installs.context(iid)
     if ctx is None:
@@ -258,9 +262,7 @@ async def install_context(install_id: str, *, uow_factory: UnitOfWorkFactory) ->
 async def delete_install(
     install_id: str, *, uow_factory: UnitOfWorkFactory, install_cache: InstallContextCache
 ) -> None:
-    iid = validate_uuid(install_id, "install_id")
-    if isinstance(iid, FieldViolation):
-        raise ValidationFailed([iid])
+    iid = _install_id(install_id)
     async with uow_factory() as uow:
         ctx = await uow.installs.context(iid)
         if ctx is None:
