@@ -8,9 +8,9 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from scheduler_host.adapters import migrations
 from scheduler_host.adapters.db.dispatch_store import PgDispatchStore
@@ -47,33 +47,41 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def schedule_policy(settings: Settings) -> SchedulePolicy:
-    return SchedulePolicy(
-        min_interval_seconds=settings.min_interval_seconds,
-        max_schedules_per_install=settings.max_schedules_per_install,
+# Policy fields named otherwise than the setting they are read from; every other field has the
+# setting's name.
+_SETTING_OF_POLICY_FIELD = {
+    "mutations_per_minute": "rate_limit_per_minute",
+    "reads_per_minute": "read_limit_per_minute",
+    "lease_margin_seconds": "dispatch_lease_margin_seconds",
+    "poll_seconds": "dispatch_poll_seconds",
+    "batch_size": "dispatch_batch_size",
+    "max_in_flight": "dispatch_max_in_flight",
+}
+
+
+_Policy = TypeVar("_Policy", SchedulePolicy, AccessPolicy, DispatchPolicy)
+
+
+def _policy(policy: type[_Policy], settings: Settings) -> _Policy:
+    """`policy` with each field read from its setting."""
+    return policy(
+        **{
+            f.name: getattr(settings, _SETTING_OF_POLICY_FIELD.get(f.name, f.name))
+            for f in fields(policy)
+        }
     )
+
+
+def schedule_policy(settings: Settings) -> SchedulePolicy:
+    return _policy(SchedulePolicy, settings)
 
 
 def access_policy(settings: Settings) -> AccessPolicy:
-    return AccessPolicy(
-        runner_tokens=settings.runner_tokens,
-        admin_tokens=settings.admin_tokens,
-        mutations_per_minute=settings.rate_limit_per_minute,
-        reads_per_minute=settings.read_limit_per_minute,
-        manual_runs_per_minute=settings.manual_runs_per_minute,
-    )
+    return _policy(AccessPolicy, settings)
 
 
 def dispatch_policy(settings: Settings) -> DispatchPolicy:
-    return DispatchPolicy(
-        catchup_seconds=settings.catchup_seconds,
-        runner_timeout_seconds=settings.runner_timeout_seconds,
-        runner_retry_base_seconds=settings.runner_retry_base_seconds,
-        lease_margin_seconds=settings.dispatch_lease_margin_seconds,
-        poll_seconds=settings.dispatch_poll_seconds,
-        batch_size=settings.dispatch_batch_size,
-        max_in_flight=settings.dispatch_max_in_flight,
-    )
+    return _policy(DispatchPolicy, settings)
 
 
 @dataclass

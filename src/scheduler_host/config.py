@@ -1,14 +1,15 @@
-"""Settings from SCHEDULER_HOST_* variables: one frozen dataclass (every default is defined there
-and only there), one error line per bad value, and the rules that keep a start safe."""
+"""Settings from SCHEDULER_HOST_* variables: one frozen dataclass (every default, and how each
+variable is read, is defined there and only there), one error line per bad value, and the rules
+that keep a start safe."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # Development defaults; they work only in development on a loopback listen address.
 DEFAULT_RUNNER_TOKEN = "local-runner-key"  # noqa: S105 - refused outside development
@@ -20,6 +21,8 @@ WEAK_TOKENS = frozenset(
 MIN_TOKEN_LENGTH = 32
 ENVIRONMENTS = frozenset({"development", "production", "test"})
 
+_T = TypeVar("_T")
+
 
 class ConfigError(ValueError):
     """A bad setting; `str()` is the one line shown to the operator, naming the variable."""
@@ -27,83 +30,6 @@ class ConfigError(ValueError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
-
-
-@dataclass(frozen=True)
-class Settings:
-    # Empty: the embedded PostgreSQL under `embedded_data_dir` (the extra scheduler-host[embedded]).
-    database_url: str = ""
-    embedded_data_dir: str = "./var/pgdata"
-    listen: str = "127.0.0.1:50051"
-    runner_tokens: tuple[str, ...] = (DEFAULT_RUNNER_TOKEN,)
-    admin_tokens: tuple[str, ...] = (DEFAULT_ADMIN_TOKEN,)
-    runner_base_url: str = "http://127.0.0.1:8090"
-    # Sent to the Runner as `authorization: Bearer ...` with every execute call.
-    runner_call_token: str = ""
-    metrics_listen: str = ""
-    environment: str = "development"
-    min_interval_seconds: int = 300
-    max_schedules_per_install: int = 50
-    rate_limit_per_minute: int = 10
-    read_limit_per_minute: int = 600
-    manual_runs_per_minute: int = 5
-    catchup_seconds: int = 600
-    max_message_bytes: int = 1024 * 1024
-    max_concurrent_rpcs: int = 1000
-    keepalive_seconds: float = 60.0
-    min_client_ping_seconds: float = 10.0
-    max_connection_age_seconds: float = 1800.0
-    runner_timeout_seconds: float = 30.0
-    # First retry delay of a failed Runner call; each further retry waits twice as long.
-    runner_retry_base_seconds: float = 1.0
-    shutdown_grace_seconds: float = 10.0
-    install_cache_seconds: float = 1.0
-    health_check_seconds: float = 2.0
-    db_pool_size: int = 20
-    # Calls that may wait for a pooled connection; more are refused at once.
-    db_pool_max_waiters: int = 200
-    db_acquire_timeout_seconds: float = 10.0
-    dispatcher_enabled: bool = True
-    dispatch_poll_seconds: float = 1.0
-    dispatch_batch_size: int = 100
-    # Runs one process makes at once (each holds a Runner connection); the next batch is
-    # claimed while they are in flight.
-    dispatch_max_in_flight: int = 500
-    # Pooled connections the dispatcher may hold at once.
-    dispatch_connections: int = 6
-    # Added to the longest a run can take (attempts, timeouts, backoff) to make its claim's lease.
-    dispatch_lease_margin_seconds: float = 30.0
-    reflection: bool = True
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    log_format: str = "text"
-    log_level: str = "INFO"
-
-    @property
-    def production(self) -> bool:
-        return self.environment == "production"
-
-    @property
-    def listens_on_loopback(self) -> bool:
-        return is_loopback(self.listen.rpartition(":")[0])
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _default(name: str) -> Any:
-    for f in fields(Settings):
-        if f.name == name and f.default is not MISSING:
-            return f.default
-    raise KeyError(name)
 
 
 def _int(raw: str, variable: str, minimum: float) -> int:
@@ -166,44 +92,97 @@ def _choice(choices: frozenset[str], transform: Callable[[str], str] = str) -> A
     return parse
 
 
-# field name → (parser, the least value accepted). The variable is SCHEDULER_HOST_<NAME>.
-_PARSED: dict[str, tuple[Callable[[str, str, float], Any], float]] = {
-    "embedded_data_dir": (_text, 0),
-    "listen": (_address, 0),
-    "metrics_listen": (_address, 0),
-    "environment": (_choice(ENVIRONMENTS), 0),
-    "min_interval_seconds": (_int, 0),
-    "max_schedules_per_install": (_int, 1),
-    "rate_limit_per_minute": (_int, 1),
-    "read_limit_per_minute": (_int, 1),
-    "manual_runs_per_minute": (_int, 1),
-    "catchup_seconds": (_int, 0),
-    "max_message_bytes": (_int, 200_000),
-    "max_concurrent_rpcs": (_int, 1),
-    "keepalive_seconds": (_float, 1),
-    "min_client_ping_seconds": (_float, 1),
-    "max_connection_age_seconds": (_float, 0),
-    "runner_timeout_seconds": (_float, 0.1),
-    "runner_retry_base_seconds": (_float, 0),
-    "shutdown_grace_seconds": (_float, 0),
-    "install_cache_seconds": (_float, 0),
-    "health_check_seconds": (_float, 0.05),
-    "db_pool_size": (_int, 2),
-    "db_pool_max_waiters": (_int, 0),
-    "db_acquire_timeout_seconds": (_float, 0.1),
-    "dispatcher_enabled": (_bool, 0),
-    "dispatch_poll_seconds": (_float, 0.01),
-    "dispatch_batch_size": (_int, 1),
-    "dispatch_max_in_flight": (_int, 1),
-    "dispatch_connections": (_int, 1),
-    "dispatch_lease_margin_seconds": (_float, 0.1),
-    "reflection": (_bool, 0),
-    "tls_cert": (_file, 0),
-    "tls_key": (_file, 0),
-    "tls_client_ca": (_file, 0),
-    "log_format": (_choice(frozenset({"text", "json"})), 0),
-    "log_level": (_choice(frozenset({"debug", "info", "warning", "error"}), str.upper), 0),
-}
+# How a variable's text is read: (text, variable, least value accepted) → the value, or ConfigError.
+_Parser = Callable[[str, str, float], Any]
+
+
+def _setting(default: _T, parse: _Parser, minimum: float = 0) -> _T:
+    """A Settings field read from its variable (see `variable_of`) by `parse`, which refuses
+    values below `minimum`; `default` when the variable is unset or empty."""
+    return field(default=default, metadata={"parse": parse, "minimum": minimum})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Fields without `_setting` (the database URL, the tokens, the Runner's URL) are read by
+    # load_settings, by rules of their own.
+    # Empty: the embedded PostgreSQL under `embedded_data_dir` (the extra scheduler-host[embedded]).
+    database_url: str = ""
+    embedded_data_dir: str = _setting("./var/pgdata", _text)
+    listen: str = _setting("127.0.0.1:50051", _address)
+    runner_tokens: tuple[str, ...] = (DEFAULT_RUNNER_TOKEN,)
+    admin_tokens: tuple[str, ...] = (DEFAULT_ADMIN_TOKEN,)
+    runner_base_url: str = "http://127.0.0.1:8090"
+    # Sent to the Runner as `authorization: Bearer ...` with every execute call.
+    runner_call_token: str = ""
+    metrics_listen: str = _setting("", _address)
+    environment: str = _setting("development", _choice(ENVIRONMENTS))
+    min_interval_seconds: int = _setting(300, _int)
+    max_schedules_per_install: int = _setting(50, _int, minimum=1)
+    rate_limit_per_minute: int = _setting(10, _int, minimum=1)
+    read_limit_per_minute: int = _setting(600, _int, minimum=1)
+    manual_runs_per_minute: int = _setting(5, _int, minimum=1)
+    catchup_seconds: int = _setting(600, _int)
+    max_message_bytes: int = _setting(1024 * 1024, _int, minimum=200_000)
+    max_concurrent_rpcs: int = _setting(1000, _int, minimum=1)
+    keepalive_seconds: float = _setting(60.0, _float, minimum=1)
+    min_client_ping_seconds: float = _setting(10.0, _float, minimum=1)
+    max_connection_age_seconds: float = _setting(1800.0, _float)
+    runner_timeout_seconds: float = _setting(30.0, _float, minimum=0.1)
+    # First retry delay of a failed Runner call; each further retry waits twice as long.
+    runner_retry_base_seconds: float = _setting(1.0, _float)
+    shutdown_grace_seconds: float = _setting(10.0, _float)
+    install_cache_seconds: float = _setting(1.0, _float)
+    health_check_seconds: float = _setting(2.0, _float, minimum=0.05)
+    db_pool_size: int = _setting(20, _int, minimum=2)
+    # Calls that may wait for a pooled connection; more are refused at once.
+    db_pool_max_waiters: int = _setting(200, _int)
+    db_acquire_timeout_seconds: float = _setting(10.0, _float, minimum=0.1)
+    dispatcher_enabled: bool = _setting(True, _bool)
+    dispatch_poll_seconds: float = _setting(1.0, _float, minimum=0.01)
+    dispatch_batch_size: int = _setting(100, _int, minimum=1)
+    # Runs one process makes at once (each holds a Runner connection); the next batch is
+    # claimed while they are in flight.
+    dispatch_max_in_flight: int = _setting(500, _int, minimum=1)
+    # Pooled connections the dispatcher may hold at once.
+    dispatch_connections: int = _setting(6, _int, minimum=1)
+    # Added to the longest a run can take (attempts, timeouts, backoff) to make its claim's lease.
+    dispatch_lease_margin_seconds: float = _setting(30.0, _float, minimum=0.1)
+    reflection: bool = _setting(True, _bool)
+    tls_cert: str = _setting("", _file)
+    tls_key: str = _setting("", _file)
+    tls_client_ca: str = _setting("", _file)
+    log_format: str = _setting("text", _choice(frozenset({"text", "json"})))
+    log_level: str = _setting(
+        "INFO", _choice(frozenset({"debug", "info", "warning", "error"}), str.upper)
+    )
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return is_loopback(self.listen.rpartition(":")[0])
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _default(name: str) -> Any:
+    for f in fields(Settings):
+        if f.name == name and f.default is not MISSING:
+            return f.default
+    raise KeyError(name)
+
+
 # Variables named otherwise than after their field.
 _VARIABLE_NAMES = {
     "dispatcher_enabled": "SCHEDULER_HOST_DISPATCHER",
@@ -258,10 +237,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every variable; raise ConfigError for the first bad one."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    for name, (parse, minimum) in _PARSED.items():
-        variable = variable_of(name)
+    for setting in fields(Settings):
+        if "parse" not in setting.metadata:
+            continue  # read below, by rules of its own
+        variable = variable_of(setting.name)
         raw = env.get(variable, "").strip()
-        values[name] = parse(raw, variable, minimum) if raw else _default(name)
+        parse, minimum = setting.metadata["parse"], setting.metadata["minimum"]
+        values[setting.name] = parse(raw, variable, minimum) if raw else setting.default
     values["database_url"] = _database_url(env)
 
     production = values["environment"] == "production"

@@ -5,13 +5,23 @@ service over gRPC. `main` is the console entry point; `python -m scheduler_host.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 
 from scheduler_host.cli import operator_commands, service_commands
 from scheduler_host.cli.failures import EXIT_CODES_HELP, EXIT_FAILURE
 from scheduler_host.cli.operator_commands import DEFAULT_TARGET, Connection
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _pem_file_option(name: str, help: str) -> Callable[[_Command], _Command]:
+    """An option naming a PEM file that must exist."""
+    return click.option(
+        name, type=click.Path(exists=True, dir_okay=False), metavar="FILE", help=help
+    )
 
 
 @click.group(
@@ -32,24 +42,11 @@ from scheduler_host.cli.operator_commands import DEFAULT_TARGET, Connection
     "$SCHEDULER_HOST_ADMIN_TOKEN, else the development default local-admin-key).",
 )
 @click.option("--tls", is_flag=True, help="Use TLS, trusting the system's root certificates.")
-@click.option(
-    "--tls-ca",
-    type=click.Path(exists=True, dir_okay=False),
-    metavar="FILE",
-    help="CA certificates (PEM) to trust for the server's certificate; implies --tls.",
+@_pem_file_option(
+    "--tls-ca", "CA certificates (PEM) to trust for the server's certificate; implies --tls."
 )
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, dir_okay=False),
-    metavar="FILE",
-    help="Client certificate (PEM) for mTLS, with --tls-key; implies --tls.",
-)
-@click.option(
-    "--tls-key",
-    type=click.Path(exists=True, dir_okay=False),
-    metavar="FILE",
-    help="Private key (PEM) of the client certificate.",
-)
+@_pem_file_option("--tls-cert", "Client certificate (PEM) for mTLS, with --tls-key; implies --tls.")
+@_pem_file_option("--tls-key", "Private key (PEM) of the client certificate.")
 @click.option(
     "--tls-server-name",
     metavar="NAME",

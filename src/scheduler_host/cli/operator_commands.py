@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import click
 import grpc
 import yaml
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from schedulerhost.v1 import scheduler_admin_pb2, scheduler_host_pb2
 
 from scheduler_host.cli import rendering
@@ -35,6 +36,8 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_SECONDS = 10.0
 # RunScheduleNow answers once the run has finished: up to three Runner calls of 30 s and backoff.
 RUN_NOW_TIMEOUT_SECONDS = 120.0
+
+_Message = TypeVar("_Message", bound=Message)
 
 
 def admin_token_from_environment(env: Mapping[str, str] = os.environ) -> str:
@@ -121,6 +124,26 @@ def call_admin(
         ctx.exit(report(exc, conn.output))
 
 
+def show_answer(
+    ctx: click.Context,
+    ask: Callable[[SchedulerAdminClient], Awaitable[_Message]],
+    describe: Callable[[_Message], None],
+    *,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> None:
+    """Runs `ask` with an admin client and shows its answer: as proto3 JSON for scripts, or as
+    `describe` prints it for people."""
+
+    async def work(admin: SchedulerAdminClient, conn: Connection) -> None:
+        answer = await ask(admin)
+        if conn.json:
+            rendering.echo_json(rendering.message_json(answer))
+        else:
+            describe(answer)
+
+    call_admin(ctx, work, timeout=timeout)
+
+
 install_option = click.option(
     "--install", "install_id", required=True, metavar="ID", help="The install's UUID."
 )
@@ -196,14 +219,7 @@ def installs_upsert(ctx: click.Context, source: IO[str], disable_missing_schedul
 @click.argument("install_id", metavar="INSTALL_ID")
 @click.pass_context
 def installs_get(ctx: click.Context, install_id: str) -> None:
-    async def work(admin: SchedulerAdminClient, conn: Connection) -> None:
-        install = await admin.get_install(install_id)
-        if conn.json:
-            rendering.echo_json(rendering.message_json(install))
-        else:
-            rendering.install_fields(install)
-
-    call_admin(ctx, work)
+    show_answer(ctx, lambda admin: admin.get_install(install_id), rendering.install_fields)
 
 
 @installs.command("delete", help="Delete an install with its schedules and their runs.")
@@ -264,14 +280,9 @@ def schedules_list(ctx: click.Context, install_id: str) -> None:
 @schedule_option
 @click.pass_context
 def schedules_get(ctx: click.Context, install_id: str, schedule_id: str) -> None:
-    async def work(admin: SchedulerAdminClient, conn: Connection) -> None:
-        schedule = await admin.get_schedule(install_id, schedule_id)
-        if conn.json:
-            rendering.echo_json(rendering.message_json(schedule))
-        else:
-            rendering.schedule_fields(schedule)
-
-    call_admin(ctx, work)
+    show_answer(
+        ctx, lambda admin: admin.get_schedule(install_id, schedule_id), rendering.schedule_fields
+    )
 
 
 @schedules.command(
@@ -283,14 +294,12 @@ def schedules_get(ctx: click.Context, install_id: str, schedule_id: str) -> None
 @schedule_option
 @click.pass_context
 def schedules_run_now(ctx: click.Context, install_id: str, schedule_id: str) -> None:
-    async def work(admin: SchedulerAdminClient, conn: Connection) -> None:
-        run = await admin.run_schedule_now(install_id, schedule_id)
-        if conn.json:
-            rendering.echo_json(rendering.message_json(run))
-        else:
-            rendering.run_fields(run)
-
-    call_admin(ctx, work, timeout=RUN_NOW_TIMEOUT_SECONDS)
+    show_answer(
+        ctx,
+        lambda admin: admin.run_schedule_now(install_id, schedule_id),
+        rendering.run_fields,
+        timeout=RUN_NOW_TIMEOUT_SECONDS,
+    )
 
 
 # --- runs -----------------------------------------------------------------------------------

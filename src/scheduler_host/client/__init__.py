@@ -6,62 +6,7 @@ scheduler_host_client.SchedulerHostClient`. New code may import `scheduler_host_
 
 from __future__ import annotations
 
-from scheduler_host.client import errors
-from scheduler_host_client import (
-    Aborted,
-    AlreadyExists,
-    DeadlineExceeded,
-    Endpoint,
-    EndpointSpec,
-    EtagMismatch,
-    FailedPrecondition,
-    FieldViolation,
-    Install,
-    InternalError,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    QuotaExceeded,
-    RateLimited,
-    ResourceExhausted,
-    Schedule,
-    SchedulerAdminClient,
-    SchedulerHostClient,
-    SchedulerHostError,
-    ScheduleRun,
-    Unauthenticated,
-    Unavailable,
-    ValidationFailed,
-    new_schedule,
-    schedule_payload,
-)
+import scheduler_host_client
+from scheduler_host_client import *  # noqa: F403 - every public name, as the client lists them
 
-__all__ = [
-    "Aborted",
-    "AlreadyExists",
-    "DeadlineExceeded",
-    "Endpoint",
-    "EndpointSpec",
-    "EtagMismatch",
-    "FailedPrecondition",
-    "FieldViolation",
-    "Install",
-    "InternalError",
-    "InvalidArgument",
-    "NotFound",
-    "PermissionDenied",
-    "QuotaExceeded",
-    "RateLimited",
-    "ResourceExhausted",
-    "Schedule",
-    "ScheduleRun",
-    "SchedulerAdminClient",
-    "SchedulerHostClient",
-    "SchedulerHostError",
-    "Unauthenticated",
-    "Unavailable",
-    "ValidationFailed",
-    "errors",
-    "new_schedule",
-    "schedule_payload",
-]
+__all__ = scheduler_host_client.__all__

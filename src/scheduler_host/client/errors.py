@@ -2,46 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler_host_client.errors import (
-    ERROR_DOMAIN,
-    Aborted,
-    AlreadyExists,
-    DeadlineExceeded,
-    EtagMismatch,
-    FailedPrecondition,
-    FieldViolation,
-    InternalError,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    QuotaExceeded,
-    RateLimited,
-    ResourceExhausted,
-    SchedulerHostError,
-    Unauthenticated,
-    Unavailable,
-    ValidationFailed,
-    error_from_rpc,
-)
+import scheduler_host_client.errors
+from scheduler_host_client.errors import *  # noqa: F403 - every public name, as the client lists them
 
-__all__ = [
-    "ERROR_DOMAIN",
-    "Aborted",
-    "AlreadyExists",
-    "DeadlineExceeded",
-    "EtagMismatch",
-    "FailedPrecondition",
-    "FieldViolation",
-    "InternalError",
-    "InvalidArgument",
-    "NotFound",
-    "PermissionDenied",
-    "QuotaExceeded",
-    "RateLimited",
-    "ResourceExhausted",
-    "SchedulerHostError",
-    "Unauthenticated",
-    "Unavailable",
-    "ValidationFailed",
-    "error_from_rpc",
-]
+__all__ = scheduler_host_client.errors.__all__

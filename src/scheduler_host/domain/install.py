@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 from scheduler_host.domain.endpoints import Endpoint
 
@@ -12,25 +13,31 @@ SCHEDULER_CAPABILITY = "cap:scheduler.manage"
 
 
 @dataclass(frozen=True)
-class InstallContext:
-    """What a SchedulerHost call knows about its caller once metadata is checked."""
+class InstallIdentity:
+    """Which extension version an install is, and whose: what an install, its context and an
+    upsert's validated input have in common."""
 
     install_id: uuid.UUID
     tenant_id: str
     registry_id: str
     version_id: str
     content_hash: str
+
+    def identity_fields(self) -> dict[str, Any]:
+        """The identity's fields by name, to build another of the install's forms from this one."""
+        return {f.name: getattr(self, f.name) for f in fields(InstallIdentity)}
+
+
+@dataclass(frozen=True)
+class InstallContext(InstallIdentity):
+    """What a SchedulerHost call knows about its caller once metadata is checked."""
+
     enabled: bool
     capabilities: frozenset[str]
 
 
 @dataclass(frozen=True)
-class Install:
-    install_id: uuid.UUID
-    tenant_id: str
-    registry_id: str
-    version_id: str
-    content_hash: str
+class Install(InstallIdentity):
     enabled: bool
     granted_capabilities: tuple[str, ...]
     endpoints: tuple[Endpoint, ...]
@@ -39,11 +46,7 @@ class Install:
 
     def context(self) -> InstallContext:
         return InstallContext(
-            install_id=self.install_id,
-            tenant_id=self.tenant_id,
-            registry_id=self.registry_id,
-            version_id=self.version_id,
-            content_hash=self.content_hash,
+            **self.identity_fields(),
             enabled=self.enabled,
             capabilities=frozenset(self.granted_capabilities),
         )

@@ -47,12 +47,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import TYPE_CHECKING, TypedDict
 from zoneinfo import ZoneInfo
 
 from scheduler_host.domain.cron import CronExpression, parse_cron, shortest_interval
 from scheduler_host.domain.errors import FieldViolation
 from scheduler_host.domain.occurrences import next_occurrences
 from scheduler_host.domain.schedule import Schedule
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # in typing from Python 3.12
 
 RUN_AT_INVALID = "RUN_AT_INVALID"
 SCHEDULE_SPEC_INVALID = "SCHEDULE_SPEC_INVALID"
@@ -74,6 +78,15 @@ _UTC_ZONE = ZoneInfo("UTC")
 
 # refuse(field name without prefix, reason, description): keeps the first violation of a field.
 _Refuse = Callable[[str, str, str], None]
+
+
+class Bounds(TypedDict, total=False):
+    """The optional fields of a Timing, as `recurring` and `one_time` take them by name; those
+    left out take Timing's defaults."""
+
+    start_time: datetime | None
+    end_time: datetime | None
+    jitter: timedelta
 
 
 @dataclass(frozen=True)
@@ -107,30 +120,15 @@ class Timing:
 
     @classmethod
     def recurring(
-        cls,
-        schedule_id: uuid.UUID,
-        cron: CronExpression,
-        zone: ZoneInfo,
-        *,
-        start_time: datetime | None = None,
-        end_time: datetime | None = None,
-        jitter: timedelta = timedelta(0),
+        cls, schedule_id: uuid.UUID, cron: CronExpression, zone: ZoneInfo, **bounds: Unpack[Bounds]
     ) -> Timing:
         """A cron schedule's timing."""
-        return cls(schedule_id, cron, None, zone, start_time, end_time, jitter)
+        return cls(schedule_id, cron, None, zone, **bounds)
 
     @classmethod
-    def one_time(
-        cls,
-        schedule_id: uuid.UUID,
-        run_at: datetime,
-        *,
-        start_time: datetime | None = None,
-        end_time: datetime | None = None,
-        jitter: timedelta = timedelta(0),
-    ) -> Timing:
+    def one_time(cls, schedule_id: uuid.UUID, run_at: datetime, **bounds: Unpack[Bounds]) -> Timing:
         """A one-time schedule's timing."""
-        return cls(schedule_id, None, run_at, _UTC_ZONE, start_time, end_time, jitter)
+        return cls(schedule_id, None, run_at, _UTC_ZONE, **bounds)
 
 
 def jitter_offset(schedule_id: uuid.UUID, nominal: datetime, jitter: timedelta) -> timedelta:

@@ -19,7 +19,7 @@ from scheduler_host.domain.errors import (
     RemapFailed,
     ValidationFailed,
 )
-from scheduler_host.domain.install import Install, InstallContext
+from scheduler_host.domain.install import Install, InstallContext, InstallIdentity
 from scheduler_host.domain.remap import remap_schedules
 from scheduler_host.domain.schedule import validate_uuid
 from scheduler_host.domain.timing import next_run_of
@@ -120,14 +120,9 @@ def _endpoints(
 
 
 @dataclass(frozen=True)
-class _ValidInstall:
+class _ValidInstall(InstallIdentity):
     """An upsert's fields once they passed validation: trimmed, endpoints normalised."""
 
-    install_id: uuid.UUID
-    tenant_id: str
-    registry_id: str
-    version_id: str
-    content_hash: str
     enabled: bool | None
     capabilities: tuple[str, ...]
     endpoints: tuple[Endpoint, ...]
@@ -139,11 +134,7 @@ class _ValidInstall:
         else:
             enabled = current.enabled if current is not None else True
         return Install(
-            install_id=self.install_id,
-            tenant_id=self.tenant_id,
-            registry_id=self.registry_id,
-            version_id=self.version_id,
-            content_hash=self.content_hash,
+            **self.identity_fields(),
             enabled=enabled,
             granted_capabilities=self.capabilities,
             endpoints=self.endpoints,
@@ -241,10 +232,16 @@ def _tenant_change() -> ValidationFailed:
     )
 
 
-async def get_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> Install:
+def _install_id(install_id: str) -> uuid.UUID:
+    """An operator's install id, or ValidationFailed when it is no UUID."""
     iid = validate_uuid(install_id, "install_id")
     if isinstance(iid, FieldViolation):
         raise ValidationFailed([iid])
+    return iid
+
+
+async def get_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> Install:
+    iid = _install_id(install_id)
     async with uow_factory() as uow:
         found = await uow.installs.get(iid)
     if found is None:
@@ -254,9 +251,7 @@ async def get_install(install_id: str, *, uow_factory: UnitOfWorkFactory) -> Ins
 
 async def install_context(install_id: str, *, uow_factory: UnitOfWorkFactory) -> InstallContext:
     """The context of an install named by an operator, whatever its state."""
-    iid = validate_uuid(install_id, "install_id")
-    if isinstance(iid, FieldViolation):
-        raise ValidationFailed([iid])
+    iid = _install_id(install_id)
     async with uow_factory(autocommit=True) as uow:
         ctx = await uow.installs.context(iid)
     if ctx is None:
@@ -267,9 +262,7 @@ async def install_context(install_id: str, *, uow_factory: UnitOfWorkFactory) ->
 async def delete_install(
     install_id: str, *, uow_factory: UnitOfWorkFactory, install_cache: InstallContextCache
 ) -> None:
-    iid = validate_uuid(install_id, "install_id")
-    if isinstance(iid, FieldViolation):
-        raise ValidationFailed([iid])
+    iid = _install_id(install_id)
     async with uow_factory() as uow:
         ctx = await uow.installs.context(iid)
         if ctx is None:
