@@ -20,7 +20,7 @@ down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Frozen copies of the types in tables.py at this revision; never import the live schema here.
+# Frozen copies of the types in schema.py at this revision; never import the live schema here.
 JsonValue = postgresql.JSONB()
 RowId = sa.BigInteger()  # BIGSERIAL
 

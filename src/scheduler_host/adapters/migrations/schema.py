@@ -1,5 +1,6 @@
-"""The relational schema as SQLAlchemy Core tables: what the migrations build, and what a test
-compares the migrated database against. Statements are written in SQL beside their repositories.
+"""The relational schema at the head revision as SQLAlchemy Core tables: what the migrations
+build, and what a test compares the migrated database against. The adapters write their
+statements in SQL beside their repositories and do not use these tables.
 
 Tenant tables carry `bucket` (see buckets.py) first in every key and index, so that the schema can
 be distributed by bucket on a sharded PostgreSQL; `install_directory` and `service_keys` are
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import SchemaItem
 
 metadata = sa.MetaData(
     naming_convention={
@@ -26,8 +28,14 @@ def _time() -> sa.DateTime:
     return sa.DateTime(timezone=True)
 
 
-def _bucket() -> sa.Column[int]:
-    return sa.Column("bucket", sa.SmallInteger(), nullable=False)
+# The tables whose rows belong to a tenant; the others are reference tables.
+TENANT_TABLES: list[str] = []
+
+
+def _tenant_table(name: str, *parts: SchemaItem) -> sa.Table:
+    """A tenant table: its rows carry their tenant's bucket, first in every key and index."""
+    TENANT_TABLES.append(name)
+    return sa.Table(name, metadata, sa.Column("bucket", sa.SmallInteger(), nullable=False), *parts)
 
 
 # Which bucket holds an install: the one lookup by install id alone (the caller's metadata names
@@ -45,10 +53,8 @@ dispatch_buckets = sa.Table(
     "dispatch_buckets", metadata, sa.Column("bucket", sa.SmallInteger(), primary_key=True)
 )
 
-installs = sa.Table(
+installs = _tenant_table(
     "installs",
-    metadata,
-    _bucket(),
     sa.Column("id", sa.Uuid(), nullable=False),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("registry_id", sa.String(128), nullable=False),
@@ -62,10 +68,8 @@ installs = sa.Table(
 )
 
 # Only the current version's endpoints are kept; schedules store method and path.
-endpoints = sa.Table(
+endpoints = _tenant_table(
     "endpoints",
-    metadata,
-    _bucket(),
     sa.Column("install_id", sa.Uuid(), nullable=False),
     sa.Column("version_id", sa.String(128), nullable=False),
     sa.Column("method", sa.String(16), nullable=False),
@@ -79,10 +83,8 @@ endpoints = sa.Table(
     ),
 )
 
-schedules = sa.Table(
+schedules = _tenant_table(
     "schedules",
-    metadata,
-    _bucket(),
     sa.Column("id", sa.Uuid(), nullable=False),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("install_id", sa.Uuid(), nullable=False),
@@ -136,10 +138,8 @@ schedules = sa.Table(
     ),
 )
 
-schedule_runs = sa.Table(
+schedule_runs = _tenant_table(
     "schedule_runs",
-    metadata,
-    _bucket(),
     sa.Column("id", sa.Uuid(), nullable=False),
     sa.Column("tenant_id", sa.String(128), nullable=False),
     sa.Column("install_id", sa.Uuid(), nullable=False),
@@ -171,10 +171,8 @@ schedule_runs = sa.Table(
     ),
 )
 
-idempotency_keys = sa.Table(
+idempotency_keys = _tenant_table(
     "idempotency_keys",
-    metadata,
-    _bucket(),
     sa.Column("install_id", sa.Uuid(), nullable=False),
     sa.Column("request_id", sa.Uuid(), nullable=False),
     sa.Column("tenant_id", sa.String(128), nullable=False),
@@ -190,10 +188,8 @@ idempotency_keys = sa.Table(
 )
 
 # Hits of the rate limiter's rolling windows; hit times strictly increase within a scope.
-rate_limit_hits = sa.Table(
+rate_limit_hits = _tenant_table(
     "rate_limit_hits",
-    metadata,
-    _bucket(),
     # e.g. "mutations:<install id>" or "manual-runs:<tenant id>"
     sa.Column("scope", sa.String(200), nullable=False),
     sa.Column("hit_time", _time(), nullable=False),
@@ -207,14 +203,4 @@ service_keys = sa.Table(
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.LargeBinary(), nullable=False),
-)
-
-# The tables whose rows belong to a tenant; the others are reference tables.
-TENANT_TABLES = (
-    "installs",
-    "endpoints",
-    "schedules",
-    "schedule_runs",
-    "idempotency_keys",
-    "rate_limit_hits",
 )
