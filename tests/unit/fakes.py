@@ -78,11 +78,7 @@ class FakeSchedules(ports.ScheduleRepository):
 
     @override
     async def page_with_total(
-        self,
-        tenant_id: str,
-        install_id: uuid.UUID,
-        after: tuple[datetime, uuid.UUID] | None,
-        limit: int,
+        self, tenant_id: str, install_id: uuid.UUID, after: ports.Position | None, limit: int
     ) -> tuple[list[Schedule], int]:
         mine = self._mine(tenant_id, install_id)
         page = [s for s in mine if after is None or (s.create_time, s.id) > after]
@@ -90,11 +86,7 @@ class FakeSchedules(ports.ScheduleRepository):
 
     @override
     async def usage(
-        self,
-        tenant_id: str,
-        install_id: uuid.UUID,
-        request_id: uuid.UUID | None,
-        since: datetime,
+        self, tenant_id: str, install_id: uuid.UUID, request_id: uuid.UUID | None, since: datetime
     ) -> tuple[int, uuid.UUID | None]:
         return len(self._mine(tenant_id, install_id)), self._earlier(install_id, request_id, since)
 
@@ -253,11 +245,7 @@ class FakeRuns(ports.RunRepository):
 
     @override
     async def page(
-        self,
-        tenant_id: str,
-        schedule_id: uuid.UUID,
-        before: tuple[datetime, uuid.UUID] | None,
-        limit: int,
+        self, tenant_id: str, schedule_id: uuid.UUID, before: ports.Position | None, limit: int
     ) -> list[ScheduleRun]:
         runs = sorted(
             (r for r in self.d.runs.values() if r.schedule_id == schedule_id),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -38,6 +38,7 @@ from scheduler_host.service.ports import (
     ClaimBatch,
     ClaimedRun,
     ClaimPlan,
+    Planner,
     RunOutcome,
     RunTarget,
 )
@@ -167,12 +168,7 @@ class PgDispatchStore:
         return [BucketWork(r["bucket"], r["next_run_time"], r["lease_until"]) for r in rows]
 
     async def claim_due(
-        self,
-        bucket: int,
-        now: datetime,
-        limit: int,
-        lease_until: datetime,
-        plan: Callable[[RunTarget], ClaimPlan],
+        self, bucket: int, now: datetime, limit: int, lease_until: datetime, plan: Planner
     ) -> ClaimBatch:
         async with self._session(autocommit=True) as session:
             conn = await session.connection()
@@ -339,7 +335,7 @@ class _Claim:
         self._runs: list[tuple[uuid.UUID, uuid.UUID, datetime, str | None]] = []
         self._firing: list[tuple[ScheduleRun, RunTarget]] = []
 
-    def add(self, row: Record, plan: Callable[[RunTarget], ClaimPlan]) -> None:
+    def add(self, row: Record, plan: Planner) -> None:
         target = _target(row)
         decision = plan(target)
         schedule_id = target.schedule.id

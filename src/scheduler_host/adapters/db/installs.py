@@ -14,6 +14,7 @@ from collections import OrderedDict
 from asyncpg import Record
 
 from scheduler_host.adapters.db.buckets import bucket_of
+from scheduler_host.adapters.db.pool import Connect, Repository
 from scheduler_host.adapters.db.rows import (
     ENDPOINT_COLUMNS,
     INSTALL_COLUMNS,
@@ -23,7 +24,6 @@ from scheduler_host.adapters.db.rows import (
     install_context_from_row,
     install_from_row,
 )
-from scheduler_host.adapters.db.schedules import Connect
 from scheduler_host.domain.endpoints import Endpoint
 from scheduler_host.domain.install import Install, InstallContext
 from scheduler_host.service.ports import EndpointCache
@@ -77,13 +77,13 @@ class InstallDirectory:
         self._entries.pop(install_id, None)
 
 
-class PgInstallRepository:
-    __slots__ = ("_cache", "_connect", "_directory")
+class PgInstallRepository(Repository):
+    __slots__ = ("_cache", "_directory")
 
     def __init__(
         self, connect: Connect, directory: InstallDirectory, cache: EndpointCache | None
     ) -> None:
-        self._connect = connect
+        super().__init__(connect)
         self._directory = directory
         self._cache = cache
 

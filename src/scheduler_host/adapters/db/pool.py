@@ -15,7 +15,7 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -25,6 +25,9 @@ from scheduler_host.domain.errors import DatabaseUnavailable
 
 Connection: TypeAlias = "PoolConnectionProxy[Any]"
 QueryLogger = Callable[[Any], None]
+# The connection a repository uses: the unit of work's, opened (and its transaction begun) on the
+# first statement.
+Connect = Callable[[], Awaitable[Connection]]
 
 # SQLSTATE classes and codes of a server that is going away, starting up or full, e.g. "the
 # database system is starting up" (57P03) while PostgreSQL restarts.
@@ -231,6 +234,15 @@ class DatabasePool:
             await asyncio.wait_for(self._pool.close(), wait_seconds)
         except (TimeoutError, Exception):
             self._pool.terminate()
+
+
+class Repository:
+    """Statements on the connection of a unit of work."""
+
+    __slots__ = ("_connect",)
+
+    def __init__(self, connect: Connect) -> None:
+        self._connect = connect
 
 
 class DatabaseProbe:

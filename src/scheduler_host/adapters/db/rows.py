@@ -15,6 +15,8 @@ from scheduler_host.domain.install import Install, InstallContext
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.domain.schedule import Schedule
 
+_MILLISECOND = timedelta(milliseconds=1)
+
 
 class Row(Protocol):
     """Columns looked up by name (an asyncpg Record)."""
@@ -22,48 +24,33 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
+# A schedule's definition: what a caller sets, in create_schedule's order.
+SCHEDULE_DEFINITION = (
+    "endpoint_id",
+    "endpoint_method",
+    "endpoint_path",
+    "name",
+    "cron",
+    "run_at",
+    "start_time",
+    "end_time",
+    "jitter_ms",
+    "timezone",
+    "enabled",
+    "payload",
+    "payload_wire",
+)
+# What the dispatcher keeps.
+_LAST_RUN = ("next_run_time", "last_run_time", "last_run_status", "last_error")
 # The schedules columns a read returns, in no particular order (rows are read by name).
 SCHEDULE_COLUMNS = (
     "id",
     "tenant_id",
     "install_id",
-    "endpoint_id",
-    "endpoint_method",
-    "endpoint_path",
-    "name",
-    "cron",
-    "run_at",
-    "start_time",
-    "end_time",
-    "jitter_ms",
-    "timezone",
-    "enabled",
-    "payload",
-    "payload_wire",
-    "next_run_time",
-    "last_run_time",
-    "last_run_status",
-    "last_error",
+    *SCHEDULE_DEFINITION,
+    *_LAST_RUN,
     "revision",
     "create_time",
-    "update_time",
-)
-# What a caller may change (UpdateSchedule), with the revision and the update time.
-DEFINITION_COLUMNS = (
-    "endpoint_id",
-    "endpoint_method",
-    "endpoint_path",
-    "name",
-    "cron",
-    "run_at",
-    "start_time",
-    "end_time",
-    "jitter_ms",
-    "timezone",
-    "enabled",
-    "payload",
-    "payload_wire",
-    "revision",
     "update_time",
 )
 INSTALL_CONTEXT_COLUMNS = (
@@ -128,33 +115,9 @@ def schedule_from_row(m: Row) -> Schedule:
 
 
 def schedule_values(s: Schedule, names: Sequence[str]) -> list[Any]:
-    """The stored values of `s` for the columns `names`, in that order."""
-    values = {
-        "id": s.id,
-        "tenant_id": s.tenant_id,
-        "install_id": s.install_id,
-        "endpoint_id": s.endpoint_id,
-        "endpoint_method": s.endpoint_method,
-        "endpoint_path": s.endpoint_path,
-        "name": s.name,
-        "cron": s.cron,
-        "run_at": s.run_at,
-        "start_time": s.start_time,
-        "end_time": s.end_time,
-        "jitter_ms": s.jitter // timedelta(milliseconds=1),
-        "timezone": s.timezone,
-        "enabled": s.enabled,
-        "payload": s.payload,
-        "payload_wire": s.payload_wire,
-        "next_run_time": s.next_run_time,
-        "last_run_time": s.last_run_time,
-        "last_run_status": s.last_run_status,
-        "last_error": s.last_error,
-        "revision": s.revision,
-        "create_time": s.create_time,
-        "update_time": s.update_time,
-    }
-    return [values[name] for name in names]
+    """The stored values of `s` for the columns `names`, in that order: each column holds the
+    field of its name, but jitter_ms (the jitter in whole milliseconds)."""
+    return [s.jitter // _MILLISECOND if name == "jitter_ms" else getattr(s, name) for name in names]
 
 
 def unnest_arrays(schedules: Sequence[Schedule], names: Sequence[str]) -> list[list[Any]]:
