@@ -85,32 +85,15 @@ def columns(names: Sequence[str], alias: str = "") -> str:
     return ", ".join(prefix + name for name in names)
 
 
+# The Schedule fields stored as they are, each in the column of its name.
+_SCHEDULE_FIELDS = tuple(name for name in SCHEDULE_COLUMNS if name != "jitter_ms")
+
+
 def schedule_from_row(m: Row) -> Schedule:
     """A Schedule from a row holding SCHEDULE_COLUMNS (alone or in a join)."""
     return Schedule(
-        id=m["id"],
-        install_id=m["install_id"],
-        tenant_id=m["tenant_id"],
-        endpoint_id=m["endpoint_id"],
-        endpoint_method=m["endpoint_method"],
-        endpoint_path=m["endpoint_path"],
-        name=m["name"],
-        cron=m["cron"],
-        timezone=m["timezone"],
-        enabled=m["enabled"],
-        payload=m["payload"],
-        next_run_time=m["next_run_time"],
-        last_run_time=m["last_run_time"],
-        last_run_status=m["last_run_status"],
-        last_error=m["last_error"],
-        create_time=m["create_time"],
-        update_time=m["update_time"],
-        revision=m["revision"],
-        run_at=m["run_at"],
-        start_time=m["start_time"],
-        end_time=m["end_time"],
+        **{name: m[name] for name in _SCHEDULE_FIELDS},
         jitter=timedelta(milliseconds=m["jitter_ms"]),
-        payload_wire=m["payload_wire"],
     )
 
 
@@ -162,18 +145,13 @@ def endpoint_from_row(m: Row) -> Endpoint:
     return Endpoint(m["id"], m["method"], m["path"], m["handler"])
 
 
+_RUN_FIELDS = tuple(name for name in RUN_COLUMNS if name not in ("trigger", "status"))
+
+
 def run_from_row(m: Row) -> ScheduleRun:
     """A ScheduleRun from a row holding RUN_COLUMNS."""
     return ScheduleRun(
-        id=m["id"],
-        tenant_id=m["tenant_id"],
-        install_id=m["install_id"],
-        schedule_id=m["schedule_id"],
+        **{name: m[name] for name in _RUN_FIELDS},
         trigger=RunTrigger(m["trigger"]),
-        scheduled_time=m["scheduled_time"],
-        start_time=m["start_time"],
-        finish_time=m["finish_time"],
         status=RunState(m["status"]),
-        attempt=m["attempt"],
-        error=m["error"],
     )
