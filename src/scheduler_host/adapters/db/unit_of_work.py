@@ -10,6 +10,7 @@ cached) takes no connection at all.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -144,21 +145,15 @@ def traced_connection_class(tracer: Any, database: str) -> type[Any]:
             f"{verb} {database}", kind=SpanKind.CLIENT, attributes=attributes
         )
 
-    class TracedConnection(asyncpg.Connection):
-        async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-            with span(self, query):
-                return await super().execute(query, *args, **kwargs)
+    def traced(name: str) -> Callable[..., Awaitable[Any]]:
+        untraced = getattr(asyncpg.Connection, name)
 
-        async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        async def send(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
             with span(self, query):
-                return await super().fetch(query, *args, **kwargs)
+                return await untraced(self, query, *args, **kwargs)
 
-        async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
-            with span(self, query):
-                return await super().fetchrow(query, *args, **kwargs)
+        return send
 
-        async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
-            with span(self, query):
-                return await super().fetchval(query, *args, **kwargs)
-
-    return TracedConnection
+    # Each of the ways a statement is sent becomes a span.
+    methods = {name: traced(name) for name in ("execute", "fetch", "fetchrow", "fetchval")}
+    return type("TracedConnection", (asyncpg.Connection,), methods)
