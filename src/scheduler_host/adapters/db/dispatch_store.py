@@ -24,7 +24,7 @@ from typing import Any
 from asyncpg import Record
 
 from scheduler_host.adapters.db.buckets import BUCKETS, bucket_of
-from scheduler_host.adapters.db.pool import DatabasePool
+from scheduler_host.adapters.db.pool import Connection, DatabasePool
 from scheduler_host.adapters.db.rows import (
     SCHEDULE_COLUMNS,
     columns,
@@ -118,30 +118,28 @@ def _target(row: Record) -> RunTarget:
     )
 
 
-def _run(
+def _running(
     target: RunTarget,
-    run_id: uuid.UUID,
     trigger: RunTrigger,
     scheduled_time: datetime,
-    status: RunState,
-    *,
-    start_time: datetime | None = None,
-    finish_time: datetime | None = None,
-    attempt: int = 0,
-    error: str | None = None,
+    start_time: datetime,
+    run_id: uuid.UUID | None = None,
+    attempt: int = 1,
 ) -> ScheduleRun:
+    """A running run of the target's schedule; a new one unless `run_id` is given."""
+    s = target.schedule
     return ScheduleRun(
-        id=run_id,
-        tenant_id=target.schedule.tenant_id,
-        install_id=target.schedule.install_id,
-        schedule_id=target.schedule.id,
+        id=run_id or uuid.uuid4(),
+        tenant_id=s.tenant_id,
+        install_id=s.install_id,
+        schedule_id=s.id,
         trigger=trigger,
         scheduled_time=scheduled_time,
         start_time=start_time,
-        finish_time=finish_time,
-        status=status,
+        finish_time=None,
+        status=RunState.RUNNING,
         attempt=attempt,
-        error=error,
+        error=None,
     )
 
 
@@ -162,16 +160,21 @@ class PgDispatchStore:
         async with self._connections, PooledSession(self._pool, autocommit=autocommit) as session:
             yield session
 
-    async def poll(self) -> list[BucketWork]:
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A connection of the dispatcher's share, each statement its own transaction."""
         async with self._session(autocommit=True) as session:
-            rows = await (await session.connection()).fetch(_POLL, BUCKETS)
+            yield await session.connection()
+
+    async def poll(self) -> list[BucketWork]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_POLL, BUCKETS)
         return [BucketWork(r["bucket"], r["next_run_time"], r["lease_until"]) for r in rows]
 
     async def claim_due(
         self, bucket: int, now: datetime, limit: int, lease_until: datetime, plan: Planner
     ) -> ClaimBatch:
-        async with self._session(autocommit=True) as session:
-            conn = await session.connection()
+        async with self._connection() as conn:
             rows = await conn.fetch(_CLAIM_DUE, bucket, now, limit)
             claim = _Claim(now, lease_until)
             for row in rows:
@@ -190,8 +193,7 @@ class PgDispatchStore:
         lease_until: datetime,
         exclude: Collection[uuid.UUID],
     ) -> list[ClaimedRun]:
-        async with self._session(autocommit=True) as session:
-            conn = await session.connection()
+        async with self._connection() as conn:
             # `exclude` is left out in Python: in the statement it would make a new text (and
             # a new prepared statement) for each count.
             rows = [
@@ -204,15 +206,14 @@ class PgDispatchStore:
             claims = []
             for row in rows:
                 target = _target(row)
-                run = _run(
+                run = _running(
                     target,
-                    row["run_id"],
                     RunTrigger(row["trigger"]),
                     row["scheduled_time"],
-                    RunState.RUNNING,
-                    start_time=row["run_start_time"] or now,
+                    row["run_start_time"] or now,
+                    row["run_id"],
                     # At least one more call, with the same idempotency key, whatever the count.
-                    attempt=row["attempt"] + 1,
+                    row["attempt"] + 1,
                 )
                 claims.append(ClaimedRun(run, target, lease_until, row["takeovers"] + 1))
             taken = {
@@ -233,8 +234,8 @@ class PgDispatchStore:
     async def load_target(
         self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID
     ) -> RunTarget | None:
-        async with self._session(autocommit=True) as session:
-            row = await (await session.connection()).fetchrow(
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
                 _LOAD_TARGET, bucket_of(tenant_id), tenant_id, install_id, schedule_id
             )
         return _target(row) if row is not None else None
@@ -242,15 +243,7 @@ class PgDispatchStore:
     async def start_manual_run(
         self, target: RunTarget, scheduled_time: datetime, now: datetime, lease_until: datetime
     ) -> ClaimedRun | None:
-        run = _run(
-            target,
-            uuid.uuid4(),
-            RunTrigger.MANUAL,
-            scheduled_time,
-            RunState.RUNNING,
-            start_time=now,
-            attempt=1,
-        )
+        run = _running(target, RunTrigger.MANUAL, scheduled_time, now)
         bucket = _bucket_of_run(run)
         async with self._session(autocommit=False) as session:
             conn = await session.connection()
@@ -273,8 +266,8 @@ class PgDispatchStore:
 
     async def record_attempt(self, claim: ClaimedRun, attempt: int) -> bool:
         run = claim.run
-        async with self._session(autocommit=True) as session:
-            status = await (await session.connection()).execute(
+        async with self._connection() as conn:
+            status = await conn.execute(
                 _RECORD_ATTEMPT, _bucket_of_run(run), run.id, attempt, claim.lease_until
             )
         return status != "UPDATE 0"
@@ -286,8 +279,7 @@ class PgDispatchStore:
         written: set[uuid.UUID] = set()
         # One connection for the whole batch, one call per bucket: the claims keep the rest of
         # the dispatcher's connections.
-        async with self._session(autocommit=True) as session:
-            conn = await session.connection()
+        async with self._connection() as conn:
             for bucket, group in by_bucket.items():
                 rows = await conn.fetch(
                     _FINISH,
@@ -318,10 +310,8 @@ class PgDispatchStore:
 
     async def release(self, claim: ClaimedRun, now: datetime) -> None:
         run = claim.run
-        async with self._session(autocommit=True) as session:
-            await (await session.connection()).execute(
-                _RELEASE, _bucket_of_run(run), run.id, now, claim.lease_until
-            )
+        async with self._connection() as conn:
+            await conn.execute(_RELEASE, _bucket_of_run(run), run.id, now, claim.lease_until)
 
 
 class _Claim:
@@ -345,15 +335,7 @@ class _Claim:
         )
         fired = None
         if decision.fire_at is not None:
-            fired = _run(
-                target,
-                uuid.uuid4(),
-                RunTrigger.SCHEDULE,
-                decision.fire_at,
-                RunState.RUNNING,
-                start_time=self._now,
-                attempt=1,
-            )
+            fired = _running(target, RunTrigger.SCHEDULE, decision.fire_at, self._now)
             self._runs.append((fired.id, schedule_id, decision.fire_at, None))
             self._firing.append((fired, target))
         self._states.append(_new_state(row, target, decision, fired, self._now))
@@ -383,13 +365,8 @@ def _new_state(
     its running run only if claim_runs records it)."""
     s = target.schedule
     next_run_time = None if decision.park else decision.next_run_time
-    enabled, last_run_time, last_status, last_error = (
-        s.enabled,
-        s.last_run_time,
-        s.last_run_status,
-        s.last_error,
-    )
-    revision, update_time = s.revision, s.update_time
+    enabled, revision, update_time = s.enabled, s.revision, s.update_time
+    last_run_time, last_status, last_error = s.last_run_time, s.last_run_status, s.last_error
     if decision.disable_error is not None or decision.complete:
         # Disabled by the server: a change of the definition, so the etag changes.
         enabled, next_run_time, revision, update_time = False, None, s.revision + 1, now
