@@ -1,13 +1,11 @@
 """The dispatcher's statements on PostgreSQL: the poll, claims, takeovers, run records, leases.
 
-Every claim, takeover and finish stays inside one bucket. A claim reads the bucket's due
-schedules without locks, plans them here (cron and time zones are the domain's), and hands the
-plan to `claim_runs` (migration 0003), which in one transaction locks the schedules still as read
-(`FOR UPDATE ... SKIP LOCKED`, so processes share a burst), records their runs (the unique
-(schedule, trigger, scheduled time) guard refuses an occurrence recorded twice) and writes their
-new state: two round trips a claim. A finish is one call of `finish_runs`. A run's `lease_until`
-is also its fencing token: every write after the claim names the lease it holds, so a process
-whose claim was taken over writes nothing. Only the poll reads across buckets, without locks.
+A claim reads a bucket's due schedules without locks, plans them (the domain's cron and time
+zones) and hands the plan to `claim_runs` (migration 0003), which locks the schedules still as
+read (SKIP LOCKED: processes share a burst), records their runs (the unique guard refuses an
+occurrence twice) and writes their new state: two round trips. A run's `lease_until` is also its
+fencing token: a process whose claim was taken over writes nothing. Only the poll reads across
+buckets.
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ from scheduler_host.adapters.db.rows import (
     columns,
     install_context_from_row,
     schedule_from_row,
+    unnest_arrays,
 )
 from scheduler_host.adapters.db.unit_of_work import PooledSession
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
@@ -342,9 +341,7 @@ class _Claim:
 
     def arrays(self) -> list[list[Any]]:
         """The parameters $5.. of _CLAIM_RUNS: the states' columns, then the runs'."""
-        states: list[list[Any]] = [list(c) for c in zip(*self._states, strict=True)]
-        runs: list[list[Any]] = [list(c) for c in zip(*self._runs, strict=True)]
-        return (states or [[] for _ in range(10)]) + (runs or [[] for _ in range(4)])
+        return unnest_arrays(self._states, 10) + unnest_arrays(self._runs, 4)
 
     def started(self, claimed: set[uuid.UUID]) -> list[ClaimedRun]:
         return [

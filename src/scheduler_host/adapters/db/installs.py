@@ -23,6 +23,7 @@ from scheduler_host.adapters.db.rows import (
     endpoint_from_row,
     install_context_from_row,
     install_from_row,
+    unnest_arrays,
 )
 from scheduler_host.domain.endpoints import Endpoint
 from scheduler_host.domain.install import Install, InstallContext
@@ -172,18 +173,14 @@ class PgInstallRepository(Repository):
         )
         # Only the current version's endpoints are kept; schedules store method and path.
         await conn.execute(_DELETE_ENDPOINTS, bucket, install.install_id)
-        if install.endpoints:
-            eps = install.endpoints
+        if eps := install.endpoints:
             await conn.execute(
                 _INSERT_ENDPOINTS,
                 bucket,
                 install.install_id,
                 install.version_id,
                 install.tenant_id,
-                [e.id for e in eps],
-                [e.method for e in eps],
-                [e.path for e in eps],
-                [e.handler for e in eps],
+                *unnest_arrays(((e.id, e.method, e.path, e.handler) for e in eps), 4),
             )
         self._directory.keep(install.install_id, (bucket, install.tenant_id))
         return True

@@ -6,7 +6,7 @@ values from `schedule_values`, in the order of the column names they list.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -103,10 +103,10 @@ def schedule_values(s: Schedule, names: Sequence[str]) -> list[Any]:
     return [s.jitter // _MILLISECOND if name == "jitter_ms" else getattr(s, name) for name in names]
 
 
-def unnest_arrays(schedules: Sequence[Schedule], names: Sequence[str]) -> list[list[Any]]:
-    """One array per column of `names`, over `schedules`: the parameters of an UNNEST write."""
-    rows = [schedule_values(s, names) for s in schedules]
-    return [list(column) for column in zip(*rows, strict=True)]
+def unnest_arrays(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
+    """One array per column of `rows` (`width` values each): the parameters of an UNNEST write."""
+    arrays = [list(column) for column in zip(*rows, strict=True)]
+    return arrays or [[] for _ in range(width)]
 
 
 def install_context_from_row(

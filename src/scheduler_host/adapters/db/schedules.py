@@ -249,5 +249,9 @@ class PgScheduleRepository(Repository):
             return
         conn = await self._connect()
         await conn.execute(
-            _REMAP, *_scope(tenant_id, install_id), *unnest_arrays(changes, _REMAP_COLUMNS)
+            _REMAP,
+            *_scope(tenant_id, install_id),
+            *unnest_arrays(
+                (schedule_values(s, _REMAP_COLUMNS) for s in changes), len(_REMAP_COLUMNS)
+            ),
         )

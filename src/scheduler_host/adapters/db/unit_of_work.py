@@ -1,10 +1,6 @@
 """The unit of work on the pool: a connection taken on the first statement, one transaction or
-none (autocommit), and the mapping of database failures to the domain's errors.
-
-A transactional unit sends BEGIN with its first statement's connection and COMMIT or ROLLBACK at
-the end; an autocommit unit sends its statements alone (each its own snapshot and transaction),
-so a one-statement read is one round trip. A unit that needs no statement (its endpoints were
-cached) takes no connection at all.
+none (autocommit: a one-statement read is one round trip), and the mapping of database failures
+to the domain's errors. A unit that needs no statement takes no connection at all.
 """
 
 from __future__ import annotations
@@ -34,8 +30,7 @@ def _connection_intact(exc: BaseException) -> bool:
 
 
 class PooledSession:
-    """A pooled connection taken on the first statement (`connection()`), in one transaction or
-    none, given back when the session ends; database failures become the domain's errors."""
+    """A pooled connection taken on the first statement, given back when the session ends."""
 
     __slots__ = ("_autocommit", "_conn", "_pool")
 
