@@ -531,13 +531,7 @@ class FakeDispatchStore(ports.DispatchStore):
             if not self._holds(o.claim):
                 written.append(None)
                 continue
-            run = replace(
-                self.d.runs[o.claim.run.id],
-                status=o.status,
-                error=o.error,
-                attempt=o.attempt,
-                finish_time=o.finish_time,
-            )
+            run = o.finished_run()
             self.d.runs[run.id] = run
             self.d.leases[run.id] = Lease(None)
             s = self.d.schedules.get(run.schedule_id)

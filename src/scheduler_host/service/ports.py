@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
@@ -284,6 +284,16 @@ class RunOutcome:
     attempt: int
     finish_time: datetime
     disable_error: str | None = None
+
+    def finished_run(self) -> ScheduleRun:
+        """The claimed run as this outcome finishes it."""
+        return replace(
+            self.claim.run,
+            finish_time=self.finish_time,
+            status=self.status,
+            attempt=self.attempt,
+            error=self.error,
+        )
 
 
 class DispatchStore(Protocol):

@@ -15,7 +15,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -202,7 +201,7 @@ class PgDispatchStore:
             ][:limit]
             if not rows:
                 return []
-            claims = []
+            claims, taking = [], []
             for row in rows:
                 target = _target(row)
                 run = _running(
@@ -214,20 +213,11 @@ class PgDispatchStore:
                     # At least one more call, with the same idempotency key, whatever the count.
                     row["attempt"] + 1,
                 )
-                claims.append(ClaimedRun(run, target, lease_until, row["takeovers"] + 1))
-            taken = {
-                r["id"]
-                for r in await conn.fetch(
-                    _TAKE_OVER,
-                    bucket,
-                    lease_until,
-                    [c.run.id for c in claims],
-                    [row["run_lease"] for row in rows],
-                    [c.run.attempt for c in claims],
-                    [c.takeovers for c in claims],
-                    [c.run.start_time for c in claims],
-                )
-            }
+                takeovers = row["takeovers"] + 1
+                claims.append(ClaimedRun(run, target, lease_until, takeovers))
+                taking.append((run.id, row["run_lease"], run.attempt, takeovers, run.start_time))
+            arrays = unnest_arrays(taking, 5)
+            taken = {r["id"] for r in await conn.fetch(_TAKE_OVER, bucket, lease_until, *arrays)}
         return [c for c in claims if c.run.id in taken]
 
     async def load_target(
@@ -294,18 +284,7 @@ class PgDispatchStore:
                     [o.disable_error for o in group],
                 )
                 written.update(r[0] for r in rows)
-        return [
-            replace(
-                o.claim.run,
-                finish_time=o.finish_time,
-                status=o.status,
-                attempt=o.attempt,
-                error=o.error,
-            )
-            if o.claim.run.id in written
-            else None
-            for o in outcomes
-        ]
+        return [o.finished_run() if o.claim.run.id in written else None for o in outcomes]
 
     async def release(self, claim: ClaimedRun, now: datetime) -> None:
         run = claim.run
