@@ -141,10 +141,6 @@ def _running(
     )
 
 
-def _bucket_of_run(run: ScheduleRun) -> int:
-    return bucket_of(run.tenant_id)
-
-
 class PgDispatchStore:
     def __init__(self, pool: DatabasePool, history_limit: int, connections: int = 6) -> None:
         self._pool = pool
@@ -233,7 +229,7 @@ class PgDispatchStore:
         self, target: RunTarget, scheduled_time: datetime, now: datetime, lease_until: datetime
     ) -> ClaimedRun | None:
         run = _running(target, RunTrigger.MANUAL, scheduled_time, now)
-        bucket = _bucket_of_run(run)
+        bucket = bucket_of(run.tenant_id)
         async with self._session(autocommit=False) as session:
             conn = await session.connection()
             if not await conn.fetch(
@@ -257,14 +253,14 @@ class PgDispatchStore:
         run = claim.run
         async with self._connection() as conn:
             status = await conn.execute(
-                _RECORD_ATTEMPT, _bucket_of_run(run), run.id, attempt, claim.lease_until
+                _RECORD_ATTEMPT, bucket_of(run.tenant_id), run.id, attempt, claim.lease_until
             )
         return status != "UPDATE 0"
 
     async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
         by_bucket: dict[int, list[RunOutcome]] = defaultdict(list)
         for o in outcomes:
-            by_bucket[_bucket_of_run(o.claim.run)].append(o)
+            by_bucket[bucket_of(o.claim.run.tenant_id)].append(o)
         written: set[uuid.UUID] = set()
         # One connection for the whole batch, one call per bucket: the claims keep the rest of
         # the dispatcher's connections.
@@ -289,7 +285,7 @@ class PgDispatchStore:
     async def release(self, claim: ClaimedRun, now: datetime) -> None:
         run = claim.run
         async with self._connection() as conn:
-            await conn.execute(_RELEASE, _bucket_of_run(run), run.id, now, claim.lease_until)
+            await conn.execute(_RELEASE, bucket_of(run.tenant_id), run.id, now, claim.lease_until)
 
 
 class _Claim:
@@ -331,11 +327,7 @@ class _Claim:
 
 
 def _new_state(
-    row: Record,
-    target: RunTarget,
-    decision: ClaimPlan,
-    fired: ScheduleRun | None,
-    now: datetime,
+    row: Record, target: RunTarget, decision: ClaimPlan, fired: ScheduleRun | None, now: datetime
 ) -> tuple[Any, ...]:
     """A claimed schedule's new state, in the order of claim_runs' arrays (the run to fire is
     its running run only if claim_runs records it)."""

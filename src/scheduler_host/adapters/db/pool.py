@@ -1,12 +1,9 @@
 """The process's one asyncpg pool: who may wait for it, how long, and what its failures mean.
 
 asyncpg's own pool does the pooling. Around it: a first-come-first-served gate with a bounded
-queue (a burst gets `DatabaseUnavailable` at once when the queue is full or after the acquire
-timeout, instead of waiting without bound, and a released connection goes to the longest waiter:
-asyncpg's queue lets a newcomer take a connection a woken waiter was about to get, so under a
-burst one call could wait past its deadline), no reset round trip on release (units of work leave
-their connections idle), and the one classification of failures that mean "the database cannot
-be reached".
+queue (a burst gets `DatabaseUnavailable` when the queue is full or after the acquire timeout; a
+released connection goes to the longest waiter, where asyncpg's queue lets a newcomer barge in),
+no reset round trip on release, and the one test of "the database cannot be reached".
 """
 
 from __future__ import annotations

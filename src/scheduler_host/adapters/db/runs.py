@@ -32,16 +32,13 @@ class PgRunRepository(Repository):
     ) -> list[ScheduleRun]:
         conn = await self._connect()
         scope = (bucket_of(tenant_id), tenant_id, schedule_id, limit)
-        if before is None:
-            rows = await conn.fetch(_RUNS_FIRST, *scope)
-        else:
-            rows = await conn.fetch(_RUNS_BEFORE, *scope, before[0], before[1])
+        statement = _RUNS_FIRST if before is None else _RUNS_BEFORE
+        rows = await conn.fetch(statement, *scope, *(before or ()))
         return [run_from_row(r) for r in rows]
 
 
 class PgRateLimiter(Repository):
-    """The rolling windows of migration 0003's rate_limit_hit: one statement, exact across
-    processes, committed on its own in an autocommit unit of work."""
+    """The rolling windows of migration 0003's rate_limit_hit: one statement."""
 
     __slots__ = ()
 

@@ -152,10 +152,8 @@ class PgScheduleRepository(Repository):
     ) -> tuple[list[Schedule], int]:
         conn = await self._connect()
         scope = _scope(tenant_id, install_id)
-        if after is None:
-            rows = await conn.fetch(_PAGE_FIRST, *scope, limit)
-        else:
-            rows = await conn.fetch(_PAGE_AFTER, *scope, limit, after[0], after[1])
+        statement = _PAGE_FIRST if after is None else _PAGE_AFTER
+        rows = await conn.fetch(statement, *scope, limit, *(after or ()))
         total = int(rows[0]["total"])
         if rows[0]["id"] is None:  # no schedule on this page: only the total's row
             return [], total
