@@ -1,9 +1,7 @@
 """Installs, their endpoints and the install directory on PostgreSQL: the statements, as constants.
 
-A caller names an install by id alone; `install_directory` (a small reference table) says which
-bucket holds it, and every statement on the tenant tables then names that bucket. The directory
-entry of an install never changes while it exists (its tenant cannot change), so each process
-keeps the entries it has read.
+A caller names an install by id alone; `install_directory` (a reference table) says which bucket
+holds it. An install's entry never changes while it exists, so each process keeps those it read.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""The schedules of installs on PostgreSQL: every statement of the aggregate, as constants.
-
-Each statement names its bucket with an equality (see buckets.py) and is one round trip; a create
-is one call of `create_schedule` (migration 0003), which checks the idempotency key and the quota
-under the install's row lock and inserts.
+"""The schedules of installs on PostgreSQL: every statement of the aggregate, as constants,
+each naming its bucket with an equality (see buckets.py) and each one round trip; a create is
+one call of `create_schedule` (migration 0003).
 """
 
 from __future__ import annotations

@@ -21,9 +21,8 @@ from scheduler_host.service.ports import EndpointCache
 
 
 def _connection_intact(exc: BaseException) -> bool:
-    """Whether the connection is known to be usable after `exc` ended the unit of work: the
-    server refused a statement (it answered), or the use case stopped on a rule of its own.
-    Anything else (a lost connection, a bug) closes it."""
+    """Whether the connection is usable after `exc` ended the unit of work: the server refused a
+    statement, or the use case stopped on a rule of its own; not after anything else."""
     if isinstance(exc, SchedulerError):
         return True
     return isinstance(exc, asyncpg.PostgresError) and not is_connectivity_error(exc)
