@@ -10,8 +10,9 @@ small reference tables (the same on every node).
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import SchemaItem
+
+from scheduler_host.adapters.migrations.columns import TYPES, columns, counter
 
 metadata = sa.MetaData(
     naming_convention={
@@ -24,10 +25,6 @@ metadata = sa.MetaData(
 )
 
 
-def _time() -> sa.DateTime:
-    return sa.DateTime(timezone=True)
-
-
 # The tables whose rows belong to a tenant; the others are reference tables.
 TENANT_TABLES: list[str] = []
 
@@ -35,7 +32,14 @@ TENANT_TABLES: list[str] = []
 def _tenant_table(name: str, *parts: SchemaItem) -> sa.Table:
     """A tenant table: its rows carry their tenant's bucket, first in every key and index."""
     TENANT_TABLES.append(name)
-    return sa.Table(name, metadata, sa.Column("bucket", sa.SmallInteger(), nullable=False), *parts)
+    return sa.Table(name, metadata, *columns("bucket"), *parts)
+
+
+def _cascade_from(parent: str, key: str) -> sa.ForeignKeyConstraint:
+    """A child's rows go with their parent row (the parent's key is (bucket, id))."""
+    return sa.ForeignKeyConstraint(
+        ["bucket", key], [f"{parent}.bucket", f"{parent}.id"], ondelete="CASCADE"
+    )
 
 
 # Which bucket holds an install: the one lookup by install id alone (the caller's metadata names
@@ -43,80 +47,49 @@ def _tenant_table(name: str, *parts: SchemaItem) -> sa.Table:
 install_directory = sa.Table(
     "install_directory",
     metadata,
-    sa.Column("install_id", sa.Uuid(), primary_key=True),
-    sa.Column("bucket", sa.SmallInteger(), nullable=False),
-    sa.Column("tenant_id", sa.String(128), nullable=False),
+    sa.Column("install_id", TYPES["install_id"], primary_key=True),
+    *columns("bucket", "tenant_id"),
 )
 
 # One row per bucket (0..BUCKETS-1): what the dispatcher's poll probes from.
 dispatch_buckets = sa.Table(
-    "dispatch_buckets", metadata, sa.Column("bucket", sa.SmallInteger(), primary_key=True)
+    "dispatch_buckets", metadata, sa.Column("bucket", TYPES["bucket"], primary_key=True)
 )
 
 installs = _tenant_table(
     "installs",
-    sa.Column("id", sa.Uuid(), nullable=False),
-    sa.Column("tenant_id", sa.String(128), nullable=False),
-    sa.Column("registry_id", sa.String(128), nullable=False),
-    sa.Column("version_id", sa.String(128), nullable=False),
-    sa.Column("content_hash", sa.String(256), nullable=False),
-    sa.Column("enabled", sa.Boolean(), nullable=False),
-    sa.Column("granted_capabilities", postgresql.JSONB(), nullable=False),
-    sa.Column("create_time", _time(), nullable=False),
-    sa.Column("update_time", _time(), nullable=False),
+    *columns("id", "tenant_id", "registry_id", "version_id", "content_hash", "enabled"),
+    *columns("granted_capabilities", "create_time", "update_time"),
     sa.PrimaryKeyConstraint("bucket", "id"),
 )
 
 # Only the current version's endpoints are kept; schedules store method and path.
 endpoints = _tenant_table(
     "endpoints",
-    sa.Column("install_id", sa.Uuid(), nullable=False),
-    sa.Column("version_id", sa.String(128), nullable=False),
-    sa.Column("method", sa.String(16), nullable=False),
-    sa.Column("path", sa.String(1024), nullable=False),
-    sa.Column("id", sa.Uuid(), nullable=False),
-    sa.Column("tenant_id", sa.String(128), nullable=False),
-    sa.Column("handler", sa.String(256), nullable=False),
+    *columns("install_id", "version_id", "method", "path", "id", "tenant_id", "handler"),
     sa.PrimaryKeyConstraint("bucket", "install_id", "version_id", "method", "path"),
-    sa.ForeignKeyConstraint(
-        ["bucket", "install_id"], ["installs.bucket", "installs.id"], ondelete="CASCADE"
-    ),
+    _cascade_from("installs", "install_id"),
 )
 
 schedules = _tenant_table(
     "schedules",
-    sa.Column("id", sa.Uuid(), nullable=False),
-    sa.Column("tenant_id", sa.String(128), nullable=False),
-    sa.Column("install_id", sa.Uuid(), nullable=False),
+    *columns("id", "tenant_id", "install_id"),
     # No foreign key to endpoints: a schedule keeps naming its endpoint after an upgrade removed
     # it, until the remap or the dispatcher disables it.
-    sa.Column("endpoint_id", sa.Uuid(), nullable=False),
-    sa.Column("endpoint_method", sa.String(16), nullable=False),
-    sa.Column("endpoint_path", sa.String(1024), nullable=False),
-    sa.Column("name", sa.String(128), nullable=True),
+    *columns("endpoint_id", "endpoint_method", "endpoint_path"),
+    *columns("name", nullable=True),
     # Empty for a one-time schedule, which has `run_at` instead.
-    sa.Column("cron", sa.String(128), nullable=False),
-    sa.Column("run_at", _time(), nullable=True),
-    sa.Column("start_time", _time(), nullable=True),
-    sa.Column("end_time", _time(), nullable=True),
-    sa.Column("jitter_ms", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("timezone", sa.String(64), nullable=False),
-    sa.Column("enabled", sa.Boolean(), nullable=False),
-    sa.Column("payload", postgresql.JSONB(), nullable=True),
-    # The payload in the API's encoding (google.protobuf.Value), so a read need not rebuild it.
-    sa.Column("payload_wire", sa.LargeBinary(), nullable=True),
-    sa.Column("next_run_time", _time(), nullable=True),
-    sa.Column("last_run_time", _time(), nullable=True),
-    sa.Column("last_run_status", sa.String(16), nullable=True),
-    sa.Column("last_error", sa.Text(), nullable=True),
-    sa.Column("running_run_id", sa.Uuid(), nullable=True),
-    sa.Column("revision", sa.Integer(), nullable=False),
-    sa.Column("create_time", _time(), nullable=False),
-    sa.Column("update_time", _time(), nullable=False),
+    *columns("cron"),
+    *columns("run_at", "start_time", "end_time", nullable=True),
+    counter("jitter_ms"),
+    *columns("timezone", "enabled"),
+    # payload_wire: the payload in the API's encoding (google.protobuf.Value), so a read need not
+    # rebuild it.
+    *columns("payload", "payload_wire", "next_run_time", "last_run_time", nullable=True),
+    *columns("last_run_status", "last_error", "running_run_id", nullable=True),
+    *columns("revision", "create_time", "update_time"),
     sa.PrimaryKeyConstraint("bucket", "id"),
-    sa.ForeignKeyConstraint(
-        ["bucket", "install_id"], ["installs.bucket", "installs.id"], ondelete="CASCADE"
-    ),
+    _cascade_from("installs", "install_id"),
     sa.CheckConstraint("(cron <> '') <> (run_at IS NOT NULL)", name="cron_or_run_at"),
     # ListSchedules: one install's rows in (create_time, id) order.
     sa.Index(None, "bucket", "install_id", "create_time", "id"),
@@ -140,25 +113,16 @@ schedules = _tenant_table(
 
 schedule_runs = _tenant_table(
     "schedule_runs",
-    sa.Column("id", sa.Uuid(), nullable=False),
-    sa.Column("tenant_id", sa.String(128), nullable=False),
-    sa.Column("install_id", sa.Uuid(), nullable=False),
-    sa.Column("schedule_id", sa.Uuid(), nullable=False),
-    sa.Column("trigger", sa.String(16), nullable=False),
-    sa.Column("scheduled_time", _time(), nullable=False),
-    sa.Column("start_time", _time(), nullable=True),
-    sa.Column("finish_time", _time(), nullable=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("attempt", sa.Integer(), nullable=False),
+    *columns("id", "tenant_id", "install_id", "schedule_id", "trigger", "scheduled_time"),
+    *columns("start_time", "finish_time", nullable=True),
+    *columns("status", "attempt"),
     # How many times a process took the run over after another's lease expired.
-    sa.Column("takeovers", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("error", sa.Text(), nullable=True),
+    counter("takeovers"),
+    *columns("error", nullable=True),
     # A claim expires so that a run whose process died is taken over, not lost.
-    sa.Column("lease_until", _time(), nullable=True),
+    *columns("lease_until", nullable=True),
     sa.PrimaryKeyConstraint("bucket", "id"),
-    sa.ForeignKeyConstraint(
-        ["bucket", "schedule_id"], ["schedules.bucket", "schedules.id"], ondelete="CASCADE"
-    ),
+    _cascade_from("schedules", "schedule_id"),
     # The last guard against firing one occurrence twice.
     sa.UniqueConstraint("bucket", "schedule_id", "trigger", "scheduled_time"),
     # Run history, newest first.
@@ -173,16 +137,10 @@ schedule_runs = _tenant_table(
 
 idempotency_keys = _tenant_table(
     "idempotency_keys",
-    sa.Column("install_id", sa.Uuid(), nullable=False),
-    sa.Column("request_id", sa.Uuid(), nullable=False),
-    sa.Column("tenant_id", sa.String(128), nullable=False),
-    sa.Column("schedule_id", sa.Uuid(), nullable=False),
-    sa.Column("create_time", _time(), nullable=False),
+    *columns("install_id", "request_id", "tenant_id", "schedule_id", "create_time"),
     sa.PrimaryKeyConstraint("bucket", "install_id", "request_id"),
     # Keys go with their install.
-    sa.ForeignKeyConstraint(
-        ["bucket", "install_id"], ["installs.bucket", "installs.id"], ondelete="CASCADE"
-    ),
+    _cascade_from("installs", "install_id"),
     # The prune of keys past the idempotency window.
     sa.Index(None, "bucket", "create_time"),
 )
@@ -190,10 +148,8 @@ idempotency_keys = _tenant_table(
 # Hits of the rate limiter's rolling windows; hit times strictly increase within a scope.
 rate_limit_hits = _tenant_table(
     "rate_limit_hits",
-    # e.g. "mutations:<install id>" or "manual-runs:<tenant id>"
-    sa.Column("scope", sa.String(200), nullable=False),
-    sa.Column("hit_time", _time(), nullable=False),
-    sa.Column("tenant_id", sa.String(128), nullable=False),
+    # scope: e.g. "mutations:<install id>" or "manual-runs:<tenant id>"
+    *columns("scope", "hit_time", "tenant_id"),
     sa.PrimaryKeyConstraint("bucket", "scope", "hit_time"),
 )
 
@@ -202,5 +158,5 @@ service_keys = sa.Table(
     "service_keys",
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("value", sa.LargeBinary(), nullable=False),
+    *columns("value"),
 )
