@@ -33,6 +33,20 @@ def _cascade(child: str, key: str, parent: str) -> sa.ForeignKeyConstraint:
     )
 
 
+def _unique(table: str, *keys: str) -> sa.UniqueConstraint:
+    return sa.UniqueConstraint(*keys, name=op.f(f"uq_{table}_{'_'.join(keys)}"))
+
+
+def _index(table: str, *keys: str) -> None:
+    op.create_index(op.f(f"ix_{table}_{'_'.join(keys)}"), table, list(keys))
+
+
+def _partial_index(
+    name: str, table: str, keys: list[str], where: str, *, unique: bool = False
+) -> None:
+    op.create_index(op.f(name), table, keys, unique=unique, postgresql_where=sa.text(where))
+
+
 def upgrade() -> None:
     op.create_table(
         "installs",
@@ -40,20 +54,14 @@ def upgrade() -> None:
         *columns("granted_capabilities", "create_time", "update_time"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_installs")),
     )
-    op.create_index(op.f("ix_installs_tenant_id"), "installs", ["tenant_id"])
+    _index("installs", "tenant_id")
 
     op.create_table(
         "endpoints",
         *columns("id", "tenant_id", "install_id", "version_id", "method", "path", "handler"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_endpoints")),
         _cascade("endpoints", "install_id", "installs"),
-        sa.UniqueConstraint(
-            "install_id",
-            "version_id",
-            "method",
-            "path",
-            name=op.f("uq_endpoints_install_id_version_id_method_path"),
-        ),
+        _unique("endpoints", "install_id", "version_id", "method", "path"),
     )
 
     op.create_table(
@@ -68,23 +76,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_schedules")),
         _cascade("schedules", "install_id", "installs"),
     )
-    op.create_index(
-        op.f("ix_schedules_tenant_id_install_id_create_time_id"),
-        "schedules",
-        ["tenant_id", "install_id", "create_time", "id"],
-    )
-    op.create_index(
-        op.f("uq_schedules_install_name"),
+    _index("schedules", "tenant_id", "install_id", "create_time", "id")
+    _partial_index(
+        "uq_schedules_install_name",
         "schedules",
         ["install_id", "name"],
+        "name IS NOT NULL",
         unique=True,
-        postgresql_where=sa.text("name IS NOT NULL"),
     )
-    op.create_index(
-        op.f("ix_schedules_due"),
-        "schedules",
-        ["next_run_time"],
-        postgresql_where=sa.text("enabled AND next_run_time IS NOT NULL"),
+    _partial_index(
+        "ix_schedules_due", "schedules", ["next_run_time"], "enabled AND next_run_time IS NOT NULL"
     )
 
     op.create_table(
@@ -95,23 +96,14 @@ def upgrade() -> None:
         *columns("error", "lease_until", nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_schedule_runs")),
         _cascade("schedule_runs", "schedule_id", "schedules"),
-        sa.UniqueConstraint(
-            "schedule_id",
-            "trigger",
-            "scheduled_time",
-            name=op.f("uq_schedule_runs_schedule_id_trigger_scheduled_time"),
-        ),
+        _unique("schedule_runs", "schedule_id", "trigger", "scheduled_time"),
     )
-    op.create_index(
-        op.f("ix_schedule_runs_tenant_id_schedule_id_scheduled_time"),
-        "schedule_runs",
-        ["tenant_id", "schedule_id", "scheduled_time"],
-    )
-    op.create_index(
-        op.f("ix_schedule_runs_open_lease"),
+    _index("schedule_runs", "tenant_id", "schedule_id", "scheduled_time")
+    _partial_index(
+        "ix_schedule_runs_open_lease",
         "schedule_runs",
         ["lease_until"],
-        postgresql_where=sa.text("status IN ('pending', 'running')"),
+        "status IN ('pending', 'running')",
     )
 
     op.create_table(
@@ -119,7 +111,7 @@ def upgrade() -> None:
         *columns("install_id", "request_id", "tenant_id", "schedule_id", "create_time"),
         sa.PrimaryKeyConstraint("install_id", "request_id", name=op.f("pk_idempotency_keys")),
     )
-    op.create_index(op.f("ix_idempotency_keys_create_time"), "idempotency_keys", ["create_time"])
+    _index("idempotency_keys", "create_time")
 
     op.create_table(
         "rate_limit_hits",
@@ -127,9 +119,7 @@ def upgrade() -> None:
         *columns("tenant_id", "scope", "hit_time"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rate_limit_hits")),
     )
-    op.create_index(
-        op.f("ix_rate_limit_hits_scope_hit_time"), "rate_limit_hits", ["scope", "hit_time"]
-    )
+    _index("rate_limit_hits", "scope", "hit_time")
 
     service_keys = op.create_table(
         "service_keys",
