@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -393,12 +393,7 @@ class FakeDispatchStore(ports.DispatchStore):
 
     @override
     async def claim_due(
-        self,
-        bucket: int,
-        now: datetime,
-        limit: int,
-        lease_until: datetime,
-        plan: Callable[[ports.RunTarget], ports.ClaimPlan],
+        self, bucket: int, now: datetime, limit: int, lease_until: datetime, plan: ports.Planner
     ) -> ports.ClaimBatch:
         due = sorted(
             (
