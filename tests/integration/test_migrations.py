@@ -1,4 +1,4 @@
-"""The Alembic migrations on real PostgreSQL: the migrated schema is tables.py's, every key of a
+"""The Alembic migrations on real PostgreSQL: the migrated schema is schema.py's, every key of a
 tenant table starts with `bucket`, 0003 carries a 0002 database's rows over (and back), and the
 bucket of a tenant never changes."""
 
@@ -19,7 +19,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from scheduler_host.adapters import migrations
-from scheduler_host.adapters.db import tables
 from scheduler_host.adapters.db.buckets import BUCKETS, bucket_of
 from scheduler_host.adapters.db.pool import DatabasePool
 from scheduler_host.adapters.db.unit_of_work import PgUnitOfWorkFactory
@@ -29,6 +28,7 @@ from scheduler_host.adapters.migrations import (
     current_revision,
     database_is_current,
     downgrade_database,
+    schema,
     upgrade_database,
 )
 from tests.support.postgres import PostgresServer, scratch_database
@@ -36,13 +36,13 @@ from tests.support.storage import T0, Db, connect
 
 _T = TypeVar("_T")
 
-APPLICATION_TABLES = {t.name for t in tables.metadata.sorted_tables}
+APPLICATION_TABLES = {t.name for t in schema.metadata.sorted_tables}
 PARTIAL_INDEXES = {"uq_schedules_install_name", "ix_schedules_due", "ix_schedule_runs_open_lease"}
 HOUR = timedelta(hours=1)
 
 
 # --------------------------------------------------------------------------------------------
-# Schema parity with tables.py
+# Schema parity with schema.py
 # --------------------------------------------------------------------------------------------
 
 
@@ -50,7 +50,7 @@ def _schema_diff(connection: sa.Connection) -> list[Any]:
     context = MigrationContext.configure(
         connection, opts={"compare_type": True, "compare_server_default": True}
     )
-    return list(compare_metadata(context, tables.metadata))
+    return list(compare_metadata(context, schema.metadata))
 
 
 def _index_predicates(connection: sa.Connection, schema: str | None = None) -> dict[str, str]:
@@ -76,13 +76,13 @@ def _check_constraints(connection: sa.Connection, schema: str | None = None) -> 
 
 
 def _declared(connection: sa.Connection) -> tuple[dict[str, str], dict[str, str]]:
-    """The same two for tables.metadata. PostgreSQL reprints predicates (casts, IN as = ANY
+    """The same two for schema.metadata. PostgreSQL reprints predicates (casts, IN as = ANY
     (ARRAY[...])), so let it reprint the declared ones too: build them in a scratch schema and
     roll it all back."""
     try:
         connection.execute(sa.text("CREATE SCHEMA parity_reference"))
         translated = connection.execution_options(schema_translate_map={None: "parity_reference"})
-        tables.metadata.create_all(translated, checkfirst=False)
+        schema.metadata.create_all(translated, checkfirst=False)
         return (
             _index_predicates(connection, schema="parity_reference"),
             _check_constraints(connection, schema="parity_reference"),
@@ -267,15 +267,15 @@ WHERE n.nspname = 'public' AND c.relname = ANY($1::text[]) AND k.contype IN ('p'
 
 
 async def test_every_key_and_index_of_a_tenant_table_starts_with_the_bucket(db: Db) -> None:
-    rows = await db.fetch(_KEY_COLUMNS, list(tables.TENANT_TABLES))
+    rows = await db.fetch(_KEY_COLUMNS, list(schema.TENANT_TABLES))
     kinds = {(r["table_name"], r["kind"]) for r in rows}
-    for table in tables.TENANT_TABLES:
+    for table in schema.TENANT_TABLES:
         assert (table, "primary key") in kinds, table
     # The catalogs were read: every index and constraint the schema declares is here.
     assert (
         sum(1 for r in rows if r["kind"] == "index")
-        == sum(len(tables.metadata.tables[t].indexes) for t in tables.TENANT_TABLES)
-        + len(tables.TENANT_TABLES)  # each primary key's index
+        == sum(len(schema.metadata.tables[t].indexes) for t in schema.TENANT_TABLES)
+        + len(schema.TENANT_TABLES)  # each primary key's index
         + 1  # the unique constraint of schedule_runs
     )
     assert sum(1 for r in rows if r["kind"] == "foreign key") == 4
@@ -288,7 +288,7 @@ async def test_every_key_and_index_of_a_tenant_table_starts_with_the_bucket(db: 
     # A foreign key refers to a tenant table by its bucket too, so both rows live together.
     for r in rows:
         if r["kind"] == "foreign key":
-            assert r["referred_table"] in tables.TENANT_TABLES, r["name"]
+            assert r["referred_table"] in schema.TENANT_TABLES, r["name"]
             assert r["referred_first_column"] == "bucket", r["name"]
 
 
@@ -302,7 +302,7 @@ async def test_tenant_tables_carry_the_bucket_and_the_others_are_the_reference_t
             "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
         )
     }
-    assert present - set(tables.TENANT_TABLES) - {"alembic_version"} == {
+    assert present - set(schema.TENANT_TABLES) - {"alembic_version"} == {
         "install_directory",
         "service_keys",
         "dispatch_buckets",
@@ -316,7 +316,7 @@ async def test_tenant_tables_carry_the_bucket_and_the_others_are_the_reference_t
         "WHERE table_schema = 'public' AND column_name = 'bucket'"
     )
     by_table = {r["table_name"]: (r["data_type"], r["is_nullable"]) for r in columns}
-    for table in tables.TENANT_TABLES:
+    for table in schema.TENANT_TABLES:
         assert by_table.get(table) == ("smallint", "NO"), table
 
 
@@ -580,7 +580,7 @@ async def test_a_0002_database_with_data_upgrades_keeping_every_row_and_downgrad
         await _migrate(url, upgrade_database, "0003")
 
         assert await _shared_rows(db) == before
-        for table in tables.TENANT_TABLES:
+        for table in schema.TENANT_TABLES:
             wrong = await db.fetch(f"SELECT tenant_id, bucket FROM {table}")
             assert wrong, table
             assert [(r[0], r[1]) for r in wrong if r[1] != bucket_of(r[0])] == [], table

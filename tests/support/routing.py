@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from scheduler_host.adapters.db.tables import TENANT_TABLES
+from scheduler_host.adapters.migrations.schema import TENANT_TABLES
 
 # Reads across every bucket on purpose (which buckets have work), without locks.
 ALLOWED = {"dispatch_poll": "the dispatcher's lock-free poll of which buckets have work"}

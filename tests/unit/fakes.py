@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -78,11 +78,7 @@ class FakeSchedules(ports.ScheduleRepository):
 
     @override
     async def page_with_total(
-        self,
-        tenant_id: str,
-        install_id: uuid.UUID,
-        after: tuple[datetime, uuid.UUID] | None,
-        limit: int,
+        self, tenant_id: str, install_id: uuid.UUID, after: ports.Position | None, limit: int
     ) -> tuple[list[Schedule], int]:
         mine = self._mine(tenant_id, install_id)
         page = [s for s in mine if after is None or (s.create_time, s.id) > after]
@@ -90,11 +86,7 @@ class FakeSchedules(ports.ScheduleRepository):
 
     @override
     async def usage(
-        self,
-        tenant_id: str,
-        install_id: uuid.UUID,
-        request_id: uuid.UUID | None,
-        since: datetime,
+        self, tenant_id: str, install_id: uuid.UUID, request_id: uuid.UUID | None, since: datetime
     ) -> tuple[int, uuid.UUID | None]:
         return len(self._mine(tenant_id, install_id)), self._earlier(install_id, request_id, since)
 
@@ -253,11 +245,7 @@ class FakeRuns(ports.RunRepository):
 
     @override
     async def page(
-        self,
-        tenant_id: str,
-        schedule_id: uuid.UUID,
-        before: tuple[datetime, uuid.UUID] | None,
-        limit: int,
+        self, tenant_id: str, schedule_id: uuid.UUID, before: ports.Position | None, limit: int
     ) -> list[ScheduleRun]:
         runs = sorted(
             (r for r in self.d.runs.values() if r.schedule_id == schedule_id),
@@ -405,12 +393,7 @@ class FakeDispatchStore(ports.DispatchStore):
 
     @override
     async def claim_due(
-        self,
-        bucket: int,
-        now: datetime,
-        limit: int,
-        lease_until: datetime,
-        plan: Callable[[ports.RunTarget], ports.ClaimPlan],
+        self, bucket: int, now: datetime, limit: int, lease_until: datetime, plan: ports.Planner
     ) -> ports.ClaimBatch:
         due = sorted(
             (
@@ -543,13 +526,7 @@ class FakeDispatchStore(ports.DispatchStore):
             if not self._holds(o.claim):
                 written.append(None)
                 continue
-            run = replace(
-                self.d.runs[o.claim.run.id],
-                status=o.status,
-                error=o.error,
-                attempt=o.attempt,
-                finish_time=o.finish_time,
-            )
+            run = o.finished_run()
             self.d.runs[run.id] = run
             self.d.leases[run.id] = Lease(None)
             s = self.d.schedules.get(run.schedule_id)

@@ -35,6 +35,7 @@ from scheduler_host.service.ports import (
     CallOutcome,
     ClaimBatch,
     ClaimPlan,
+    Planner,
     RunnerCall,
     RunnerClient,
     RunOutcome,
@@ -215,12 +216,7 @@ class CountingStore(FakeDispatchStore):
         self.fail_finish = fail_finish
 
     async def claim_due(
-        self,
-        bucket: int,
-        now: datetime,
-        limit: int,
-        lease_until: datetime,
-        plan: Callable[[RunTarget], ClaimPlan],
+        self, bucket: int, now: datetime, limit: int, lease_until: datetime, plan: Planner
     ) -> ClaimBatch:
         self.batches.append(limit)
         return await super().claim_due(bucket, now, limit, lease_until, plan)

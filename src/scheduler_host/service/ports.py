@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
@@ -15,6 +15,8 @@ from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.domain.schedule import Schedule
 
 Clock = Callable[[], datetime]
+# Where a page ends in its order (a time, then an id); the next page starts after it.
+Position = tuple[datetime, uuid.UUID]
 
 
 class ScheduleRepository(Protocol):
@@ -25,21 +27,13 @@ class ScheduleRepository(Protocol):
     ) -> Schedule | None: ...
 
     async def page_with_total(
-        self,
-        tenant_id: str,
-        install_id: uuid.UUID,
-        after: tuple[datetime, uuid.UUID] | None,
-        limit: int,
+        self, tenant_id: str, install_id: uuid.UUID, after: Position | None, limit: int
     ) -> tuple[list[Schedule], int]:
         """One page in (create_time, id) order after `after`, and the install's count, from
         one snapshot."""
 
     async def usage(
-        self,
-        tenant_id: str,
-        install_id: uuid.UUID,
-        request_id: uuid.UUID | None,
-        since: datetime,
+        self, tenant_id: str, install_id: uuid.UUID, request_id: uuid.UUID | None, since: datetime
     ) -> tuple[int, uuid.UUID | None]:
         """The install's schedule count, and the schedule a create with `request_id` made after
         `since` (when set), from one snapshot."""
@@ -113,11 +107,7 @@ class InstallRepository(Protocol):
 
 class RunRepository(Protocol):
     async def page(
-        self,
-        tenant_id: str,
-        schedule_id: uuid.UUID,
-        before: tuple[datetime, uuid.UUID] | None,
-        limit: int,
+        self, tenant_id: str, schedule_id: uuid.UUID, before: Position | None, limit: int
     ) -> list[ScheduleRun]:
         """Runs of a schedule, newest first (scheduled time, then id), before `before`."""
 
@@ -246,6 +236,10 @@ class ClaimPlan:
     park: bool = False
 
 
+# What the dispatcher does with a claimed due schedule, decided from its row as read.
+Planner = Callable[[RunTarget], ClaimPlan]
+
+
 @dataclass(frozen=True)
 class ClaimedRun:
     """A run this process holds until `lease_until` (the lease is also its fencing token).
@@ -291,6 +285,16 @@ class RunOutcome:
     finish_time: datetime
     disable_error: str | None = None
 
+    def finished_run(self) -> ScheduleRun:
+        """The claimed run as this outcome finishes it."""
+        return replace(
+            self.claim.run,
+            finish_time=self.finish_time,
+            status=self.status,
+            attempt=self.attempt,
+            error=self.error,
+        )
+
 
 class DispatchStore(Protocol):
     """The dispatcher's storage. Its tenants are partitioned in buckets; every claim, takeover
@@ -301,12 +305,7 @@ class DispatchStore(Protocol):
         """Every bucket with an enabled schedule or an open run, read without locks."""
 
     async def claim_due(
-        self,
-        bucket: int,
-        now: datetime,
-        limit: int,
-        lease_until: datetime,
-        plan: Callable[[RunTarget], ClaimPlan],
+        self, bucket: int, now: datetime, limit: int, lease_until: datetime, plan: Planner
     ) -> ClaimBatch:
         """Lock up to `limit` due schedules of the bucket that no other process holds, apply
         `plan` to each (run records, next run time, history cut to its limit), commit; return the

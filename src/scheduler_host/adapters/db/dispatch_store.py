@@ -1,13 +1,11 @@
 """The dispatcher's statements on PostgreSQL: the poll, claims, takeovers, run records, leases.
 
-Every claim, takeover and finish stays inside one bucket. A claim reads the bucket's due
-schedules without locks, plans them here (cron and time zones are the domain's), and hands the
-plan to `claim_runs` (migration 0003), which in one transaction locks the schedules still as read
-(`FOR UPDATE ... SKIP LOCKED`, so processes share a burst), records their runs (the unique
-(schedule, trigger, scheduled time) guard refuses an occurrence recorded twice) and writes their
-new state: two round trips a claim. A finish is one call of `finish_runs`. A run's `lease_until`
-is also its fencing token: every write after the claim names the lease it holds, so a process
-whose claim was taken over writes nothing. Only the poll reads across buckets, without locks.
+A claim reads a bucket's due schedules without locks, plans them (the domain's cron and time
+zones) and hands the plan to `claim_runs` (migration 0003), which locks the schedules still as
+read (SKIP LOCKED: processes share a burst), records their runs (the unique guard refuses an
+occurrence twice) and writes their new state: two round trips. A run's `lease_until` is also its
+fencing token: a process whose claim was taken over writes nothing. Only the poll reads across
+buckets.
 """
 
 from __future__ import annotations
@@ -15,21 +13,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from asyncpg import Record
 
 from scheduler_host.adapters.db.buckets import BUCKETS, bucket_of
-from scheduler_host.adapters.db.pool import DatabasePool
+from scheduler_host.adapters.db.pool import Connection, DatabasePool
 from scheduler_host.adapters.db.rows import (
     SCHEDULE_COLUMNS,
     columns,
     install_context_from_row,
     schedule_from_row,
+    unnest_arrays,
 )
 from scheduler_host.adapters.db.unit_of_work import PooledSession
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
@@ -38,6 +36,7 @@ from scheduler_host.service.ports import (
     ClaimBatch,
     ClaimedRun,
     ClaimPlan,
+    Planner,
     RunOutcome,
     RunTarget,
 )
@@ -117,35 +116,29 @@ def _target(row: Record) -> RunTarget:
     )
 
 
-def _run(
+def _running(
     target: RunTarget,
-    run_id: uuid.UUID,
     trigger: RunTrigger,
     scheduled_time: datetime,
-    status: RunState,
-    *,
-    start_time: datetime | None = None,
-    finish_time: datetime | None = None,
-    attempt: int = 0,
-    error: str | None = None,
+    start_time: datetime,
+    run_id: uuid.UUID | None = None,
+    attempt: int = 1,
 ) -> ScheduleRun:
+    """A running run of the target's schedule; a new one unless `run_id` is given."""
+    s = target.schedule
     return ScheduleRun(
-        id=run_id,
-        tenant_id=target.schedule.tenant_id,
-        install_id=target.schedule.install_id,
-        schedule_id=target.schedule.id,
+        id=run_id or uuid.uuid4(),
+        tenant_id=s.tenant_id,
+        install_id=s.install_id,
+        schedule_id=s.id,
         trigger=trigger,
         scheduled_time=scheduled_time,
         start_time=start_time,
-        finish_time=finish_time,
-        status=status,
+        finish_time=None,
+        status=RunState.RUNNING,
         attempt=attempt,
-        error=error,
+        error=None,
     )
-
-
-def _bucket_of_run(run: ScheduleRun) -> int:
-    return bucket_of(run.tenant_id)
 
 
 class PgDispatchStore:
@@ -161,21 +154,21 @@ class PgDispatchStore:
         async with self._connections, PooledSession(self._pool, autocommit=autocommit) as session:
             yield session
 
-    async def poll(self) -> list[BucketWork]:
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A connection of the dispatcher's share, each statement its own transaction."""
         async with self._session(autocommit=True) as session:
-            rows = await (await session.connection()).fetch(_POLL, BUCKETS)
+            yield await session.connection()
+
+    async def poll(self) -> list[BucketWork]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_POLL, BUCKETS)
         return [BucketWork(r["bucket"], r["next_run_time"], r["lease_until"]) for r in rows]
 
     async def claim_due(
-        self,
-        bucket: int,
-        now: datetime,
-        limit: int,
-        lease_until: datetime,
-        plan: Callable[[RunTarget], ClaimPlan],
+        self, bucket: int, now: datetime, limit: int, lease_until: datetime, plan: Planner
     ) -> ClaimBatch:
-        async with self._session(autocommit=True) as session:
-            conn = await session.connection()
+        async with self._connection() as conn:
             rows = await conn.fetch(_CLAIM_DUE, bucket, now, limit)
             claim = _Claim(now, lease_until)
             for row in rows:
@@ -194,8 +187,7 @@ class PgDispatchStore:
         lease_until: datetime,
         exclude: Collection[uuid.UUID],
     ) -> list[ClaimedRun]:
-        async with self._session(autocommit=True) as session:
-            conn = await session.connection()
+        async with self._connection() as conn:
             # `exclude` is left out in Python: in the statement it would make a new text (and
             # a new prepared statement) for each count.
             rows = [
@@ -205,40 +197,30 @@ class PgDispatchStore:
             ][:limit]
             if not rows:
                 return []
-            claims = []
+            claims, taking = [], []
             for row in rows:
                 target = _target(row)
-                run = _run(
+                run = _running(
                     target,
-                    row["run_id"],
                     RunTrigger(row["trigger"]),
                     row["scheduled_time"],
-                    RunState.RUNNING,
-                    start_time=row["run_start_time"] or now,
+                    row["run_start_time"] or now,
+                    row["run_id"],
                     # At least one more call, with the same idempotency key, whatever the count.
-                    attempt=row["attempt"] + 1,
+                    row["attempt"] + 1,
                 )
-                claims.append(ClaimedRun(run, target, lease_until, row["takeovers"] + 1))
-            taken = {
-                r["id"]
-                for r in await conn.fetch(
-                    _TAKE_OVER,
-                    bucket,
-                    lease_until,
-                    [c.run.id for c in claims],
-                    [row["run_lease"] for row in rows],
-                    [c.run.attempt for c in claims],
-                    [c.takeovers for c in claims],
-                    [c.run.start_time for c in claims],
-                )
-            }
+                takeovers = row["takeovers"] + 1
+                claims.append(ClaimedRun(run, target, lease_until, takeovers))
+                taking.append((run.id, row["run_lease"], run.attempt, takeovers, run.start_time))
+            arrays = unnest_arrays(taking, 5)
+            taken = {r["id"] for r in await conn.fetch(_TAKE_OVER, bucket, lease_until, *arrays)}
         return [c for c in claims if c.run.id in taken]
 
     async def load_target(
         self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID
     ) -> RunTarget | None:
-        async with self._session(autocommit=True) as session:
-            row = await (await session.connection()).fetchrow(
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
                 _LOAD_TARGET, bucket_of(tenant_id), tenant_id, install_id, schedule_id
             )
         return _target(row) if row is not None else None
@@ -246,16 +228,8 @@ class PgDispatchStore:
     async def start_manual_run(
         self, target: RunTarget, scheduled_time: datetime, now: datetime, lease_until: datetime
     ) -> ClaimedRun | None:
-        run = _run(
-            target,
-            uuid.uuid4(),
-            RunTrigger.MANUAL,
-            scheduled_time,
-            RunState.RUNNING,
-            start_time=now,
-            attempt=1,
-        )
-        bucket = _bucket_of_run(run)
+        run = _running(target, RunTrigger.MANUAL, scheduled_time, now)
+        bucket = bucket_of(run.tenant_id)
         async with self._session(autocommit=False) as session:
             conn = await session.connection()
             if not await conn.fetch(
@@ -277,21 +251,20 @@ class PgDispatchStore:
 
     async def record_attempt(self, claim: ClaimedRun, attempt: int) -> bool:
         run = claim.run
-        async with self._session(autocommit=True) as session:
-            status = await (await session.connection()).execute(
-                _RECORD_ATTEMPT, _bucket_of_run(run), run.id, attempt, claim.lease_until
+        async with self._connection() as conn:
+            status = await conn.execute(
+                _RECORD_ATTEMPT, bucket_of(run.tenant_id), run.id, attempt, claim.lease_until
             )
         return status != "UPDATE 0"
 
     async def finish_runs(self, outcomes: Sequence[RunOutcome]) -> list[ScheduleRun | None]:
         by_bucket: dict[int, list[RunOutcome]] = defaultdict(list)
         for o in outcomes:
-            by_bucket[_bucket_of_run(o.claim.run)].append(o)
+            by_bucket[bucket_of(o.claim.run.tenant_id)].append(o)
         written: set[uuid.UUID] = set()
         # One connection for the whole batch, one call per bucket: the claims keep the rest of
         # the dispatcher's connections.
-        async with self._session(autocommit=True) as session:
-            conn = await session.connection()
+        async with self._connection() as conn:
             for bucket, group in by_bucket.items():
                 rows = await conn.fetch(
                     _FINISH,
@@ -307,25 +280,12 @@ class PgDispatchStore:
                     [o.disable_error for o in group],
                 )
                 written.update(r[0] for r in rows)
-        return [
-            replace(
-                o.claim.run,
-                finish_time=o.finish_time,
-                status=o.status,
-                attempt=o.attempt,
-                error=o.error,
-            )
-            if o.claim.run.id in written
-            else None
-            for o in outcomes
-        ]
+        return [o.finished_run() if o.claim.run.id in written else None for o in outcomes]
 
     async def release(self, claim: ClaimedRun, now: datetime) -> None:
         run = claim.run
-        async with self._session(autocommit=True) as session:
-            await (await session.connection()).execute(
-                _RELEASE, _bucket_of_run(run), run.id, now, claim.lease_until
-            )
+        async with self._connection() as conn:
+            await conn.execute(_RELEASE, bucket_of(run.tenant_id), run.id, now, claim.lease_until)
 
 
 class _Claim:
@@ -339,7 +299,7 @@ class _Claim:
         self._runs: list[tuple[uuid.UUID, uuid.UUID, datetime, str | None]] = []
         self._firing: list[tuple[ScheduleRun, RunTarget]] = []
 
-    def add(self, row: Record, plan: Callable[[RunTarget], ClaimPlan]) -> None:
+    def add(self, row: Record, plan: Planner) -> None:
         target = _target(row)
         decision = plan(target)
         schedule_id = target.schedule.id
@@ -349,24 +309,14 @@ class _Claim:
         )
         fired = None
         if decision.fire_at is not None:
-            fired = _run(
-                target,
-                uuid.uuid4(),
-                RunTrigger.SCHEDULE,
-                decision.fire_at,
-                RunState.RUNNING,
-                start_time=self._now,
-                attempt=1,
-            )
+            fired = _running(target, RunTrigger.SCHEDULE, decision.fire_at, self._now)
             self._runs.append((fired.id, schedule_id, decision.fire_at, None))
             self._firing.append((fired, target))
         self._states.append(_new_state(row, target, decision, fired, self._now))
 
     def arrays(self) -> list[list[Any]]:
         """The parameters $5.. of _CLAIM_RUNS: the states' columns, then the runs'."""
-        states: list[list[Any]] = [list(c) for c in zip(*self._states, strict=True)]
-        runs: list[list[Any]] = [list(c) for c in zip(*self._runs, strict=True)]
-        return (states or [[] for _ in range(10)]) + (runs or [[] for _ in range(4)])
+        return unnest_arrays(self._states, 10) + unnest_arrays(self._runs, 4)
 
     def started(self, claimed: set[uuid.UUID]) -> list[ClaimedRun]:
         return [
@@ -377,23 +327,14 @@ class _Claim:
 
 
 def _new_state(
-    row: Record,
-    target: RunTarget,
-    decision: ClaimPlan,
-    fired: ScheduleRun | None,
-    now: datetime,
+    row: Record, target: RunTarget, decision: ClaimPlan, fired: ScheduleRun | None, now: datetime
 ) -> tuple[Any, ...]:
     """A claimed schedule's new state, in the order of claim_runs' arrays (the run to fire is
     its running run only if claim_runs records it)."""
     s = target.schedule
     next_run_time = None if decision.park else decision.next_run_time
-    enabled, last_run_time, last_status, last_error = (
-        s.enabled,
-        s.last_run_time,
-        s.last_run_status,
-        s.last_error,
-    )
-    revision, update_time = s.revision, s.update_time
+    enabled, revision, update_time = s.enabled, s.revision, s.update_time
+    last_run_time, last_status, last_error = s.last_run_time, s.last_run_status, s.last_error
     if decision.disable_error is not None or decision.complete:
         # Disabled by the server: a change of the definition, so the etag changes.
         enabled, next_run_time, revision, update_time = False, None, s.revision + 1, now

@@ -1,9 +1,7 @@
 """Installs, their endpoints and the install directory on PostgreSQL: the statements, as constants.
 
-A caller names an install by id alone; `install_directory` (a small reference table) says which
-bucket holds it, and every statement on the tenant tables then names that bucket. The directory
-entry of an install never changes while it exists (its tenant cannot change), so each process
-keeps the entries it has read.
+A caller names an install by id alone; `install_directory` (a reference table) says which bucket
+holds it. An install's entry never changes while it exists, so each process keeps those it read.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from collections import OrderedDict
 from asyncpg import Record
 
 from scheduler_host.adapters.db.buckets import bucket_of
+from scheduler_host.adapters.db.pool import Connect, Repository
 from scheduler_host.adapters.db.rows import (
     ENDPOINT_COLUMNS,
     INSTALL_COLUMNS,
@@ -22,8 +21,8 @@ from scheduler_host.adapters.db.rows import (
     endpoint_from_row,
     install_context_from_row,
     install_from_row,
+    unnest_arrays,
 )
-from scheduler_host.adapters.db.schedules import Connect
 from scheduler_host.domain.endpoints import Endpoint
 from scheduler_host.domain.install import Install, InstallContext
 from scheduler_host.service.ports import EndpointCache
@@ -77,13 +76,13 @@ class InstallDirectory:
         self._entries.pop(install_id, None)
 
 
-class PgInstallRepository:
-    __slots__ = ("_cache", "_connect", "_directory")
+class PgInstallRepository(Repository):
+    __slots__ = ("_cache", "_directory")
 
     def __init__(
         self, connect: Connect, directory: InstallDirectory, cache: EndpointCache | None
     ) -> None:
-        self._connect = connect
+        super().__init__(connect)
         self._directory = directory
         self._cache = cache
 
@@ -172,18 +171,14 @@ class PgInstallRepository:
         )
         # Only the current version's endpoints are kept; schedules store method and path.
         await conn.execute(_DELETE_ENDPOINTS, bucket, install.install_id)
-        if install.endpoints:
-            eps = install.endpoints
+        if eps := install.endpoints:
             await conn.execute(
                 _INSERT_ENDPOINTS,
                 bucket,
                 install.install_id,
                 install.version_id,
                 install.tenant_id,
-                [e.id for e in eps],
-                [e.method for e in eps],
-                [e.path for e in eps],
-                [e.handler for e in eps],
+                *unnest_arrays(((e.id, e.method, e.path, e.handler) for e in eps), 4),
             )
         self._directory.keep(install.install_id, (bucket, install.tenant_id))
         return True

@@ -1,12 +1,9 @@
 """The process's one asyncpg pool: who may wait for it, how long, and what its failures mean.
 
 asyncpg's own pool does the pooling. Around it: a first-come-first-served gate with a bounded
-queue (a burst gets `DatabaseUnavailable` at once when the queue is full or after the acquire
-timeout, instead of waiting without bound, and a released connection goes to the longest waiter:
-asyncpg's queue lets a newcomer take a connection a woken waiter was about to get, so under a
-burst one call could wait past its deadline), no reset round trip on release (units of work leave
-their connections idle), and the one classification of failures that mean "the database cannot
-be reached".
+queue (a burst gets `DatabaseUnavailable` when the queue is full or after the acquire timeout; a
+released connection goes to the longest waiter, where asyncpg's queue lets a newcomer barge in),
+no reset round trip on release, and the one test of "the database cannot be reached".
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -25,6 +22,9 @@ from scheduler_host.domain.errors import DatabaseUnavailable
 
 Connection: TypeAlias = "PoolConnectionProxy[Any]"
 QueryLogger = Callable[[Any], None]
+# The connection a repository uses: the unit of work's, opened (and its transaction begun) on the
+# first statement.
+Connect = Callable[[], Awaitable[Connection]]
 
 # SQLSTATE classes and codes of a server that is going away, starting up or full, e.g. "the
 # database system is starting up" (57P03) while PostgreSQL restarts.
@@ -231,6 +231,15 @@ class DatabasePool:
             await asyncio.wait_for(self._pool.close(), wait_seconds)
         except (TimeoutError, Exception):
             self._pool.terminate()
+
+
+class Repository:
+    """Statements on the connection of a unit of work."""
+
+    __slots__ = ("_connect",)
+
+    def __init__(self, connect: Connect) -> None:
+        self._connect = connect
 
 
 class DatabaseProbe:

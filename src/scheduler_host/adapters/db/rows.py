@@ -6,7 +6,7 @@ values from `schedule_values`, in the order of the column names they list.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -15,6 +15,8 @@ from scheduler_host.domain.install import Install, InstallContext
 from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.domain.schedule import Schedule
 
+_MILLISECOND = timedelta(milliseconds=1)
+
 
 class Row(Protocol):
     """Columns looked up by name (an asyncpg Record)."""
@@ -22,48 +24,33 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
+# A schedule's definition: what a caller sets, in create_schedule's order.
+SCHEDULE_DEFINITION = (
+    "endpoint_id",
+    "endpoint_method",
+    "endpoint_path",
+    "name",
+    "cron",
+    "run_at",
+    "start_time",
+    "end_time",
+    "jitter_ms",
+    "timezone",
+    "enabled",
+    "payload",
+    "payload_wire",
+)
+# What the dispatcher keeps.
+_LAST_RUN = ("next_run_time", "last_run_time", "last_run_status", "last_error")
 # The schedules columns a read returns, in no particular order (rows are read by name).
 SCHEDULE_COLUMNS = (
     "id",
     "tenant_id",
     "install_id",
-    "endpoint_id",
-    "endpoint_method",
-    "endpoint_path",
-    "name",
-    "cron",
-    "run_at",
-    "start_time",
-    "end_time",
-    "jitter_ms",
-    "timezone",
-    "enabled",
-    "payload",
-    "payload_wire",
-    "next_run_time",
-    "last_run_time",
-    "last_run_status",
-    "last_error",
+    *SCHEDULE_DEFINITION,
+    *_LAST_RUN,
     "revision",
     "create_time",
-    "update_time",
-)
-# What a caller may change (UpdateSchedule), with the revision and the update time.
-DEFINITION_COLUMNS = (
-    "endpoint_id",
-    "endpoint_method",
-    "endpoint_path",
-    "name",
-    "cron",
-    "run_at",
-    "start_time",
-    "end_time",
-    "jitter_ms",
-    "timezone",
-    "enabled",
-    "payload",
-    "payload_wire",
-    "revision",
     "update_time",
 )
 INSTALL_CONTEXT_COLUMNS = (
@@ -98,69 +85,28 @@ def columns(names: Sequence[str], alias: str = "") -> str:
     return ", ".join(prefix + name for name in names)
 
 
+# The Schedule fields stored as they are, each in the column of its name.
+_SCHEDULE_FIELDS = tuple(name for name in SCHEDULE_COLUMNS if name != "jitter_ms")
+
+
 def schedule_from_row(m: Row) -> Schedule:
     """A Schedule from a row holding SCHEDULE_COLUMNS (alone or in a join)."""
     return Schedule(
-        id=m["id"],
-        install_id=m["install_id"],
-        tenant_id=m["tenant_id"],
-        endpoint_id=m["endpoint_id"],
-        endpoint_method=m["endpoint_method"],
-        endpoint_path=m["endpoint_path"],
-        name=m["name"],
-        cron=m["cron"],
-        timezone=m["timezone"],
-        enabled=m["enabled"],
-        payload=m["payload"],
-        next_run_time=m["next_run_time"],
-        last_run_time=m["last_run_time"],
-        last_run_status=m["last_run_status"],
-        last_error=m["last_error"],
-        create_time=m["create_time"],
-        update_time=m["update_time"],
-        revision=m["revision"],
-        run_at=m["run_at"],
-        start_time=m["start_time"],
-        end_time=m["end_time"],
+        **{name: m[name] for name in _SCHEDULE_FIELDS},
         jitter=timedelta(milliseconds=m["jitter_ms"]),
-        payload_wire=m["payload_wire"],
     )
 
 
 def schedule_values(s: Schedule, names: Sequence[str]) -> list[Any]:
-    """The stored values of `s` for the columns `names`, in that order."""
-    values = {
-        "id": s.id,
-        "tenant_id": s.tenant_id,
-        "install_id": s.install_id,
-        "endpoint_id": s.endpoint_id,
-        "endpoint_method": s.endpoint_method,
-        "endpoint_path": s.endpoint_path,
-        "name": s.name,
-        "cron": s.cron,
-        "run_at": s.run_at,
-        "start_time": s.start_time,
-        "end_time": s.end_time,
-        "jitter_ms": s.jitter // timedelta(milliseconds=1),
-        "timezone": s.timezone,
-        "enabled": s.enabled,
-        "payload": s.payload,
-        "payload_wire": s.payload_wire,
-        "next_run_time": s.next_run_time,
-        "last_run_time": s.last_run_time,
-        "last_run_status": s.last_run_status,
-        "last_error": s.last_error,
-        "revision": s.revision,
-        "create_time": s.create_time,
-        "update_time": s.update_time,
-    }
-    return [values[name] for name in names]
+    """The stored values of `s` for the columns `names`, in that order: each column holds the
+    field of its name, but jitter_ms (the jitter in whole milliseconds)."""
+    return [s.jitter // _MILLISECOND if name == "jitter_ms" else getattr(s, name) for name in names]
 
 
-def unnest_arrays(schedules: Sequence[Schedule], names: Sequence[str]) -> list[list[Any]]:
-    """One array per column of `names`, over `schedules`: the parameters of an UNNEST write."""
-    rows = [schedule_values(s, names) for s in schedules]
-    return [list(column) for column in zip(*rows, strict=True)]
+def unnest_arrays(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
+    """One array per column of `rows` (`width` values each): the parameters of an UNNEST write."""
+    arrays = [list(column) for column in zip(*rows, strict=True)]
+    return arrays or [[] for _ in range(width)]
 
 
 def install_context_from_row(
@@ -199,18 +145,13 @@ def endpoint_from_row(m: Row) -> Endpoint:
     return Endpoint(m["id"], m["method"], m["path"], m["handler"])
 
 
+_RUN_FIELDS = tuple(name for name in RUN_COLUMNS if name not in ("trigger", "status"))
+
+
 def run_from_row(m: Row) -> ScheduleRun:
     """A ScheduleRun from a row holding RUN_COLUMNS."""
     return ScheduleRun(
-        id=m["id"],
-        tenant_id=m["tenant_id"],
-        install_id=m["install_id"],
-        schedule_id=m["schedule_id"],
+        **{name: m[name] for name in _RUN_FIELDS},
         trigger=RunTrigger(m["trigger"]),
-        scheduled_time=m["scheduled_time"],
-        start_time=m["start_time"],
-        finish_time=m["finish_time"],
         status=RunState(m["status"]),
-        attempt=m["attempt"],
-        error=m["error"],
     )

@@ -6,9 +6,10 @@ import uuid
 from datetime import datetime, timedelta
 
 from scheduler_host.adapters.db.buckets import BUCKETS, bucket_of
+from scheduler_host.adapters.db.pool import Repository
 from scheduler_host.adapters.db.rows import RUN_COLUMNS, columns, run_from_row
-from scheduler_host.adapters.db.schedules import Connect
 from scheduler_host.domain.runs import ScheduleRun
+from scheduler_host.service.ports import Position
 
 _RUNS = f"""SELECT {columns(RUN_COLUMNS)} FROM schedule_runs
 WHERE bucket = $1 AND tenant_id = $2 AND schedule_id = $3{{before}}
@@ -23,36 +24,23 @@ _PRUNE_KEYS = "DELETE FROM idempotency_keys WHERE bucket = $1 AND create_time <=
 _PRUNE_HITS = "DELETE FROM rate_limit_hits WHERE bucket = $1 AND hit_time <= $2"
 
 
-class PgRunRepository:
-    __slots__ = ("_connect",)
-
-    def __init__(self, connect: Connect) -> None:
-        self._connect = connect
+class PgRunRepository(Repository):
+    __slots__ = ()
 
     async def page(
-        self,
-        tenant_id: str,
-        schedule_id: uuid.UUID,
-        before: tuple[datetime, uuid.UUID] | None,
-        limit: int,
+        self, tenant_id: str, schedule_id: uuid.UUID, before: Position | None, limit: int
     ) -> list[ScheduleRun]:
         conn = await self._connect()
         scope = (bucket_of(tenant_id), tenant_id, schedule_id, limit)
-        if before is None:
-            rows = await conn.fetch(_RUNS_FIRST, *scope)
-        else:
-            rows = await conn.fetch(_RUNS_BEFORE, *scope, before[0], before[1])
+        statement = _RUNS_FIRST if before is None else _RUNS_BEFORE
+        rows = await conn.fetch(statement, *scope, *(before or ()))
         return [run_from_row(r) for r in rows]
 
 
-class PgRateLimiter:
-    """The rolling windows of migration 0003's rate_limit_hit: one statement, exact across
-    processes, committed on its own in an autocommit unit of work."""
+class PgRateLimiter(Repository):
+    """The rolling windows of migration 0003's rate_limit_hit: one statement."""
 
-    __slots__ = ("_connect",)
-
-    def __init__(self, connect: Connect) -> None:
-        self._connect = connect
+    __slots__ = ()
 
     async def hit(
         self, scope: str, tenant_id: str, limit: int, window: timedelta, now: datetime
@@ -69,13 +57,10 @@ class PgRateLimiter:
         await conn.execute(_FORGET_HITS, bucket_of(tenant_id), scope)
 
 
-class PgHousekeeping:
+class PgHousekeeping(Repository):
     """Deletes rows nothing needs any more, one bucket per statement."""
 
-    __slots__ = ("_connect",)
-
-    def __init__(self, connect: Connect) -> None:
-        self._connect = connect
+    __slots__ = ()
 
     async def prune(self, keys_before: datetime, hits_before: datetime) -> int:
         conn = await self._connect()

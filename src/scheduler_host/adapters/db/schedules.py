@@ -1,14 +1,12 @@
-"""The schedules of installs on PostgreSQL: every statement of the aggregate, as constants.
-
-Each statement names its bucket with an equality (see buckets.py) and is one round trip; a create
-is one call of `create_schedule` (migration 0003), which checks the idempotency key and the quota
-under the install's row lock and inserts.
+"""The schedules of installs on PostgreSQL: every statement of the aggregate, as constants,
+each naming its bucket with an equality (see buckets.py) and each one round trip; a create is
+one call of `create_schedule` (migration 0003).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -16,10 +14,10 @@ from datetime import datetime
 import asyncpg
 
 from scheduler_host.adapters.db.buckets import bucket_of
-from scheduler_host.adapters.db.pool import Connection
+from scheduler_host.adapters.db.pool import Repository
 from scheduler_host.adapters.db.rows import (
-    DEFINITION_COLUMNS,
     SCHEDULE_COLUMNS,
+    SCHEDULE_DEFINITION,
     columns,
     schedule_from_row,
     schedule_values,
@@ -27,11 +25,7 @@ from scheduler_host.adapters.db.rows import (
 )
 from scheduler_host.domain.errors import InstallNotFound, NameInUse
 from scheduler_host.domain.schedule import Schedule
-from scheduler_host.service.ports import CreateOutcome
-
-# The connection a repository uses: the unit of work's, opened (and its transaction begun) on the
-# first statement.
-Connect = Callable[[], Awaitable[Connection]]
+from scheduler_host.service.ports import CreateOutcome, Position
 
 _NAME_INDEX = "uq_schedules_install_name"
 _NAME_KEY = "(bucket, install_id, name)"
@@ -62,24 +56,7 @@ _USAGE = """SELECT
        AND create_time > $4)"""
 
 # The columns create_schedule takes after its seven leading parameters, in its order.
-_CREATED_COLUMNS = (
-    "id",
-    "tenant_id",
-    "endpoint_id",
-    "endpoint_method",
-    "endpoint_path",
-    "name",
-    "cron",
-    "run_at",
-    "start_time",
-    "end_time",
-    "jitter_ms",
-    "timezone",
-    "enabled",
-    "payload",
-    "payload_wire",
-    "next_run_time",
-)
+_CREATED_COLUMNS = ("id", "tenant_id", *SCHEDULE_DEFINITION, "next_run_time")
 _CREATE = (
     "SELECT outcome, earlier, created FROM create_schedule($1, $2, $3, $4, $5, $6, $7, "
     + ", ".join(f"${i}" for i in range(8, 8 + len(_CREATED_COLUMNS)))
@@ -89,10 +66,11 @@ _CREATE = (
 # What UpdateSchedule changes; next_run_time only when the timing changed, since the dispatcher
 # keeps it (and the last-run fields) without a revision of its own. Written only while the
 # install is still at the version the caller resolved the endpoint against.
-_N_DEF = len(DEFINITION_COLUMNS)
+_UPDATED_COLUMNS = (*SCHEDULE_DEFINITION, "revision", "update_time")
+_N_DEF = len(_UPDATED_COLUMNS)
 _UPDATE_DEFINITION = (
     "UPDATE schedules SET "
-    + ", ".join(f"{name} = ${i}" for i, name in enumerate(DEFINITION_COLUMNS, 5))
+    + ", ".join(f"{name} = ${i}" for i, name in enumerate(_UPDATED_COLUMNS, 5))
     + f", next_run_time = CASE WHEN ${_N_DEF + 5}::boolean THEN ${_N_DEF + 6}::timestamptz "
     "ELSE next_run_time END "
     f"WHERE {_SCOPE} AND id = $4 AND revision = ${_N_DEF + 7} AND EXISTS ("
@@ -155,11 +133,8 @@ def _scope(tenant_id: str, install_id: uuid.UUID) -> tuple[int, str, uuid.UUID]:
     return bucket_of(tenant_id), tenant_id, install_id
 
 
-class PgScheduleRepository:
-    __slots__ = ("_connect",)
-
-    def __init__(self, connect: Connect) -> None:
-        self._connect = connect
+class PgScheduleRepository(Repository):
+    __slots__ = ()
 
     async def get(
         self, tenant_id: str, install_id: uuid.UUID, schedule_id: uuid.UUID, *, for_update: bool
@@ -171,29 +146,19 @@ class PgScheduleRepository:
         return schedule_from_row(row) if row is not None else None
 
     async def page_with_total(
-        self,
-        tenant_id: str,
-        install_id: uuid.UUID,
-        after: tuple[datetime, uuid.UUID] | None,
-        limit: int,
+        self, tenant_id: str, install_id: uuid.UUID, after: Position | None, limit: int
     ) -> tuple[list[Schedule], int]:
         conn = await self._connect()
         scope = _scope(tenant_id, install_id)
-        if after is None:
-            rows = await conn.fetch(_PAGE_FIRST, *scope, limit)
-        else:
-            rows = await conn.fetch(_PAGE_AFTER, *scope, limit, after[0], after[1])
+        statement = _PAGE_FIRST if after is None else _PAGE_AFTER
+        rows = await conn.fetch(statement, *scope, limit, *(after or ()))
         total = int(rows[0]["total"])
         if rows[0]["id"] is None:  # no schedule on this page: only the total's row
             return [], total
         return [schedule_from_row(row) for row in rows], total
 
     async def usage(
-        self,
-        tenant_id: str,
-        install_id: uuid.UUID,
-        request_id: uuid.UUID | None,
-        since: datetime,
+        self, tenant_id: str, install_id: uuid.UUID, request_id: uuid.UUID | None, since: datetime
     ) -> tuple[int, uuid.UUID | None]:
         conn = await self._connect()
         row = await conn.fetchrow(
@@ -247,7 +212,7 @@ class PgScheduleRepository:
                 _UPDATE_DEFINITION,
                 *_scope(s.tenant_id, s.install_id),
                 s.id,
-                *schedule_values(s, DEFINITION_COLUMNS),
+                *schedule_values(s, _UPDATED_COLUMNS),
                 timing,
                 s.next_run_time,
                 expected_revision,
@@ -280,5 +245,9 @@ class PgScheduleRepository:
             return
         conn = await self._connect()
         await conn.execute(
-            _REMAP, *_scope(tenant_id, install_id), *unnest_arrays(changes, _REMAP_COLUMNS)
+            _REMAP,
+            *_scope(tenant_id, install_id),
+            *unnest_arrays(
+                (schedule_values(s, _REMAP_COLUMNS) for s in changes), len(_REMAP_COLUMNS)
+            ),
         )

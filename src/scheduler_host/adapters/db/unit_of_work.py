@@ -1,15 +1,12 @@
 """The unit of work on the pool: a connection taken on the first statement, one transaction or
-none (autocommit), and the mapping of database failures to the domain's errors.
-
-A transactional unit sends BEGIN with its first statement's connection and COMMIT or ROLLBACK at
-the end; an autocommit unit sends its statements alone (each its own snapshot and transaction),
-so a one-statement read is one round trip. A unit that needs no statement (its endpoints were
-cached) takes no connection at all.
+none (autocommit: a one-statement read is one round trip), and the mapping of database failures
+to the domain's errors. A unit that needs no statement takes no connection at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -24,17 +21,15 @@ from scheduler_host.service.ports import EndpointCache
 
 
 def _connection_intact(exc: BaseException) -> bool:
-    """Whether the connection is known to be usable after `exc` ended the unit of work: the
-    server refused a statement (it answered), or the use case stopped on a rule of its own.
-    Anything else (a lost connection, a bug) closes it."""
+    """Whether the connection is usable after `exc` ended the unit of work: the server refused a
+    statement, or the use case stopped on a rule of its own; not after anything else."""
     if isinstance(exc, SchedulerError):
         return True
     return isinstance(exc, asyncpg.PostgresError) and not is_connectivity_error(exc)
 
 
 class PooledSession:
-    """A pooled connection taken on the first statement (`connection()`), in one transaction or
-    none, given back when the session ends; database failures become the domain's errors."""
+    """A pooled connection taken on the first statement, given back when the session ends."""
 
     __slots__ = ("_autocommit", "_conn", "_pool")
 
@@ -144,21 +139,15 @@ def traced_connection_class(tracer: Any, database: str) -> type[Any]:
             f"{verb} {database}", kind=SpanKind.CLIENT, attributes=attributes
         )
 
-    class TracedConnection(asyncpg.Connection):
-        async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-            with span(self, query):
-                return await super().execute(query, *args, **kwargs)
+    def traced(name: str) -> Callable[..., Awaitable[Any]]:
+        untraced = getattr(asyncpg.Connection, name)
 
-        async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        async def send(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
             with span(self, query):
-                return await super().fetch(query, *args, **kwargs)
+                return await untraced(self, query, *args, **kwargs)
 
-        async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
-            with span(self, query):
-                return await super().fetchrow(query, *args, **kwargs)
+        return send
 
-        async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
-            with span(self, query):
-                return await super().fetchval(query, *args, **kwargs)
-
-    return TracedConnection
+    # Each of the ways a statement is sent becomes a span.
+    methods = {name: traced(name) for name in ("execute", "fetch", "fetchrow", "fetchval")}
+    return type("TracedConnection", (asyncpg.Connection,), methods)

@@ -94,26 +94,24 @@ async def _run(url: URL, action: str, work: Callable[[Connection], _T]) -> _T:
         await engine.dispose()
 
 
-async def upgrade_database(url: str, revision: str = "head") -> None:
-    """Migrate the database at ``url`` up to ``revision`` (a no-op when already there)."""
-    parsed = _parse(url, f"upgrade to {revision}")
+async def _migrate(url: str, action: str, step: Callable[[Config, str], None], to: str) -> None:
+    parsed = _parse(url, action)
 
     def work(connection: Connection) -> None:
-        command.upgrade(_config(connection), revision)
+        step(_config(connection), to)
 
     async with _migration_lock():
-        await _run(parsed, f"upgrade to {revision}", work)
+        await _run(parsed, action, work)
+
+
+async def upgrade_database(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` up to ``revision`` (a no-op when already there)."""
+    await _migrate(url, f"upgrade to {revision}", command.upgrade, revision)
 
 
 async def downgrade_database(url: str, revision: str = "base") -> None:
     """Migrate the database at ``url`` down to ``revision``; "base" drops every table."""
-    parsed = _parse(url, f"downgrade to {revision}")
-
-    def work(connection: Connection) -> None:
-        command.downgrade(_config(connection), revision)
-
-    async with _migration_lock():
-        await _run(parsed, f"downgrade to {revision}", work)
+    await _migrate(url, f"downgrade to {revision}", command.downgrade, revision)
 
 
 async def current_revision(url: str) -> str | None:

@@ -18,22 +18,17 @@ from collections.abc import Sequence
 
 from alembic import op
 
+from scheduler_host.adapters.migrations.sql import RATE_LIMIT_HIT_START
+
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_CREATE = """
+_CREATE = f"""
 CREATE FUNCTION rate_limit_hit(
     p_scope text, p_tenant_id text, p_limit integer, p_window interval, p_now timestamptz
-) RETURNS interval
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    now_ timestamptz;
-    window_start timestamptz;
-    freeing timestamptz;
-BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended(p_scope, 0));
+) {RATE_LIMIT_HIT_START}
     -- Hits are counted in lock order. A caller whose clock reads earlier than a hit already
     -- stored (another process read its clock later but took the lock first) counts from that
     -- hit's time: hit times never go back, and no wait exceeds the window.

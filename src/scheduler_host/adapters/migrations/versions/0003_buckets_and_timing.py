@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from scheduler_host.adapters.db.buckets import BUCKETS, bucket_of
+from scheduler_host.adapters.migrations.sql import RATE_LIMIT_HIT_START
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"
@@ -126,18 +127,11 @@ ALTER TABLE schedule_runs ADD COLUMN takeovers integer NOT NULL DEFAULT 0;
 # increase within a scope (a caller whose clock lags the newest hit counts from just after it),
 # so no wait exceeds the window. A hit is not worth a synchronous WAL flush: at worst a crash of
 # the database forgets the hits of its last moments.
-_RATE_LIMIT_HIT = """
+_RATE_LIMIT_HIT = f"""
 CREATE FUNCTION rate_limit_hit(
     p_bucket smallint, p_tenant_id text, p_scope text, p_limit integer, p_window interval,
     p_now timestamptz
-) RETURNS interval
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    now_ timestamptz;
-    window_start timestamptz;
-    freeing timestamptz;
-BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended(p_scope, 0));
+) {RATE_LIMIT_HIT_START}
     PERFORM set_config('synchronous_commit', 'off', true);
     SELECT greatest(p_now, max(hit_time) + interval '1 microsecond') INTO now_
     FROM rate_limit_hits WHERE bucket = p_bucket AND scope = p_scope;
