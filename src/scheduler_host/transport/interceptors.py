@@ -84,10 +84,16 @@ def _metadata_of(context: Context) -> dict[str, str]:
 
 
 class _Link:
-    """One link of the chain: `around` runs for the methods `applies` selects."""
+    """One link of the chain: `around` runs for the methods `applies` selects, which are those
+    under `services`, or only those named in `methods` when a link sets it."""
+
+    services: tuple[str, ...] = (HOST_SERVICE, ADMIN_SERVICE)
+    methods: frozenset[str] | None = None
 
     def applies(self, method: str) -> bool:
-        return method.startswith((HOST_SERVICE, ADMIN_SERVICE))
+        if self.methods is not None:
+            return method in self.methods
+        return method.startswith(self.services)
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         raise NotImplementedError
@@ -265,14 +271,17 @@ def _fields(info: CallInfo) -> dict[str, str]:
     }
 
 
-class RunnerAuth(_Link):
-    """SchedulerHost: runner token, then the install named by x-install-id and its rights."""
+class _UseCaseLink(_Link):
+    """A link that calls the use cases (access checks, counters) with their dependencies."""
 
     def __init__(self, deps: UseCaseDeps) -> None:
         self._deps = deps
 
-    def applies(self, method: str) -> bool:
-        return method.startswith(HOST_SERVICE)
+
+class RunnerAuth(_UseCaseLink):
+    """SchedulerHost: runner token, then the install named by x-install-id and its rights."""
+
+    services = (HOST_SERVICE,)
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         deps = self._deps
@@ -292,14 +301,10 @@ class RunnerAuth(_Link):
             current_install.reset(token)
 
 
-class AdminAuth(_Link):
+class AdminAuth(_UseCaseLink):
     """SchedulerAdmin: `authorization: Bearer <admin token>`; runner tokens are not accepted."""
 
-    def __init__(self, deps: UseCaseDeps) -> None:
-        self._deps = deps
-
-    def applies(self, method: str) -> bool:
-        return method.startswith(ADMIN_SERVICE)
+    services = (ADMIN_SERVICE,)
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         token = access.bearer_token(metadata_value(context, "authorization"))
@@ -307,14 +312,10 @@ class AdminAuth(_Link):
         return await inner(request, context)
 
 
-class RateLimit(_Link):
+class RateLimit(_UseCaseLink):
     """Mutating SchedulerHost calls per install per rolling minute, counted in the database."""
 
-    def __init__(self, deps: UseCaseDeps) -> None:
-        self._deps = deps
-
-    def applies(self, method: str) -> bool:
-        return method in MUTATING_METHODS
+    methods = MUTATING_METHODS
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         ctx = current_install.get()
@@ -329,28 +330,20 @@ class RateLimit(_Link):
         return await inner(request, context)
 
 
-class ReadLimit(_Link):
+class ReadLimit(_UseCaseLink):
     """Reads per install per rolling minute, counted in this process (it protects the process)."""
 
-    def __init__(self, deps: UseCaseDeps) -> None:
-        self._deps = deps
-
-    def applies(self, method: str) -> bool:
-        return method in READ_METHODS
+    methods = READ_METHODS
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         self._deps.read_limiter.hit(current_install.get().install_id)
         return await inner(request, context)
 
 
-class Quota(_Link):
+class Quota(_UseCaseLink):
     """Refuses CreateSchedule early when the install is full (the transaction re-checks)."""
 
-    def __init__(self, deps: UseCaseDeps) -> None:
-        self._deps = deps
-
-    def applies(self, method: str) -> bool:
-        return method == CREATE_METHOD
+    methods = frozenset({CREATE_METHOD})
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         await access.check_quota_early(

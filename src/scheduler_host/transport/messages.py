@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from schedulerhost.v1 import schedule_pb2, scheduler_admin_pb2
 
 from scheduler_host.domain.errors import FieldViolation
@@ -16,8 +17,9 @@ from scheduler_host.domain.schedule import Json, Schedule
 from scheduler_host.domain.timing import RequestTime
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput
 from scheduler_host.service.preview import start_time_violation
+from scheduler_host.service.runs import RunPage
 from scheduler_host.service.schedule_input import ScheduleFields
-from scheduler_host.service.schedules import EndpointView
+from scheduler_host.service.schedules import EndpointView, SchedulePage
 
 _LAST_RUN_STATUS = {
     "success": schedule_pb2.RUN_STATUS_SUCCESS,
@@ -179,6 +181,10 @@ def _request_time(msg: schedule_pb2.Schedule, name: str) -> RequestTime | None:
     return RequestTime(value.seconds, value.nanos)
 
 
+# The schedule's times that are unset (None) on some schedules; the message leaves them unset too.
+_OPTIONAL_TIMES = ("next_run_time", "last_run_time", "run_at", "start_time", "end_time")
+
+
 def fill_schedule(msg: schedule_pb2.Schedule, s: Schedule) -> schedule_pb2.Schedule:
     """Write a schedule into `msg` (typically a field of the response): filling in place avoids
     building a message apart and copying it in, which a page of 50 felt."""
@@ -202,19 +208,46 @@ def fill_schedule(msg: schedule_pb2.Schedule, s: Schedule) -> schedule_pb2.Sched
         msg.payload.MergeFromString(s.payload_wire)  # parsed in C
     elif s.payload is not None:
         set_payload(msg.payload, s.payload)
-    if s.next_run_time is not None:
-        set_time(msg.next_run_time, s.next_run_time)
-    if s.last_run_time is not None:
-        set_time(msg.last_run_time, s.last_run_time)
-    if s.run_at is not None:
-        set_time(msg.run_at, s.run_at)
-    if s.start_time is not None:
-        set_time(msg.start_time, s.start_time)
-    if s.end_time is not None:
-        set_time(msg.end_time, s.end_time)
+    for name in _OPTIONAL_TIMES:
+        value = getattr(s, name)
+        if value is not None:
+            set_time(getattr(msg, name), value)
     if s.jitter:
         msg.jitter.FromTimedelta(s.jitter)
     return msg
+
+
+class _HasSchedule(Protocol):
+    @property
+    def schedule(self) -> schedule_pb2.Schedule: ...
+
+
+class _HasSchedulePage(Protocol):
+    next_page_token: str
+    total_size: int
+
+    @property
+    def schedules(self) -> RepeatedCompositeFieldContainer[schedule_pb2.Schedule]: ...
+
+
+OneSchedule = TypeVar("OneSchedule", bound=_HasSchedule)
+ManySchedules = TypeVar("ManySchedules", bound=_HasSchedulePage)
+
+
+def with_schedule(response: OneSchedule, s: Schedule) -> OneSchedule:
+    """A response whose `schedule` field is `s`."""
+    fill_schedule(response.schedule, s)
+    return response
+
+
+def with_schedule_page(response: ManySchedules, page: SchedulePage) -> ManySchedules:
+    """A list response holding one page of schedules and where the next page starts."""
+    response.next_page_token = page.next_page_token
+    response.total_size = page.total_size
+    add = response.schedules.add
+    for s in page.schedules:
+        fill_schedule(add(), s)
+    return response
 
 
 def endpoint_message(view: EndpointView) -> schedule_pb2.Endpoint:
@@ -245,6 +278,23 @@ def run_message(run: ScheduleRun) -> schedule_pb2.ScheduleRun:
     if run.finish_time is not None:
         msg.finish_time.CopyFrom(timestamp(run.finish_time))
     return msg
+
+
+class _HasRunPage(Protocol):
+    next_page_token: str
+
+    @property
+    def runs(self) -> RepeatedCompositeFieldContainer[schedule_pb2.ScheduleRun]: ...
+
+
+ManyRuns = TypeVar("ManyRuns", bound=_HasRunPage)
+
+
+def with_run_page(response: ManyRuns, page: RunPage) -> ManyRuns:
+    """A list response holding one page of runs and where the next page starts."""
+    response.runs.extend(run_message(r) for r in page.runs)
+    response.next_page_token = page.next_page_token
+    return response
 
 
 def install_input(msg: scheduler_admin_pb2.Install) -> InstallInput:
