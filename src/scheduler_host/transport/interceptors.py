@@ -191,9 +191,14 @@ class CallInfo:
 
     operation: str
     request_id: str = ""
-    install_id: str = ""
+    install: InstallContext | None = None
     tenant_id: str = ""
     metadata: dict[str, str] | None = None
+
+    @property
+    def install_id(self) -> str:
+        # Made into text only for a line that is written (str of a UUID is pure Python).
+        return "" if self.install is None else str(self.install.install_id)
 
 
 current_call: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("current_call")
@@ -253,13 +258,15 @@ class ErrorBoundary(_Link):
         name = code.name
         if self._metrics is not None:
             self._metrics.record_call(info.operation, info.tenant_id, name, seconds)
-        log.info(
-            "%s %s %.1f ms",
-            info.operation,
-            name,
-            seconds * 1000,
-            extra={**_fields(info), "grpc_code": name, "duration_ms": round(seconds * 1000, 3)},
-        )
+        # The record and its fields are built only for a line that is written.
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s %.1f ms",
+                info.operation,
+                name,
+                seconds * 1000,
+                extra={**_fields(info), "grpc_code": name, "duration_ms": round(seconds * 1000, 3)},
+            )
 
 
 def _fields(info: CallInfo) -> dict[str, str]:
@@ -293,7 +300,7 @@ class RunnerAuth(_UseCaseLink):
         )
         info = current_call.get(None)
         if info is not None:
-            info.install_id, info.tenant_id = str(ctx.install_id), ctx.tenant_id
+            info.install, info.tenant_id = ctx, ctx.tenant_id
         token = current_install.set(ctx)
         try:
             return await inner(request, context)
