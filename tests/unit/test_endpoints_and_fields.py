@@ -509,6 +509,8 @@ def test_valid_uuids(raw: str) -> None:
         str(SAMPLE) + "0",
         str(SAMPLE).replace("-", "", 1),
         "7d444840-9dc0-11d1-b245-5ffdce74fad2\x00",
+        # 36 characters that uuid.UUID parses (it drops every hyphen), yet not canonical.
+        "7d4448409-dc0-11d1-b245-5ffdce74fad2",
     ],
 )
 def test_invalid_uuids(raw: str) -> None:

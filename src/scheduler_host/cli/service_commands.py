@@ -3,6 +3,7 @@ SCHEDULER_HOST_* (they ignore the operator options of the command group)."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Literal
 
@@ -14,6 +15,21 @@ from scheduler_host.transport import event_loop
 from scheduler_host.workers import run_group, worker_count
 
 ServiceCommand = Literal["serve", "migrate", "dev"]
+
+# Allocations between young-generation collections while serving. Every call allocates messages,
+# coroutines and records that die with it; at the default (700) a collection ran every few calls
+# and each one also walked the objects that had just survived.
+SERVING_GEN0_THRESHOLD = 7000
+
+
+def _settle_heap_for_serving() -> None:
+    """Moves what start-up allocated (modules, settings, tables) out of the collector's sight with
+    gc.freeze(): those objects live as long as the process, and scanning them again on every older
+    collection was pure pause time. Then collects young objects less often (above)."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(SERVING_GEN0_THRESHOLD, gen1, gen2)
 
 
 def run_service(
@@ -58,6 +74,7 @@ def run_service(
         elif command == "serve" and count > 1 and group_member is None:
             return event_loop.run(run_group(settings, count, migrate=migrate))
         elif command == "serve":
+            _settle_heap_for_serving()
             event_loop.run(
                 app.serve(settings, migrate=migrate, reuse_port=group_member is not None)
             )

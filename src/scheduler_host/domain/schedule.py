@@ -148,15 +148,31 @@ def validate_payload(
     return None
 
 
+_CANONICAL_LENGTHS = (32, 36)
+
+
 def validate_uuid(raw: str, field: str) -> uuid.UUID | FieldViolation:
     try:
-        value = uuid.UUID(raw.strip())
-    except (ValueError, AttributeError):
-        return FieldViolation(field, "ID_INVALID", f"{field} must be a UUID")
-    # Only the canonical textual forms; uuid.UUID also accepts braces and "urn:uuid:".
-    if raw.strip().lower() not in {str(value), value.hex}:
+        text = raw.strip()
+    except AttributeError:
+        text = ""
+    # Only the 32 and 36 character forms can be canonical; nothing longer reaches the cache.
+    value = _canonical_uuid(text) if len(text) in _CANONICAL_LENGTHS else None
+    if value is None:
         return FieldViolation(field, "ID_INVALID", f"{field} must be a UUID")
     return value
+
+
+# Every call names its install and most name a schedule: the same few ids again and again, and
+# parsing one (uuid.UUID is pure Python) cost more than the rest of a read's own checks.
+@lru_cache(maxsize=4096)
+def _canonical_uuid(text: str) -> uuid.UUID | None:
+    try:
+        value = uuid.UUID(text)
+    except ValueError:
+        return None
+    # Only the canonical textual forms; uuid.UUID also accepts braces and "urn:uuid:".
+    return value if text.lower() in {str(value), value.hex} else None
 
 
 def truncate_error(text: str) -> str:

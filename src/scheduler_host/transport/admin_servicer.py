@@ -8,9 +8,11 @@ import grpc
 from schedulerhost.v1 import scheduler_admin_pb2 as pb
 from schedulerhost.v1 import scheduler_admin_pb2_grpc
 
+from scheduler_host.domain.install import InstallContext
 from scheduler_host.service import dispatch, installs, runs, schedules
 from scheduler_host.service.deps import UseCaseDeps
 from scheduler_host.transport import messages
+from scheduler_host.transport.pages import run_page, schedule_page
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -69,46 +71,26 @@ class SchedulerAdminServicer(scheduler_admin_pb2_grpc.SchedulerAdminServicer):
     async def ListScheduleRuns(
         self, request: pb.ListScheduleRunsRequest, context: Context
     ) -> pb.ListScheduleRunsResponse:
-        page = await runs.list_install_runs(
-            request.install_id,
-            request.schedule_id,
-            request.page_size,
-            request.page_token,
-            uow_factory=self._deps.uow_factory,
-            tokens=self._deps.page_tokens,
-        )
-        return pb.ListScheduleRunsResponse(
-            runs=[messages.run_message(r) for r in page.runs], next_page_token=page.next_page_token
-        )
+        page = await run_page(runs.list_install_runs, request.install_id, request, self._deps)
+        return messages.with_run_page(pb.ListScheduleRunsResponse(), page)
 
     async def GetSchedule(
         self, request: pb.SchedulerAdminGetScheduleRequest, context: Context
     ) -> pb.SchedulerAdminGetScheduleResponse:
-        uow_factory = self._deps.uow_factory
-        ctx = await installs.install_context(request.install_id, uow_factory=uow_factory)
         found = await schedules.get_schedule(
-            ctx, request.schedule_id, uow_factory=uow_factory, field="schedule_id"
+            await self._install_context(request.install_id),
+            request.schedule_id,
+            uow_factory=self._deps.uow_factory,
+            field="schedule_id",
         )
-        response = pb.SchedulerAdminGetScheduleResponse()
-        messages.fill_schedule(response.schedule, found)
-        return response
+        return messages.with_schedule(pb.SchedulerAdminGetScheduleResponse(), found)
 
     async def ListSchedules(
         self, request: pb.SchedulerAdminListSchedulesRequest, context: Context
     ) -> pb.SchedulerAdminListSchedulesResponse:
-        uow_factory = self._deps.uow_factory
-        ctx = await installs.install_context(request.install_id, uow_factory=uow_factory)
-        page = await schedules.list_schedules(
-            ctx,
-            request.page_size,
-            request.page_token,
-            uow_factory=uow_factory,
-            tokens=self._deps.page_tokens,
-        )
-        response = pb.SchedulerAdminListSchedulesResponse(
-            next_page_token=page.next_page_token, total_size=page.total_size
-        )
-        add = response.schedules.add
-        for s in page.schedules:
-            messages.fill_schedule(add(), s)
-        return response
+        ctx = await self._install_context(request.install_id)
+        page = await schedule_page(ctx, request, self._deps)
+        return messages.with_schedule_page(pb.SchedulerAdminListSchedulesResponse(), page)
+
+    async def _install_context(self, install_id: str) -> InstallContext:
+        return await installs.install_context(install_id, uow_factory=self._deps.uow_factory)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from schedulerhost.v1 import scheduler_host_pb2 as pb
 from schedulerhost.v1 import scheduler_host_pb2_grpc
 
+from scheduler_host.domain.schedule import Schedule
 from scheduler_host.service import preview as previews
 from scheduler_host.service import runs, schedules
 from scheduler_host.service.deps import UseCaseDeps
 from scheduler_host.transport import messages
 from scheduler_host.transport.interceptors import current_install
+from scheduler_host.transport.pages import run_page, schedule_page
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -21,21 +24,27 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
     def __init__(self, deps: UseCaseDeps) -> None:
         self._deps = deps
 
-    async def CreateSchedule(
-        self, request: pb.CreateScheduleRequest, context: Context
-    ) -> pb.CreateScheduleResponse:
+    async def _write(self, write: Callable[..., Awaitable[Schedule]], *args: Any) -> Schedule:
+        """schedules.create_schedule or update_schedule on the caller's install, given what every
+        write of a schedule needs (the policy and the clock besides the unit of work)."""
         d = self._deps
-        created = await schedules.create_schedule(
+        return await write(
             current_install.get(),
-            messages.schedule_fields(request.schedule),
-            request.request_id,
+            *args,
             uow_factory=d.uow_factory,
             policy=d.schedules,
             clock=d.clock,
         )
-        response = pb.CreateScheduleResponse()
-        messages.fill_schedule(response.schedule, created)
-        return response
+
+    async def CreateSchedule(
+        self, request: pb.CreateScheduleRequest, context: Context
+    ) -> pb.CreateScheduleResponse:
+        created = await self._write(
+            schedules.create_schedule,
+            messages.schedule_fields(request.schedule),
+            request.request_id,
+        )
+        return messages.with_schedule(pb.CreateScheduleResponse(), created)
 
     async def GetSchedule(
         self, request: pb.GetScheduleRequest, context: Context
@@ -43,47 +52,27 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
         found = await schedules.get_schedule(
             current_install.get(), request.id, uow_factory=self._deps.uow_factory
         )
-        response = pb.GetScheduleResponse()
-        messages.fill_schedule(response.schedule, found)
-        return response
+        return messages.with_schedule(pb.GetScheduleResponse(), found)
 
     async def ListSchedules(
         self, request: pb.ListSchedulesRequest, context: Context
     ) -> pb.ListSchedulesResponse:
-        page = await schedules.list_schedules(
-            current_install.get(),
-            request.page_size,
-            request.page_token,
-            uow_factory=self._deps.uow_factory,
-            tokens=self._deps.page_tokens,
-        )
-        response = pb.ListSchedulesResponse(
-            next_page_token=page.next_page_token, total_size=page.total_size
-        )
-        add = response.schedules.add
-        for s in page.schedules:
-            messages.fill_schedule(add(), s)
-        return response
+        page = await schedule_page(current_install.get(), request, self._deps)
+        return messages.with_schedule_page(pb.ListSchedulesResponse(), page)
 
     async def UpdateSchedule(
         self, request: pb.UpdateScheduleRequest, context: Context
     ) -> pb.UpdateScheduleResponse:
-        d = self._deps
         # An empty mask means "the fields set in the request", as with no mask at all.
         mask = list(request.update_mask.paths) or None
-        updated = await schedules.update_schedule(
-            current_install.get(),
+        updated = await self._write(
+            schedules.update_schedule,
             request.schedule.id,
             request.schedule.etag,
             messages.schedule_fields(request.schedule),
             mask,
-            uow_factory=d.uow_factory,
-            policy=d.schedules,
-            clock=d.clock,
         )
-        response = pb.UpdateScheduleResponse()
-        messages.fill_schedule(response.schedule, updated)
-        return response
+        return messages.with_schedule(pb.UpdateScheduleResponse(), updated)
 
     async def DeleteSchedule(
         self, request: pb.DeleteScheduleRequest, context: Context
@@ -127,14 +116,5 @@ class SchedulerHostServicer(scheduler_host_pb2_grpc.SchedulerHostServicer):
     async def ListScheduleRuns(
         self, request: pb.SchedulerHostListScheduleRunsRequest, context: Context
     ) -> pb.SchedulerHostListScheduleRunsResponse:
-        page = await runs.list_runs(
-            current_install.get(),
-            request.schedule_id,
-            request.page_size,
-            request.page_token,
-            uow_factory=self._deps.uow_factory,
-            tokens=self._deps.page_tokens,
-        )
-        return pb.SchedulerHostListScheduleRunsResponse(
-            runs=[messages.run_message(r) for r in page.runs], next_page_token=page.next_page_token
-        )
+        page = await run_page(runs.list_runs, current_install.get(), request, self._deps)
+        return messages.with_run_page(pb.SchedulerHostListScheduleRunsResponse(), page)

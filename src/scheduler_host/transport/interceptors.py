@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -84,10 +84,16 @@ def _metadata_of(context: Context) -> dict[str, str]:
 
 
 class _Link:
-    """One link of the chain: `around` runs for the methods `applies` selects."""
+    """One link of the chain: `around` runs for the methods `applies` selects, which are those
+    under `services`, or only those named in `methods` when a link sets it."""
+
+    services: tuple[str, ...] = (HOST_SERVICE, ADMIN_SERVICE)
+    methods: frozenset[str] | None = None
 
     def applies(self, method: str) -> bool:
-        return method.startswith((HOST_SERVICE, ADMIN_SERVICE))
+        if self.methods is not None:
+            return method in self.methods
+        return method.startswith(self.services)
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         raise NotImplementedError
@@ -185,9 +191,14 @@ class CallInfo:
 
     operation: str
     request_id: str = ""
-    install_id: str = ""
+    install: InstallContext | None = None
     tenant_id: str = ""
     metadata: dict[str, str] | None = None
+
+    @property
+    def install_id(self) -> str:
+        # Made into text only for a line that is written (str of a UUID is pure Python).
+        return "" if self.install is None else str(self.install.install_id)
 
 
 current_call: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("current_call")
@@ -219,8 +230,8 @@ class ErrorBoundary(_Link):
         try:
             if self.draining:
                 raise ShuttingDown()
-            # A caller's id is kept; otherwise a random one (uuid4's object costs more).
-            info.request_id = metadata_value(context, "x-request-id") or os.urandom(16).hex()
+            # A caller's id is kept; otherwise a random one.
+            info.request_id = metadata_value(context, "x-request-id") or _new_request_id()
             if request is _MALFORMED:
                 raise MalformedRequest("the request bytes do not decode as the method's message")
             return await inner(request, context)
@@ -240,20 +251,29 @@ class ErrorBoundary(_Link):
         finally:
             current_call.reset(token)
             if not info.request_id:  # refused before its metadata could be read
-                info.request_id = os.urandom(16).hex()
+                info.request_id = _new_request_id()
             self._report(info, code, time.perf_counter() - started)
 
     def _report(self, info: CallInfo, code: grpc.StatusCode, seconds: float) -> None:
         name = code.name
         if self._metrics is not None:
             self._metrics.record_call(info.operation, info.tenant_id, name, seconds)
-        log.info(
-            "%s %s %.1f ms",
-            info.operation,
-            name,
-            seconds * 1000,
-            extra={**_fields(info), "grpc_code": name, "duration_ms": round(seconds * 1000, 3)},
-        )
+        # The record and its fields are built only for a line that is written.
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s %.1f ms",
+                info.operation,
+                name,
+                seconds * 1000,
+                extra={**_fields(info), "grpc_code": name, "duration_ms": round(seconds * 1000, 3)},
+            )
+
+
+def _new_request_id() -> str:
+    """32 hex digits that tell one call's lines apart. A correlation id, not a secret: the
+    process's PRNG (reseeded in a forked child) serves, where os.urandom was a system call on
+    every call that came without an id (uuid4's object cost more still)."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def _fields(info: CallInfo) -> dict[str, str]:
@@ -265,14 +285,17 @@ def _fields(info: CallInfo) -> dict[str, str]:
     }
 
 
-class RunnerAuth(_Link):
-    """SchedulerHost: runner token, then the install named by x-install-id and its rights."""
+class _UseCaseLink(_Link):
+    """A link that calls the use cases (access checks, counters) with their dependencies."""
 
     def __init__(self, deps: UseCaseDeps) -> None:
         self._deps = deps
 
-    def applies(self, method: str) -> bool:
-        return method.startswith(HOST_SERVICE)
+
+class RunnerAuth(_UseCaseLink):
+    """SchedulerHost: runner token, then the install named by x-install-id and its rights."""
+
+    services = (HOST_SERVICE,)
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         deps = self._deps
@@ -284,7 +307,7 @@ class RunnerAuth(_Link):
         )
         info = current_call.get(None)
         if info is not None:
-            info.install_id, info.tenant_id = str(ctx.install_id), ctx.tenant_id
+            info.install, info.tenant_id = ctx, ctx.tenant_id
         token = current_install.set(ctx)
         try:
             return await inner(request, context)
@@ -292,14 +315,10 @@ class RunnerAuth(_Link):
             current_install.reset(token)
 
 
-class AdminAuth(_Link):
+class AdminAuth(_UseCaseLink):
     """SchedulerAdmin: `authorization: Bearer <admin token>`; runner tokens are not accepted."""
 
-    def __init__(self, deps: UseCaseDeps) -> None:
-        self._deps = deps
-
-    def applies(self, method: str) -> bool:
-        return method.startswith(ADMIN_SERVICE)
+    services = (ADMIN_SERVICE,)
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         token = access.bearer_token(metadata_value(context, "authorization"))
@@ -307,14 +326,10 @@ class AdminAuth(_Link):
         return await inner(request, context)
 
 
-class RateLimit(_Link):
+class RateLimit(_UseCaseLink):
     """Mutating SchedulerHost calls per install per rolling minute, counted in the database."""
 
-    def __init__(self, deps: UseCaseDeps) -> None:
-        self._deps = deps
-
-    def applies(self, method: str) -> bool:
-        return method in MUTATING_METHODS
+    methods = MUTATING_METHODS
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         ctx = current_install.get()
@@ -329,28 +344,20 @@ class RateLimit(_Link):
         return await inner(request, context)
 
 
-class ReadLimit(_Link):
+class ReadLimit(_UseCaseLink):
     """Reads per install per rolling minute, counted in this process (it protects the process)."""
 
-    def __init__(self, deps: UseCaseDeps) -> None:
-        self._deps = deps
-
-    def applies(self, method: str) -> bool:
-        return method in READ_METHODS
+    methods = READ_METHODS
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         self._deps.read_limiter.hit(current_install.get().install_id)
         return await inner(request, context)
 
 
-class Quota(_Link):
+class Quota(_UseCaseLink):
     """Refuses CreateSchedule early when the install is full (the transaction re-checks)."""
 
-    def __init__(self, deps: UseCaseDeps) -> None:
-        self._deps = deps
-
-    def applies(self, method: str) -> bool:
-        return method == CREATE_METHOD
+    methods = frozenset({CREATE_METHOD})
 
     async def around(self, method: str, request: Any, context: Context, inner: Behavior) -> Any:
         await access.check_quota_early(

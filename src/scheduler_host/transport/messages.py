@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from schedulerhost.v1 import schedule_pb2, scheduler_admin_pb2
 
 from scheduler_host.domain.errors import FieldViolation
@@ -16,8 +19,9 @@ from scheduler_host.domain.schedule import Json, Schedule
 from scheduler_host.domain.timing import RequestTime
 from scheduler_host.service.installs import EndpointSpecInput, InstallInput
 from scheduler_host.service.preview import start_time_violation
+from scheduler_host.service.runs import RunPage
 from scheduler_host.service.schedule_input import ScheduleFields
-from scheduler_host.service.schedules import EndpointView
+from scheduler_host.service.schedules import EndpointView, SchedulePage
 
 _LAST_RUN_STATUS = {
     "success": schedule_pb2.RUN_STATUS_SUCCESS,
@@ -75,15 +79,31 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def _integral(value: Any) -> Any:
-    """google.protobuf.Value carries every number as a double; give integers back their form."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
+# Integral doubles below this magnitude are integers exactly, and are given back as int.
+_EXACT_INTEGERS = 2**53
+
+
+def _json_of(value: struct_pb2.Value) -> Json:
+    """The JSON a Value holds, walked directly (json_format.MessageToDict went through descriptors
+    per node and cost several times more); an unset Value is null, as in MessageToDict.
+
+    google.protobuf.Value carries every number as a double; integers get back their form. A NaN
+    or infinity raises ValueError: JSON has no such numbers."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {k: _json_of(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_json_of(v) for v in value.list_value.values]
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise ValueError("a number is NaN or infinite")
+        return int(number) if number.is_integer() and abs(number) < _EXACT_INTEGERS else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
 
 
 def payload_from_value(
@@ -93,22 +113,9 @@ def payload_from_value(
     if kind is None or kind == "null_value":
         return None, None
     try:
-        data = json_format.MessageToDict(value)
-    except (ValueError, json_format.Error):
+        return _json_of(value), None
+    except ValueError:
         return None, FieldViolation(field, "PAYLOAD_INVALID", "payload is not valid JSON")
-    if _has_non_finite(data):
-        return None, FieldViolation(field, "PAYLOAD_INVALID", "payload holds NaN or infinity")
-    return _integral(data), None
-
-
-def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_non_finite(v) for v in value)
-    return False
 
 
 def set_payload(field: struct_pb2.Value, payload: Json) -> None:
@@ -179,9 +186,52 @@ def _request_time(msg: schedule_pb2.Schedule, name: str) -> RequestTime | None:
     return RequestTime(value.seconds, value.nanos)
 
 
+# The schedule's times that are unset (None) on some schedules; the message leaves them unset too.
+_OPTIONAL_TIMES = ("next_run_time", "last_run_time", "run_at", "start_time", "end_time")
+
+# Every value of a Schedule, with the payload as its wire encoding: equal keys make equal
+# messages. A schedule whose payload has no wire encoding is not kept.
+_ENCODED_BY = operator.attrgetter(
+    *(f.name for f in dataclasses.fields(Schedule) if f.name != "payload")
+)
+_ENCODED_MAX = 4096
+
+
+class _EncodedSchedules:
+    """Schedule messages already encoded, by the values they were built from: the same schedules
+    are read again and again (pages, polling), and parsing the encoding in C costs a third of
+    setting some twenty fields from Python. Bounded; the oldest entry goes first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._by_values: dict[tuple[Any, ...], bytes] = {}
+
+    def fill(self, msg: schedule_pb2.Schedule, s: Schedule) -> None:
+        if s.payload_wire is None and s.payload is not None:
+            _set_schedule(msg, s)
+            return
+        key = _ENCODED_BY(s)
+        encoded = self._by_values.get(key)
+        if encoded is None:
+            _set_schedule(msg, s)
+            if len(self._by_values) >= self._max:
+                del self._by_values[next(iter(self._by_values))]
+            self._by_values[key] = msg.SerializeToString()
+        else:
+            msg.MergeFromString(encoded)
+
+
+_encoded = _EncodedSchedules(_ENCODED_MAX)
+
+
 def fill_schedule(msg: schedule_pb2.Schedule, s: Schedule) -> schedule_pb2.Schedule:
-    """Write a schedule into `msg` (typically a field of the response): filling in place avoids
-    building a message apart and copying it in, which a page of 50 felt."""
+    """Write a schedule into the empty `msg` (typically a field of the response): filling in
+    place avoids building a message apart and copying it in, which a page of 50 felt."""
+    _encoded.fill(msg, s)
+    return msg
+
+
+def _set_schedule(msg: schedule_pb2.Schedule, s: Schedule) -> None:
     msg.id = str(s.id)
     msg.endpoint = s.endpoint
     msg.endpoint_method = s.endpoint_method
@@ -202,19 +252,45 @@ def fill_schedule(msg: schedule_pb2.Schedule, s: Schedule) -> schedule_pb2.Sched
         msg.payload.MergeFromString(s.payload_wire)  # parsed in C
     elif s.payload is not None:
         set_payload(msg.payload, s.payload)
-    if s.next_run_time is not None:
-        set_time(msg.next_run_time, s.next_run_time)
-    if s.last_run_time is not None:
-        set_time(msg.last_run_time, s.last_run_time)
-    if s.run_at is not None:
-        set_time(msg.run_at, s.run_at)
-    if s.start_time is not None:
-        set_time(msg.start_time, s.start_time)
-    if s.end_time is not None:
-        set_time(msg.end_time, s.end_time)
+    for name in _OPTIONAL_TIMES:
+        value = getattr(s, name)
+        if value is not None:
+            set_time(getattr(msg, name), value)
     if s.jitter:
         msg.jitter.FromTimedelta(s.jitter)
-    return msg
+
+
+class _HasSchedule(Protocol):
+    @property
+    def schedule(self) -> schedule_pb2.Schedule: ...
+
+
+class _HasSchedulePage(Protocol):
+    next_page_token: str
+    total_size: int
+
+    @property
+    def schedules(self) -> RepeatedCompositeFieldContainer[schedule_pb2.Schedule]: ...
+
+
+OneSchedule = TypeVar("OneSchedule", bound=_HasSchedule)
+ManySchedules = TypeVar("ManySchedules", bound=_HasSchedulePage)
+
+
+def with_schedule(response: OneSchedule, s: Schedule) -> OneSchedule:
+    """A response whose `schedule` field is `s`."""
+    fill_schedule(response.schedule, s)
+    return response
+
+
+def with_schedule_page(response: ManySchedules, page: SchedulePage) -> ManySchedules:
+    """A list response holding one page of schedules and where the next page starts."""
+    response.next_page_token = page.next_page_token
+    response.total_size = page.total_size
+    add = response.schedules.add
+    for s in page.schedules:
+        fill_schedule(add(), s)
+    return response
 
 
 def endpoint_message(view: EndpointView) -> schedule_pb2.Endpoint:
@@ -245,6 +321,23 @@ def run_message(run: ScheduleRun) -> schedule_pb2.ScheduleRun:
     if run.finish_time is not None:
         msg.finish_time.CopyFrom(timestamp(run.finish_time))
     return msg
+
+
+class _HasRunPage(Protocol):
+    next_page_token: str
+
+    @property
+    def runs(self) -> RepeatedCompositeFieldContainer[schedule_pb2.ScheduleRun]: ...
+
+
+ManyRuns = TypeVar("ManyRuns", bound=_HasRunPage)
+
+
+def with_run_page(response: ManyRuns, page: RunPage) -> ManyRuns:
+    """A list response holding one page of runs and where the next page starts."""
+    response.runs.extend(run_message(r) for r in page.runs)
+    response.next_page_token = page.next_page_token
+    return response
 
 
 def install_input(msg: scheduler_admin_pb2.Install) -> InstallInput:
