@@ -182,7 +182,8 @@ class DatabasePool:
         """A connection, or DatabaseUnavailable (queue full, timeout, database unreachable)."""
         await self._gate.enter(self._acquire_timeout)
         try:
-            conn: Connection = await self._pool.acquire(timeout=self._acquire_timeout)
+            # Past the gate one is free; asyncpg's timeout would add a task and a timer a call.
+            conn: Connection = await self._pool.acquire()
         except BaseException as exc:
             self._gate.leave()
             if isinstance(exc, Exception) and is_connectivity_error(exc):
@@ -244,8 +245,7 @@ class Repository:
 
 
 class DatabaseProbe:
-    """Whether the database answers, on a connection of its own: health must report the
-    database, not a pool that is merely busy."""
+    """Whether the database answers, on a connection of its own (not a busy pool's)."""
 
     def __init__(self, url: str) -> None:
         self._dsn = connect_dsn(url)
