@@ -335,6 +335,30 @@ async def test_a_created_schedule_reads_back_field_for_field(
     assert locked == stored[0]
 
 
+async def test_the_extreme_instants_a_caller_may_send_read_back_as_sent(
+    factory: PgUnitOfWorkFactory,
+) -> None:
+    # The first and last Timestamp a datetime holds are stored as -infinity and infinity, which
+    # the driver reads back without a time zone: they must come back aware and equal.
+    install = make_install()
+    await save_installs(factory, install)
+    first, last = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+    bounded = replace(make_schedule(install), start_time=first, end_time=last)
+    once = one_time(make_schedule(install, name="last"), last)
+    stored = await created(factory, bounded, once)
+    for sent, made in zip((bounded, once), stored, strict=True):
+        got = await get(factory, sent)
+        assert got == made
+        assert got is not None
+        assert (got.start_time, got.end_time, got.run_at) == (
+            sent.start_time,
+            sent.end_time,
+            sent.run_at,
+        )
+        for instant in (got.start_time, got.end_time, got.run_at):
+            assert instant is None or instant.tzinfo is not None
+
+
 async def test_a_schedule_is_only_found_in_its_own_tenant_and_install(
     factory: PgUnitOfWorkFactory,
 ) -> None:
@@ -490,8 +514,10 @@ async def test_a_page_and_its_total_come_from_one_snapshot(
 
     async def keep_creating() -> int:
         n = 0
-        while not stop.is_set():
-            await created(writer, make_schedule(install))
+        # Under the quota given here and within the page's 1,000, however fast the writer is.
+        while not stop.is_set() and n < 900:
+            outcome = await create(writer, make_schedule(install), limit=1000)
+            assert outcome.created is not None, outcome
             n += 1
         return n
 

@@ -1,13 +1,12 @@
 """Rows ↔ domain values: the one place that knows which column holds which field.
 
-Statements select the column lists defined here and map rows by column name; writes take their
-values from `schedule_values`, in the order of the column names they list.
-"""
+Statements select the column lists defined here and map rows by name; writes take their values
+from `schedule_values`, in the order of the columns they list."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any, Protocol
 
 from scheduler_host.domain.endpoints import Endpoint
@@ -91,15 +90,17 @@ _SCHEDULE_FIELDS = tuple(name for name in SCHEDULE_COLUMNS if name != "jitter_ms
 
 def schedule_from_row(m: Row) -> Schedule:
     """A Schedule from a row holding SCHEDULE_COLUMNS (alone or in a join)."""
-    return Schedule(
-        **{name: m[name] for name in _SCHEDULE_FIELDS},
-        jitter=timedelta(milliseconds=m["jitter_ms"]),
-    )
+    values = {name: m[name] for name in _SCHEDULE_FIELDS}
+    # The extreme Timestamps a caller may give (and so a one-time run's next run) are stored as
+    # -infinity and infinity, read by asyncpg as naive datetime.min and max: UTC makes them whole.
+    for name in ("run_at", "start_time", "end_time", "next_run_time"):
+        if values[name] is not None and values[name].tzinfo is None:
+            values[name] = values[name].replace(tzinfo=UTC)
+    return Schedule(**values, jitter=timedelta(milliseconds=m["jitter_ms"]))
 
 
 def schedule_values(s: Schedule, names: Sequence[str]) -> list[Any]:
-    """The stored values of `s` for the columns `names`, in that order: each column holds the
-    field of its name, but jitter_ms (the jitter in whole milliseconds)."""
+    """`s`'s values for the columns `names`: each the field of its name, jitter_ms in ms."""
     return [s.jitter // _MILLISECOND if name == "jitter_ms" else getattr(s, name) for name in names]
 
 
@@ -112,8 +113,7 @@ def unnest_arrays(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
 def install_context_from_row(
     m: Row, *, id_key: str = "id", enabled_key: str = "enabled"
 ) -> InstallContext:
-    """An InstallContext from a row holding INSTALL_CONTEXT_COLUMNS; in a join with schedules,
-    the install's id and enabled flag are read under the names given."""
+    """An InstallContext from a row (in a join, id and enabled under the names given)."""
     return InstallContext(
         install_id=m[id_key],
         tenant_id=m["tenant_id"],
