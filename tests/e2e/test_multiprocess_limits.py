@@ -110,9 +110,10 @@ async def test_quota_holds_exactly_across_two_processes(start_pair: StartPair) -
         assert len(set(created)) == QUOTA
         assert summary(failures) == {("RESOURCE_EXHAUSTED", "SCHEDULE_QUOTA_EXCEEDED"): 150}
         assert all(f.quota_subjects for f in failures), failures[0]
-        # Both processes took part in the successes and the refusals.
-        by_process = Counter(i % 2 for i, (_, failure) in enumerate(results) if failure is None)
-        assert set(by_process) == {0, 1}, by_process
+        # One count for both: each process refused calls (100 calls each, 50 in all may pass),
+        # whichever of them made the creates, which the order of arrival decides.
+        refused_by = Counter(i % 2 for i, (_, failure) in enumerate(results) if failure is not None)
+        assert set(refused_by) == {0, 1}, refused_by
 
         for stubs in (one, two):
             listed = await stubs.host.ListSchedules(
