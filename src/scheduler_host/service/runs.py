@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
 from scheduler_host.domain.errors import (
     FieldViolation,
@@ -14,7 +13,7 @@ from scheduler_host.domain.errors import (
 from scheduler_host.domain.install import InstallContext
 from scheduler_host.domain.runs import ScheduleRun
 from scheduler_host.domain.schedule import validate_uuid
-from scheduler_host.service.ports import PageTokens, UnitOfWorkFactory
+from scheduler_host.service.ports import PageTokens, Position, UnitOfWorkFactory
 from scheduler_host.service.schedules import read_page_request
 
 
@@ -44,7 +43,7 @@ def _runs_request(
     page_token: str,
     tokens: PageTokens,
     violations: list[FieldViolation],
-) -> tuple[uuid.UUID, int, tuple[datetime, uuid.UUID] | None, str]:
+) -> tuple[uuid.UUID, int, Position | None, str]:
     """The schedule id, page size, position and token scope of a run listing; raises every
     violation (with `violations` found by the caller) at once."""
     sid = validate_uuid(schedule_id, "schedule_id")
@@ -60,7 +59,7 @@ async def _page(
     ctx: InstallContext,
     sid: uuid.UUID,
     size: int,
-    before: tuple[datetime, uuid.UUID] | None,
+    before: Position | None,
     scope: str,
     *,
     uow_factory: UnitOfWorkFactory,

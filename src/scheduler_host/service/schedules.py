@@ -23,7 +23,13 @@ from scheduler_host.domain.install import InstallContext
 from scheduler_host.domain.schedule import Schedule, validate_uuid
 from scheduler_host.domain.timing import next_run_of
 from scheduler_host.service.policies import SchedulePolicy
-from scheduler_host.service.ports import Clock, PageTokens, UnitOfWork, UnitOfWorkFactory
+from scheduler_host.service.ports import (
+    Clock,
+    PageTokens,
+    Position,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from scheduler_host.service.schedule_input import (
     PREFIX,
     UPDATABLE_FIELDS,
@@ -222,9 +228,6 @@ async def get_schedule(
     if found is None:
         raise ScheduleNotFound(str(sid))
     return found
-
-
-Position = tuple[datetime, uuid.UUID]
 
 
 def read_page_request(

@@ -91,9 +91,9 @@ _SCHEDULE_FIELDS = tuple(name for name in SCHEDULE_COLUMNS if name != "jitter_ms
 def schedule_from_row(m: Row) -> Schedule:
     """A Schedule from a row holding SCHEDULE_COLUMNS (alone or in a join)."""
     values = {name: m[name] for name in _SCHEDULE_FIELDS}
-    # The extreme Timestamps a caller may give (and so a one-time run's next run) are stored as
-    # -infinity and infinity, read by asyncpg as naive datetime.min and max: UTC makes them whole.
-    for name in ("run_at", "start_time", "end_time", "next_run_time"):
+    # The extreme bounds a caller may give are stored as -infinity and infinity, which asyncpg
+    # reads as naive datetime.min and max: given back their UTC, they are what was sent.
+    for name in ("start_time", "end_time"):
         if values[name] is not None and values[name].tzinfo is None:
             values[name] = values[name].replace(tzinfo=UTC)
     return Schedule(**values, jitter=timedelta(milliseconds=m["jitter_ms"]))
