@@ -1,4 +1,4 @@
-"""The one asyncpg pool and its sessions on real PostgreSQL: the fair, bounded gate, statements
+"""The one connection pool and its sessions on real PostgreSQL: the fair, bounded gate, statements
 cancelled mid-flight (settled before their connection serves again), lost connections, the
 statements a unit of work sends, query loggers and the health probe."""
 
@@ -330,6 +330,73 @@ async def test_a_connection_the_server_ends_inside_a_unit_is_not_reused(
     with pytest.raises(DatabaseUnavailable):
         await end_its_own_session()
     assert await pid_of_next_unit(factory) != pid
+
+
+async def test_a_connection_the_server_ended_while_idle_is_replaced_when_next_taken(
+    open_pool: Callable[..., Awaitable[DatabasePool]], db: Db
+) -> None:
+    pool = await open_pool(size=1)
+    conn = await pool.acquire()
+    pid = await backend_pid(conn)
+    await pool.release(conn)
+
+    assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+    async def seen_closed() -> bool:
+        return conn.is_closed()
+
+    await wait_for(seen_closed, "the idle connection seen closed")
+    # The next unit is served on a new session, not refused with the dead one.
+    assert await pid_of_next_unit(PgUnitOfWorkFactory(pool)) != pid
+
+
+async def wait_until_ended(db: Db, pid: int) -> None:
+    async def ended() -> bool:
+        return await session_state(db, pid) is None
+
+    await wait_for(ended, f"session {pid} ended")
+
+
+async def test_a_burst_never_opens_more_connections_than_the_size(
+    open_pool: Callable[..., Awaitable[DatabasePool]], db: Db
+) -> None:
+    pool = await open_pool(size=3, max_waiters=50)
+    factory = PgUnitOfWorkFactory(pool)
+    pids: set[int] = set()
+
+    async def unit() -> None:
+        async with factory(autocommit=True) as u:
+            conn = await u.connection()
+            pids.add(await backend_pid(conn))
+            await conn.execute("SELECT pg_sleep(0.01)")
+
+    await asyncio.gather(*(unit() for _ in range(30)))
+    assert len(pids) == 3  # each of the three was opened once and reused
+    alive = await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids)
+    assert alive == 3
+
+
+async def test_close_waits_for_a_connection_in_use_then_ends_every_session(
+    open_pool: Callable[..., Awaitable[DatabasePool]], db: Db
+) -> None:
+    pool = await open_pool(size=2)
+    idle = await pool.acquire()
+    idle_pid = await backend_pid(idle)
+    await pool.release(idle)
+    busy = await pool.acquire()
+    busy_pid = await backend_pid(busy)
+
+    closing = asyncio.create_task(pool.close(wait_seconds=30))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # the connection in use is waited for
+    with pytest.raises(DatabaseUnavailable):
+        await pool.acquire()  # a closing pool hands out nothing
+    await busy.fetchval("SELECT 1")  # and the holder finishes its work
+    await pool.release(busy)
+    await closing
+
+    for pid in (idle_pid, busy_pid):
+        await wait_until_ended(db, pid)
 
 
 async def test_a_refused_statement_keeps_the_connection_and_undoes_the_transaction(

@@ -232,17 +232,8 @@ class PgDispatchStore:
         bucket = bucket_of(run.tenant_id)
         async with self._session(autocommit=False) as session:
             conn = await session.connection()
-            if not await conn.fetch(
-                _INSERT_MANUAL_RUN,
-                bucket,
-                run.id,
-                run.tenant_id,
-                run.install_id,
-                run.schedule_id,
-                scheduled_time,
-                now,
-                lease_until,
-            ):
+            key = (run.id, run.tenant_id, run.install_id, run.schedule_id, scheduled_time)
+            if not await conn.fetch(_INSERT_MANUAL_RUN, bucket, *key, now, lease_until):
                 return None
             await conn.execute(_MARK_RUNNING, bucket, target.schedule.id, run.id)
             await conn.execute(_CUT_HISTORY, bucket, [target.schedule.id], self._history_limit)
