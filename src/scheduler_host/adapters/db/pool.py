@@ -1,12 +1,11 @@
 """The process's one connection pool: who may wait for it, how long, and what its failures mean.
 
 A fair gate with a bounded queue admits `size` holders (a burst gets DatabaseUnavailable when the
-queue is full or after the acquire timeout); each takes the newest idle connection or opens one.
-A connection comes back as it is (a unit of work leaves it idle), unless broken or closed.
-Not asyncpg's Pool, by measurement: behind the same gate its acquire and release (a proxy, a
-future, a shielded task, an idle timer) cost about 75 us of server CPU per GetSchedule at c=32
-(about 495 against 420 us; max_inactive_connection_lifetime=0 did not take it back).
-"""
+queue is full or after the acquire timeout); each takes the newest idle connection or opens one,
+and gives it back as it is (a unit of work leaves it idle) unless broken or closed. Not asyncpg's
+Pool, by measurement: behind the same gate its acquire and release (a proxy, a future, a shielded
+task, an idle timer) cost about 75 us of server CPU per GetSchedule at c=32 (about 495 against
+420 us; max_inactive_connection_lifetime=0 did not take it back)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from `schedule_values`, in the order of the columns they list."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from datetime import UTC, timedelta
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from scheduler_host.domain.runs import RunState, RunTrigger, ScheduleRun
 from scheduler_host.domain.schedule import Schedule
 
 _MILLISECOND = timedelta(milliseconds=1)
+_NO_JITTER = timedelta(0)
 
 
 class Row(Protocol):
@@ -84,19 +86,24 @@ def columns(names: Sequence[str], alias: str = "") -> str:
     return ", ".join(prefix + name for name in names)
 
 
-# The Schedule fields stored as they are, each in the column of its name.
-_SCHEDULE_FIELDS = tuple(name for name in SCHEDULE_COLUMNS if name != "jitter_ms")
+# Schedule's fields before `jitter`, each stored in the column of its name: read by name, passed
+# in order (keyword arguments cost 1.4 of 4.9 us a row, and a page maps 50 rows).
+_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(Schedule))
+_SCHEDULE_HEAD = _FIELD_ORDER[: _FIELD_ORDER.index("jitter")]
+_BOUNDS = (_SCHEDULE_HEAD.index("start_time"), _SCHEDULE_HEAD.index("end_time"))
 
 
 def schedule_from_row(m: Row) -> Schedule:
     """A Schedule from a row holding SCHEDULE_COLUMNS (alone or in a join)."""
-    values = {name: m[name] for name in _SCHEDULE_FIELDS}
+    values = [m[name] for name in _SCHEDULE_HEAD]
     # The extreme bounds a caller may give are stored as -infinity and infinity, which asyncpg
     # reads as naive datetime.min and max: given back their UTC, they are what was sent.
-    for name in ("start_time", "end_time"):
-        if values[name] is not None and values[name].tzinfo is None:
-            values[name] = values[name].replace(tzinfo=UTC)
-    return Schedule(**values, jitter=timedelta(milliseconds=m["jitter_ms"]))
+    for i in _BOUNDS:
+        if values[i] is not None and values[i].tzinfo is None:
+            values[i] = values[i].replace(tzinfo=UTC)
+    ms = m["jitter_ms"]
+    values += (timedelta(milliseconds=ms) if ms else _NO_JITTER, m["payload_wire"])
+    return Schedule(*values)
 
 
 def schedule_values(s: Schedule, names: Sequence[str]) -> list[Any]:
