@@ -23,8 +23,8 @@ from scheduler_host.domain.errors import DatabaseUnavailable
 
 Connection: TypeAlias = "asyncpg.Connection[Any]"
 QueryLogger = Callable[[Any], None]
-# The connection a repository uses: the unit of work's, opened (and its transaction begun) on the
-# first statement.
+# Gives a connection: to a repository, its unit of work's (opened, and its transaction begun, on
+# the first statement); to the pool, a new one.
 Connect = Callable[[], Awaitable[Connection]]
 
 # SQLSTATE classes and codes of a server that is going away, starting up or full, e.g. "the
@@ -121,7 +121,7 @@ class DatabasePool:
         self._loggers: list[QueryLogger] = []
         self._settling: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._all_back: asyncio.Event | None = None  # set by close(), when none is in use
+        self._all_back = asyncio.Event()  # once closed: set when none is in use
 
     @classmethod
     async def open(
@@ -198,7 +198,7 @@ class DatabasePool:
         else:
             self._idle.append(conn)
         self._gate.leave()
-        if self._all_back is not None and len(self._idle) == len(self._open):
+        if self._closed and len(self._idle) == len(self._open):
             self._all_back.set()
 
     def settle(self, conn: Connection) -> None:
@@ -230,7 +230,6 @@ class DatabasePool:
         await asyncio.gather(*self._settling, return_exceptions=True)
         # Then the connections still in use are waited for, and every one is closed.
         self._closed = True
-        self._all_back = asyncio.Event()
         if len(self._idle) < len(self._open):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_back.wait(), wait_seconds)

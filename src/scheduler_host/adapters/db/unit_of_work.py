@@ -128,8 +128,7 @@ def traced_connection_class(tracer: Any, database: str) -> type[Any]:
     def span(conn: Any, query: str) -> Any:
         verb = query.split(None, 1)[0].upper() if query.strip() else "SQL"
         addr = conn._addr  # (host, port) or a socket path
-        attributes: dict[str, Any] = {"db.system": "postgresql", "db.name": database}
-        attributes["db.statement"] = query
+        attributes = {"db.system": "postgresql", "db.name": database, "db.statement": query}
         if isinstance(addr, tuple) and len(addr) >= 2:
             attributes["net.peer.name"], attributes["net.peer.port"] = str(addr[0]), addr[1]
         return tracer.start_as_current_span(
